@@ -1,0 +1,65 @@
+//! Bodies of the backend's public HTTP API (`/api/...`). JSON field names are camelCase.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/login`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+}
+
+/// Answer to `POST /api/login`: a user token for the other calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    pub token: String,
+    pub user_id: String,
+    pub username: String,
+}
+
+/// `POST /api/rooms` (the body is optional; every field has a default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRoomRequest {
+    /// Shown in the room list; 1–64 characters. Defaults to the room id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Public rooms are listed by `GET /api/rooms`. Defaults to private.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// Answer to `POST /api/rooms` and `GET /api/rooms/{roomId}`: where the room lives and a ticket
+/// to get in. Connect to `url` with `?token=` + `token` before `expiresAt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomTicket {
+    pub room_id: String,
+    pub url: String,
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// The session server that hosts the room (informational).
+    #[serde(default)]
+    pub server_id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Answer to `GET /api/rooms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomList {
+    pub rooms: Vec<RoomSummary>,
+}
+
+/// One public room in [`RoomList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    pub room_id: String,
+    pub name: String,
+    /// Distinct users present, as of the hosting server's last heartbeat.
+    pub members: u32,
+}
+
+/// Longest room name accepted, in characters.
+pub const MAX_ROOM_NAME_CHARS: usize = 64;

@@ -1,0 +1,39 @@
+//! JWT claims. Both kinds are signed by the backend with Ed25519 (`EdDSA`); they are told apart
+//! by `aud`, so a user token can never pass as a ticket nor a ticket as a user token.
+
+use serde::{Deserialize, Serialize};
+
+/// The `aud` of every user token.
+pub const USER_TOKEN_AUDIENCE: &str = "berth-api";
+
+/// Claims of a user token, minted by `POST /api/login`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserClaims {
+    /// User id.
+    pub sub: String,
+    /// Username.
+    pub name: String,
+    /// Always [`USER_TOKEN_AUDIENCE`].
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Claims of a room ticket: one user, one room, one session server, short-lived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketClaims {
+    /// User id.
+    pub sub: String,
+    /// Username.
+    pub name: String,
+    /// Room id.
+    pub room: String,
+    /// The id of the one session server that accepts this ticket.
+    pub aud: String,
+    /// The placement epoch the ticket was minted for (a fencing token: a server refuses tickets
+    /// of a placement it does not own). Absent in tickets of tools that do not know placements.
+    #[serde(default)]
+    pub epoch: u64,
+    pub iat: u64,
+    pub exp: u64,
+}

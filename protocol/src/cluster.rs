@@ -1,0 +1,192 @@
+//! Bodies of the scheduler's internal API (`/v1/...`), used by the backend and session servers.
+//! Every call carries `Authorization: Bearer <cluster secret>`.
+//!
+//! | call | body | answer |
+//! | --- | --- | --- |
+//! | `POST /v1/rooms` | [`PlaceRoomRequest`] | 201 [`Placement`]; 503 `no_capacity` + `Retry-After` |
+//! | `GET /v1/rooms/{id}` | — | 200 [`Placement`]; 404 `room_not_found` |
+//! | `GET /v1/rooms?public=true` | — | 200 [`RoomDirectory`] |
+//! | `POST /v1/rooms/{id}/release` | [`ReleaseRoom`] | 204; the hosting server disposed of the room |
+//! | `POST /v1/servers` | [`RegisterServer`] | 200 [`Registered`] |
+//! | `PUT /v1/servers/{id}/heartbeat` | [`Heartbeat`] | 200 [`HeartbeatAck`]; 404 `unknown_server` → register again |
+//! | `POST /v1/servers/{id}/drain` | — | 202 |
+//! | `DELETE /v1/servers/{id}` | — | 204; a server leaving on its own |
+//! | `GET /v1/servers` | — | 200 [`ServerList`] |
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/rooms`: place a new room.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceRoomRequest {
+    /// Name shown in listings; the scheduler uses the room id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub public: bool,
+    /// Who asked (for logs and per-user limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// Where a room lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub room_id: String,
+    pub server_id: String,
+    /// Full `ws://` URL of the hosting server's WebSocket endpoint (clients add `?token=`).
+    pub url: String,
+    /// Grows with every placement; carried in tickets as a fencing token.
+    pub epoch: u64,
+    pub name: String,
+    pub public: bool,
+}
+
+/// Answer to `GET /v1/rooms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomDirectory {
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// One room in [`RoomDirectory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomInfo {
+    pub room_id: String,
+    pub name: String,
+    pub public: bool,
+    pub server_id: String,
+    pub epoch: u64,
+    /// Distinct users present at the server's last heartbeat.
+    pub members: u32,
+}
+
+/// `POST /v1/rooms/{id}/release`: the hosting server disposed of the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRoom {
+    pub server_id: String,
+    pub epoch: u64,
+}
+
+/// What a session server can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    pub rooms: u32,
+    pub members_per_room: u32,
+}
+
+/// A room a session server currently hosts, as reported in registration and heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostedRoom {
+    pub room_id: String,
+    pub epoch: u64,
+    /// Distinct users present.
+    pub members: u32,
+}
+
+/// `POST /v1/servers`: a session server announces itself (also again after the scheduler forgot
+/// it, for example after a scheduler restart; `rooms` then rebuilds the directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterServer {
+    /// Spawned servers get their id from the scheduler (`--server-id`); outside servers may
+    /// leave it out and take the one the scheduler answers with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// Full `ws://` URL of its WebSocket endpoint.
+    pub url: String,
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub rooms: Vec<HostedRoom>,
+    #[serde(default)]
+    pub connections: u32,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// Answer to [`RegisterServer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    pub server_id: String,
+    /// How often the scheduler expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `PUT /v1/servers/{id}/heartbeat`: the server's load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub connections: u32,
+    pub rooms: Vec<HostedRoom>,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Answer to [`Heartbeat`]: what the scheduler wants of the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatAck {
+    pub state: ServerState,
+    /// The scheduler asks the server to drain (admin drain, scale-down).
+    #[serde(default)]
+    pub drain: bool,
+    /// Rooms the server reported that the scheduler has placed elsewhere (or forgotten in favour
+    /// of a newer placement): the server must stop serving them.
+    #[serde(default)]
+    pub revoked_rooms: Vec<String>,
+}
+
+/// A session server's life: `starting` → `ready` → `draining` → gone; `dead` when heartbeats stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    Starting,
+    Ready,
+    Draining,
+    Dead,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Starting => "starting",
+            ServerState::Ready => "ready",
+            ServerState::Draining => "draining",
+            ServerState::Dead => "dead",
+        }
+    }
+}
+
+/// Answer to `GET /v1/servers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerList {
+    pub servers: Vec<ServerInfo>,
+}
+
+/// One session server in [`ServerList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub id: String,
+    /// Empty while `starting`.
+    pub url: String,
+    pub state: ServerState,
+    /// Rooms placed on it (including reserved slots).
+    pub rooms: u32,
+    pub connections: u32,
+    pub capacity: Capacity,
+    /// Spawned and supervised by this scheduler (as opposed to started by something else).
+    pub managed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub age_secs: u64,
+    /// Milliseconds since its last heartbeat (or registration).
+    pub last_heartbeat_ms_ago: u64,
+}

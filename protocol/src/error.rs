@@ -1,0 +1,97 @@
+//! The error body of every HTTP answer: `{"error": {"code": "snake_case_code", "message": "..."}}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code Berth answers with, over HTTP and in WebSocket `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Public API.
+    InvalidUsername,
+    InvalidRequest,
+    Unauthorized,
+    RoomNotFound,
+    NoCapacity,
+    RateLimited,
+    NotFound,
+    Internal,
+    SchedulerUnavailable,
+    // Session server, before the upgrade.
+    InvalidTicket,
+    WrongServer,
+    RoomFull,
+    ServerDraining,
+    // Session server, after the upgrade (error frames).
+    TextTooLong,
+    BadFrame,
+    RoomClosed,
+    // Scheduler internal API.
+    UnknownServer,
+    ServerFull,
+}
+
+impl ErrorCode {
+    /// The snake_case string of the code, as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidUsername => "invalid_username",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RoomNotFound => "room_not_found",
+            ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Internal => "internal",
+            ErrorCode::SchedulerUnavailable => "scheduler_unavailable",
+            ErrorCode::InvalidTicket => "invalid_ticket",
+            ErrorCode::WrongServer => "wrong_server",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::ServerDraining => "server_draining",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::UnknownServer => "unknown_server",
+            ErrorCode::ServerFull => "server_full",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every HTTP error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`]. `code` is kept as a string so that clients of an older version
+/// still read codes they do not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code: code.as_str().to_owned(), message: message.into() } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_strings() {
+        for code in [ErrorCode::RoomNotFound, ErrorCode::NoCapacity, ErrorCode::TextTooLong, ErrorCode::WrongServer] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
+        let body = serde_json::to_value(ErrorBody::new(ErrorCode::RoomFull, "full")).unwrap();
+        assert_eq!(body, serde_json::json!({"error": {"code": "room_full", "message": "full"}}));
+    }
+}

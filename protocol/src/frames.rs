@@ -1,0 +1,135 @@
+//! WebSocket frames between a client and a session server: JSON text frames, each an object
+//! with a `type`.
+
+use serde::{Deserialize, Serialize};
+
+/// A user as other members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub user_id: String,
+    pub username: String,
+}
+
+/// One chat message, as delivered live and in `welcome.history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    /// Increases by exactly one per message within a room.
+    pub seq: u64,
+    pub user_id: String,
+    pub username: String,
+    pub text: String,
+    /// RFC 3339, UTC.
+    pub ts: String,
+    /// The sender's own id for this message, echoed so it can match its send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Always the first frame of a connection.
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        room_id: String,
+        you: User,
+        members: Vec<User>,
+        history: Vec<ChatMessage>,
+        /// The room's latest message sequence number (0 before the first message).
+        seq: u64,
+        /// The session server hosting the room (informational).
+        #[serde(default)]
+        server_id: String,
+    },
+    Message(ChatMessage),
+    Joined {
+        user: User,
+    },
+    Left {
+        user: User,
+    },
+    /// A refused frame; the connection stays open unless a close follows.
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    #[serde(rename_all = "camelCase")]
+    Send {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+}
+
+/// WebSocket close codes Berth uses.
+pub mod close {
+    /// Abuse: oversize frames, flooding.
+    pub const POLICY: u16 = 1008;
+    /// The server hit an internal error (for example its room failed).
+    pub const INTERNAL: u16 = 1011;
+    /// The server is going away: look the room up again and reconnect.
+    pub const RESTART: u16 = 1012;
+}
+
+/// Longest `clientId` accepted, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn message_frame_is_flat() {
+        let frame = ServerFrame::Message(ChatMessage {
+            seq: 7,
+            user_id: "u-1".into(),
+            username: "alice".into(),
+            text: "hi".into(),
+            ts: "2026-01-01T00:00:00Z".into(),
+            client_id: Some("c1".into()),
+        });
+        let v = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "message", "seq": 7, "userId": "u-1", "username": "alice", "text": "hi",
+                   "ts": "2026-01-01T00:00:00Z", "clientId": "c1"})
+        );
+        assert_eq!(serde_json::from_value::<ServerFrame>(v).unwrap(), frame);
+    }
+
+    #[test]
+    fn send_frame_parses_with_and_without_client_id() {
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"send","text":"yo"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Send { text: "yo".into(), client_id: None });
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"send","text":"yo","clientId":"x"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Send { text: "yo".into(), client_id: Some("x".into()) });
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout","text":"yo"}"#).is_err());
+    }
+
+    #[test]
+    fn welcome_uses_camel_case() {
+        let v = serde_json::to_value(ServerFrame::Welcome {
+            room_id: "r-1".into(),
+            you: User { user_id: "u-1".into(), username: "a".into() },
+            members: vec![],
+            history: vec![],
+            seq: 0,
+            server_id: "s-1".into(),
+        })
+        .unwrap();
+        assert_eq!(v["type"], "welcome");
+        assert_eq!(v["roomId"], "r-1");
+        assert_eq!(v["you"]["userId"], "u-1");
+        assert_eq!(v["serverId"], "s-1");
+    }
+}
