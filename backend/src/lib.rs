@@ -1,1 +1,87 @@
+//! `berth-backend`: Berth's public API.
+//!
+//! It logs users in (a user token, no passwords), asks the scheduler to place or find rooms,
+//! mints short-lived tickets that one session server accepts for one room, lists public rooms,
+//! and serves the browser client. It keeps no state of its own besides its signing key.
+//!
+//! - [`config`]: flags and environment ([`Config`]).
+//! - [`keys`]: the Ed25519 ticket key pair on disk.
+//! - [`tokens`]: minting and checking user tokens and tickets.
+//! - [`scheduler`]: the client of the scheduler's internal API.
+//! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
+//! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
+//! - [`cli`]: the binary's `main`.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod scheduler;
+pub mod state;
+pub mod tokens;
+pub mod web;
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{ApiError, Error};
+pub use state::AppState;
+
+/// Largest request body accepted (every API body is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How long in-flight requests get to finish once shutdown starts.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every route of the backend over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/login", axum::routing::post(api::login))
+        .route("/api/rooms", get(api::list_rooms).post(api::create_room))
+        .route("/api/rooms/{room_id}", get(api::lookup_room))
+        .route("/healthz", get(api::healthz))
+        .route("/", get(web::index))
+        .route("/berth.js", get(web::sdk))
+        .route("/app.js", get(web::app))
+        .route("/style.css", get(web::style))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the backend on `listener` until `shutdown` is cancelled, then lets in-flight requests
+/// finish for at most [`SHUTDOWN_TIMEOUT`].
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let state = AppState::new(&config)?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    tracing::info!(%addr, scheduler_url = %config.scheduler_url, "backend serving");
+
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(Error::Serve),
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(SHUTDOWN_TIMEOUT, server).await {
+                Ok(result) => result.map_err(Error::Serve)?,
+                Err(_) => tracing::warn!(timeout = ?SHUTDOWN_TIMEOUT, "requests still running at shutdown, dropped"),
+            }
+            tracing::info!("backend stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,114 @@
+//! `berth-scheduler`: Berth's control plane.
+//!
+//! It keeps the [`registry`] of session servers and the [`directory`] of rooms, answers the
+//! internal `/v1` API of `berth_protocol::cluster` ([`api`]), places new rooms on the fullest
+//! ready server with a free slot ([`placement`]), spawns and supervises `berth-session` processes
+//! when capacity runs out ([`spawner`]), and looks after the fleet in the background: dead
+//! servers, the warm buffer, scale-down ([`fleet`]). Per-user create limits live in
+//! [`ratelimit`], Prometheus counters in [`metrics`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), berth_scheduler::Error> {
+//! use clap::Parser;
+//! let config = berth_scheduler::Config::parse_from(["berth-scheduler", "--cluster-secret", "s"]);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! berth_scheduler::serve(listener, config, shutdown).await
+//! # }
+//! ```
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod fleet;
+pub mod metrics;
+pub mod placement;
+pub mod ratelimit;
+pub mod registry;
+pub mod spawner;
+pub mod state;
+
+use std::future::IntoFuture;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use api::router;
+pub use config::Config;
+pub use error::{ApiError, Error};
+pub use state::AppState;
+
+/// Serves the scheduler on `listener` until `shutdown` is cancelled, then stops every spawned
+/// session server (SIGTERM, then SIGKILL after `shutdown_timeout_ms`) and returns.
+pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+    let secret = resolve_secret(&config)?;
+    // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
+    let shutdown = shutdown.child_token();
+    let state = AppState::new(config, secret, scheduler_url(addr), shutdown.clone());
+    info!(
+        %addr,
+        rooms_per_server = state.config.rooms_per_server,
+        max_servers = state.config.max_servers,
+        warm_servers = state.config.warm_servers,
+        "scheduler serving"
+    );
+    state.tasks.spawn(fleet::run(state.clone()));
+
+    let grace = state.config.shutdown_timeout() + std::time::Duration::from_secs(1);
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = tokio::select! {
+        result = server.into_future() => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!("HTTP connections did not close in time; stopping anyway");
+            Ok(())
+        }
+    };
+
+    // Stop the fleet loop and the supervisors (which SIGTERM, then SIGKILL, their children).
+    shutdown.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        warn!("background tasks did not stop in time");
+    }
+    info!("scheduler stopped");
+    served.map_err(Error::Serve)
+}
+
+/// The cluster secret: the flag or env var, else `<data-dir>/cluster.secret` (created if missing).
+fn resolve_secret(config: &Config) -> Result<String, Error> {
+    let secret = match &config.cluster_secret {
+        Some(secret) => secret.trim().to_owned(),
+        None => {
+            let path = config.cluster_secret_path();
+            berth_protocol::secret::load_or_create(&path).map_err(|source| Error::Secret { path, source })?
+        }
+    };
+    if secret.is_empty() { Err(Error::EmptySecret) } else { Ok(secret) }
+}
+
+/// How spawned children reach us: the bound address, with a wildcard turned into loopback.
+fn scheduler_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_url_uses_a_reachable_address() {
+        assert_eq!(scheduler_url("127.0.0.1:7070".parse().unwrap()), "http://127.0.0.1:7070");
+        assert_eq!(scheduler_url("0.0.0.0:81".parse().unwrap()), "http://127.0.0.1:81");
+        assert_eq!(scheduler_url("[::]:82".parse().unwrap()), "http://[::1]:82");
+    }
+}

@@ -1,1 +1,37 @@
+//! Berth's session server: the data plane.
+//!
+//! Clients connect to `GET /ws` with a room ticket; the ticket and the room's limits are checked
+//! before the upgrade ([`admission`]), then each connection runs one `select!` loop
+//! ([`connection`]) and each room is one task owning its state ([`room`]), found through the
+//! server's directory ([`rooms`]). The server registers and heartbeats with the scheduler
+//! ([`registration`], over [`scheduler`]), disposes of idle rooms, and drains on SIGTERM or on
+//! request ([`serve`]).
+//!
+//! - [`config`]: flags and environment.
+//! - [`ticket`]: EdDSA ticket verification.
+//! - [`rate`]: per-connection token bucket and flood detection.
+//! - [`metrics`]: Prometheus counters.
+//! - [`http`]: the routes.
+//! - [`state`]: what everything shares, and how rooms are opened and supervised.
 
+pub mod admission;
+pub mod cli;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod rate;
+mod registration;
+mod room;
+mod rooms;
+pub mod scheduler;
+mod server;
+pub mod state;
+pub mod ticket;
+
+pub use config::Config;
+pub use error::Error;
+pub use http::router;
+pub use server::{serve, serve_with_force};
+pub use state::AppState;

@@ -1,0 +1,231 @@
+//! Handlers of the public API (`/api/...` and `/healthz`), as DESIGN.md specifies them.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use berth_protocol::api::{
+    CreateRoomRequest, LoginRequest, LoginResponse, MAX_ROOM_NAME_CHARS, RoomList, RoomSummary,
+    RoomTicket,
+};
+use berth_protocol::claims::UserClaims;
+use berth_protocol::cluster::{PlaceRoomRequest, Placement};
+use berth_protocol::{ErrorCode, ids};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, chain};
+use crate::state::AppState;
+use crate::tokens;
+
+/// Longest bearer token looked at; anything longer is refused unread.
+const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The user behind a valid `Authorization: Bearer <user token>`; refuses with 401 otherwise.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub UserClaims);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <user token>"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
+            .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+        let claims = state
+            .issuer()
+            .verify_user_token(token)
+            .map_err(|e| ApiError::unauthorized("invalid or expired user token").with_cause(e))?;
+        Ok(AuthUser(claims))
+    }
+}
+
+/// `POST /api/login`: a user token for a valid username. The user id is `u-<username>`, so one
+/// name is one user across tabs and logins (presence counts it once); there are no passwords.
+pub async fn login(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let req: LoginRequest = parse_json(body?)?;
+    if !ids::is_valid_username(&req.username) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidUsername,
+            "usernames are 1-32 letters, digits, '_' or '-'",
+        ));
+    }
+    let user_id = format!("u-{}", req.username);
+    let token = state
+        .issuer()
+        .mint_user_token(&user_id, &req.username)
+        .map_err(ApiError::internal)?;
+    tracing::debug!(user_id = %user_id, "login");
+    Ok(Json(LoginResponse {
+        token,
+        user_id,
+        username: req.username,
+    }))
+}
+
+/// `POST /api/rooms`: place a new room and hand back a ticket into it.
+pub async fn create_room(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = body?;
+    // The body is optional: empty (or blank) means all defaults.
+    let req: CreateRoomRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateRoomRequest::default()
+    } else {
+        parse_json(body)?
+    };
+    let name = match req.name {
+        Some(name) => validate_room_name(name)?,
+        None => None,
+    };
+    let placement = state
+        .scheduler()
+        .place_room(&PlaceRoomRequest {
+            name,
+            public: req.public,
+            created_by: Some(user.sub.clone()),
+        })
+        .await?;
+    tracing::info!(room_id = %placement.room_id, server_id = %placement.server_id, user_id = %user.sub, "room created");
+    Ok((StatusCode::CREATED, Json(ticket(&state, &user, placement)?)))
+}
+
+/// `GET /api/rooms/{roomId}`: where a room lives, and a fresh ticket into it.
+pub async fn lookup_room(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    room_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RoomTicket>, ApiError> {
+    let Ok(Path(room_id)) = room_id else {
+        return Err(ApiError::room_not_found());
+    };
+    // Ids come from URLs: refuse anything odd before it reaches the scheduler or a log.
+    if !ids::is_valid_room_id(&room_id) {
+        return Err(ApiError::room_not_found());
+    }
+    let placement = state.scheduler().lookup_room(&room_id).await?;
+    Ok(Json(ticket(&state, &user, placement)?))
+}
+
+/// `GET /api/rooms`: the public rooms (no token needed).
+pub async fn list_rooms(State(state): State<AppState>) -> Result<Json<RoomList>, ApiError> {
+    let directory = state.scheduler().public_rooms().await?;
+    let rooms = directory
+        .rooms
+        .into_iter()
+        .filter(|r| r.public)
+        .map(|r| RoomSummary {
+            room_id: r.room_id,
+            name: r.name,
+            members: r.members,
+        })
+        .collect();
+    Ok(Json(RoomList { rooms }))
+}
+
+/// `GET /healthz`: 200 while the scheduler answers its own `/healthz`.
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.scheduler().healthy().await {
+        Ok(()) => Ok(Json(serde_json::json!({"status": "ok"}))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SchedulerUnavailable,
+            "the scheduler is unavailable",
+        )
+        .with_cause(chain(&e))),
+    }
+}
+
+/// Unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
+}
+
+/// Known paths with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::InvalidRequest,
+        "method not allowed",
+    )
+}
+
+fn ticket(
+    state: &AppState,
+    user: &UserClaims,
+    placement: Placement,
+) -> Result<RoomTicket, ApiError> {
+    let minted = state
+        .issuer()
+        .mint_ticket(user, &placement)
+        .map_err(ApiError::internal)?;
+    Ok(RoomTicket {
+        room_id: placement.room_id,
+        url: placement.url,
+        token: minted.token,
+        expires_at: tokens::rfc3339(minted.expires_at),
+        server_id: placement.server_id,
+        name: placement.name,
+    })
+}
+
+/// A blank name means "use the room id"; otherwise at most 64 characters, no control characters.
+fn validate_room_name(name: String) -> Result<Option<String>, ApiError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(ApiError::invalid_request(format!(
+            "room names are at most {MAX_ROOM_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid_request(
+            "room names cannot contain control characters",
+        ));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+fn parse_json<T: DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, ErrorCode::InvalidRequest, "request body too large")
+        } else {
+            ApiError::new(
+                status,
+                ErrorCode::InvalidRequest,
+                "could not read the request body",
+            )
+            .with_cause(rejection.body_text())
+        }
+    }
+}

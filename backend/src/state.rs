@@ -1,0 +1,84 @@
+//! [`AppState`]: what every handler shares — the token issuer, the scheduler client and the
+//! web files.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys;
+use crate::scheduler::SchedulerClient;
+use crate::tokens::TokenIssuer;
+use crate::web::WebFiles;
+
+/// Shared, cheap to clone (one `Arc`).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    issuer: TokenIssuer,
+    scheduler: SchedulerClient,
+    web: WebFiles,
+}
+
+impl AppState {
+    /// Loads (or generates) the ticket key, reads the cluster secret and builds the scheduler
+    /// client, as `config` says. Touches the file system, so call it once at start.
+    pub fn new(config: &Config) -> Result<AppState, Error> {
+        let keys = keys::load_or_generate(&config.ticket_private_key_path())?;
+        tracing::info!(
+            private_key = %keys.private_path.display(),
+            public_key = %keys.public_path.display(),
+            "ticket keys ready"
+        );
+        let secret = match &config.cluster_secret {
+            Some(s) => s.clone(),
+            None => {
+                let path = config.cluster_secret_path();
+                let secret = berth_protocol::secret::load_or_create(&path).map_err(|source| {
+                    Error::ClusterSecret {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(path = %path.display(), "cluster secret from file");
+                secret
+            }
+        };
+        match reqwest::Url::parse(&config.scheduler_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => return Err(Error::SchedulerUrl(config.scheduler_url.clone())),
+        }
+        let scheduler =
+            SchedulerClient::new(&config.scheduler_url, secret).map_err(Error::HttpClient)?;
+        let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
+        let web = match &config.web_dir {
+            Some(dir) => WebFiles::Dir(dir.clone()),
+            None => WebFiles::Embedded,
+        };
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                issuer,
+                scheduler,
+                web,
+            }),
+        })
+    }
+
+    /// Mints and verifies tokens.
+    pub fn issuer(&self) -> &TokenIssuer {
+        &self.inner.issuer
+    }
+
+    /// Talks to the scheduler.
+    pub fn scheduler(&self) -> &SchedulerClient {
+        &self.inner.scheduler
+    }
+
+    /// Where the web client's files come from.
+    pub fn web(&self) -> &WebFiles {
+        &self.inner.web
+    }
+}

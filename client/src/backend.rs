@@ -1,0 +1,158 @@
+//! [`Backend`]: the client of the backend's public HTTP API (`/api/...`).
+
+use std::time::Duration;
+
+use berth_protocol::api::{CreateRoomRequest, LoginRequest, LoginResponse, RoomList, RoomTicket};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ClientError, Result, retry_after};
+
+/// How long to wait for a TCP connection to the backend.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call may take (creating a room may wait for a session server to spawn).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A logged-in user: the user token the room calls need, and who it names.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user token (a JWT); send as `Authorization: Bearer`.
+    pub token: String,
+    pub user_id: String,
+    pub username: String,
+}
+
+impl From<LoginResponse> for Session {
+    fn from(r: LoginResponse) -> Self {
+        Session {
+            token: r.token,
+            user_id: r.user_id,
+            username: r.username,
+        }
+    }
+}
+
+// The token stays out of `{:?}` so it cannot end up in a log line.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of one backend (`http://host:port`). Cheap to clone; clones share connections.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Backend {
+    /// A client of the backend at `base_url`, e.g. `http://127.0.0.1:8080` (a trailing `/` is
+    /// fine). The URL is checked on the first call.
+    pub fn new(base_url: impl Into<String>) -> Backend {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            // Building fails only when no TLS backend can start, and this one has none.
+            .unwrap_or_default();
+        Backend::with_client(base_url, http)
+    }
+
+    /// Like [`Backend::new`] with a caller-made `reqwest::Client` (own timeouts, pool sizes).
+    pub fn with_client(base_url: impl Into<String>, http: reqwest::Client) -> Backend {
+        let base = base_url.into().trim_end_matches('/').to_owned();
+        Backend { http, base }
+    }
+
+    /// The base URL calls go to (without a trailing `/`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /api/login`: a [`Session`] for `username` (1–32 letters, digits, `_`, `-`;
+    /// otherwise `Api { code: "invalid_username" }`).
+    pub async fn login(&self, username: &str) -> Result<Session> {
+        let req = self
+            .http
+            .post(self.url(&["api", "login"])?)
+            .json(&LoginRequest {
+                username: username.to_owned(),
+            });
+        let resp: LoginResponse = call(req, "login answer").await?;
+        Ok(resp.into())
+    }
+
+    /// `POST /api/rooms`: a new room and a ticket into it. Watch for `no_capacity` (503) and
+    /// `rate_limited` (429), both with [`ClientError::retry_after`].
+    pub async fn create_room(
+        &self,
+        session: &Session,
+        req: &CreateRoomRequest,
+    ) -> Result<RoomTicket> {
+        let req = self
+            .http
+            .post(self.url(&["api", "rooms"])?)
+            .bearer_auth(&session.token)
+            .json(req);
+        call(req, "room ticket").await
+    }
+
+    /// `GET /api/rooms/{roomId}`: where the room lives and a fresh ticket into it;
+    /// `room_not_found` (404) when it does not exist.
+    pub async fn lookup_room(&self, session: &Session, room_id: &str) -> Result<RoomTicket> {
+        let req = self
+            .http
+            .get(self.url(&["api", "rooms", room_id])?)
+            .bearer_auth(&session.token);
+        call(req, "room ticket").await
+    }
+
+    /// `GET /api/rooms`: the public rooms (no login needed).
+    pub async fn list_rooms(&self) -> Result<RoomList> {
+        call(self.http.get(self.url(&["api", "rooms"])?), "room list").await
+    }
+
+    /// `GET /healthz`: `Ok` when the backend answers 200 (it then reaches its scheduler).
+    pub async fn healthz(&self) -> Result<()> {
+        let resp = self.http.get(self.url(&["healthz"])?).send().await?;
+        check(resp).await.map(drop)
+    }
+
+    /// `base` + the path segments, each percent-encoded (a room id cannot escape its segment).
+    fn url(&self, segments: &[&str]) -> Result<Url> {
+        let mut url = Url::parse(&self.base)
+            .map_err(|e| ClientError::InvalidUrl(format!("{}: {e}", self.base)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidUrl(format!(
+                "{}: not an http(s) URL",
+                self.base
+            )));
+        }
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidUrl(format!("{}: cannot be a base", self.base)))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+/// Sends `req`; a 2xx answer is parsed as `T`, anything else becomes [`ClientError::Api`].
+async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, what: &'static str) -> Result<T> {
+    let resp = check(req.send().await?).await?;
+    let bytes = resp.bytes().await?;
+    serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { what, source })
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry = retry_after(resp.headers());
+    let body = resp.bytes().await.unwrap_or_default();
+    Err(ClientError::from_http_answer(status.as_u16(), retry, &body))
+}

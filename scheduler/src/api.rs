@@ -1,0 +1,356 @@
+//! The HTTP API: the internal `/v1` calls of `berth_protocol::cluster` behind the cluster
+//! secret, plus `/healthz` and `/metrics`. Every error answer is the JSON `ErrorBody`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use berth_protocol::api::MAX_ROOM_NAME_CHARS;
+use berth_protocol::cluster::{
+    Heartbeat, HeartbeatAck, HostedRoom, Placement, PlaceRoomRequest, RegisterServer, Registered, ReleaseRoom,
+    RoomDirectory, ServerList, ServerState,
+};
+use berth_protocol::ids;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info};
+
+use crate::error::ApiError;
+use crate::placement;
+use crate::registry::{Server, lock};
+use crate::spawner;
+use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest session-server URL accepted.
+const MAX_URL_BYTES: usize = 2048;
+/// Longest `createdBy` accepted.
+const MAX_CREATED_BY_BYTES: usize = 128;
+/// Most rooms one registration or heartbeat may report.
+const MAX_REPORTED_ROOMS: usize = 10_000;
+/// Upper bounds of a reported capacity.
+const MAX_CAPACITY_ROOMS: u32 = 100_000;
+const MAX_MEMBERS_PER_ROOM: u32 = 1_000_000;
+
+/// The scheduler's router (testable with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/rooms", post(create_room).get(list_rooms))
+        .route("/rooms/{id}", get(get_room))
+        .route("/rooms/{id}/release", post(release_room))
+        .route("/servers", post(register_server).get(list_servers))
+        .route("/servers/{id}", delete(remove_server))
+        .route("/servers/{id}/heartbeat", put(heartbeat))
+        .route("/servers/{id}/drain", post(drain_server))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), require_secret));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Bearer cluster secret, compared in constant time.
+async fn require_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) => next.run(request).await,
+        _ => {
+            debug!(path = %request.uri().path(), "refused a call without the cluster secret");
+            ApiError::Unauthorized.into_response()
+        }
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.registry, &state.directory);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Parses a JSON body, answering every refusal with the error body.
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+fn path_id(path: Result<Path<String>, PathRejection>, valid: fn(&str) -> bool, what: &str) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
+    if valid(&id) { Ok(id) } else { Err(ApiError::InvalidRequest(format!("invalid {what} id"))) }
+}
+
+fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    match name {
+        Some(n) if n.is_empty() || n.chars().count() > MAX_ROOM_NAME_CHARS || n.chars().any(char::is_control) => {
+            Err(ApiError::InvalidRequest(format!("room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+fn validate_hosted(rooms: &[HostedRoom]) -> Result<(), ApiError> {
+    if rooms.len() > MAX_REPORTED_ROOMS {
+        return Err(ApiError::InvalidRequest(format!("at most {MAX_REPORTED_ROOMS} rooms per report")));
+    }
+    if let Some(bad) = rooms.iter().find(|r| !ids::is_valid_room_id(&r.room_id)) {
+        return Err(ApiError::InvalidRequest(format!("invalid room id in report ({} bytes)", bad.room_id.len())));
+    }
+    Ok(())
+}
+
+fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
+    if let Some(id) = &req.server_id
+        && !ids::is_valid_server_id(id)
+    {
+        return Err(ApiError::InvalidRequest("invalid server id".into()));
+    }
+    let url_ok = req.url.len() <= MAX_URL_BYTES
+        && (req.url.starts_with("ws://") || req.url.starts_with("wss://"))
+        && req.url.len() > "wss://".len()
+        && !req.url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !url_ok {
+        return Err(ApiError::InvalidRequest("url must be a ws:// or wss:// URL".into()));
+    }
+    if !(1..=MAX_CAPACITY_ROOMS).contains(&req.capacity.rooms)
+        || !(1..=MAX_MEMBERS_PER_ROOM).contains(&req.capacity.members_per_room)
+    {
+        return Err(ApiError::InvalidRequest("capacity out of range".into()));
+    }
+    validate_hosted(&req.rooms)
+}
+
+/// `POST /v1/rooms`.
+async fn create_room(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Placement>), ApiError> {
+    let req: PlaceRoomRequest = match &body {
+        Ok(bytes) if bytes.is_empty() => PlaceRoomRequest::default(),
+        _ => parse_json(body)?,
+    };
+    let name = validate_name(req.name)?;
+    if let Some(user) = &req.created_by {
+        if user.is_empty() || user.len() > MAX_CREATED_BY_BYTES || user.chars().any(char::is_control) {
+            return Err(ApiError::InvalidRequest("invalid createdBy".into()));
+        }
+        if let Err(wait) = state.rate_limiter.check(user) {
+            crate::metrics::inc(&state.metrics.rate_limited);
+            info!(user_id = %user, "room creates rate limited");
+            return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+        }
+    }
+    let room_id = ids::new_room_id();
+    let name = name.unwrap_or_else(|| room_id.clone());
+    let placement = placement::place_new(&state, room_id, name, req.public).await?;
+    Ok((StatusCode::CREATED, Json(placement)))
+}
+
+#[derive(Deserialize)]
+struct ListRooms {
+    public: Option<bool>,
+}
+
+/// `GET /v1/rooms[?public=true|false]`.
+async fn list_rooms(
+    State(state): State<AppState>,
+    query: Result<Query<ListRooms>, QueryRejection>,
+) -> Result<Json<RoomDirectory>, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
+    Ok(Json(RoomDirectory { rooms: state.directory.list(query.public) }))
+}
+
+/// `GET /v1/rooms/{id}`: re-places an orphaned room.
+async fn get_room(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Placement>, ApiError> {
+    let room_id = path_id(path, ids::is_valid_room_id, "room")?;
+    Ok(Json(placement::lookup(&state, &room_id).await?))
+}
+
+/// `POST /v1/rooms/{id}/release`: 204 whether or not the placement was still current.
+async fn release_room(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let room_id = path_id(path, ids::is_valid_room_id, "room")?;
+    let req: ReleaseRoom = parse_json(body)?;
+    if !ids::is_valid_server_id(&req.server_id) {
+        return Err(ApiError::InvalidRequest("invalid server id".into()));
+    }
+    if state.directory.release(&room_id, &req.server_id, req.epoch, &state.registry) {
+        info!(room_id, server_id = %req.server_id, epoch = req.epoch, "room released");
+    } else {
+        debug!(room_id, server_id = %req.server_id, epoch = req.epoch, "stale release ignored");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/servers`: a session server (re-)announces itself.
+async fn register_server(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Registered>, ApiError> {
+    let req: RegisterServer = parse_json(body)?;
+    validate_register(&req)?;
+    let server = match &req.server_id {
+        Some(id) => match state.registry.get(id) {
+            Some(server) => server,
+            None => state.registry.insert_if_absent(Server::outside(id.clone(), req.url.clone(), req.capacity, req.pid)),
+        },
+        None => loop {
+            let outside = Server::outside(ids::new_server_id(), req.url.clone(), req.capacity, req.pid);
+            if let Some(server) = state.registry.try_insert(outside) {
+                break server;
+            }
+        },
+    };
+    if server.kill_was_requested() {
+        // A managed server declared dead is being killed: it must not come back.
+        return Err(ApiError::UnknownServer);
+    }
+    let previous = server.state();
+    // A managed child's pid is the one we spawned, whatever it says.
+    let pid = if server.managed { None } else { req.pid };
+    server.registered(req.url, req.capacity, req.connections, pid);
+    // Rooms first, so their slots count before placements may land here.
+    state.directory.adopt(&server, &req.rooms, &state.registry);
+    let draining = req.draining || server.drain_requested();
+    {
+        let _decision = lock(&state.placement_lock);
+        server.set_state(if draining { ServerState::Draining } else { ServerState::Ready });
+    }
+    if previous == ServerState::Starting && server.managed {
+        state.metrics.spawn_latency.observe(server.started.elapsed());
+        info!(server_id = %server.id, rooms = req.rooms.len(), startup_ms = u64::try_from(server.started.elapsed().as_millis()).unwrap_or(u64::MAX), "spawned session server registered");
+    } else {
+        info!(server_id = %server.id, managed = server.managed, rooms = req.rooms.len(), draining, previous = previous.as_str(), "session server registered");
+    }
+    state.fleet_kick.notify_one();
+    Ok(Json(Registered { server_id: server.id.clone(), heartbeat_interval_ms: state.config.heartbeat_interval_ms }))
+}
+
+/// `PUT /v1/servers/{id}/heartbeat`.
+async fn heartbeat(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
+    let hb: Heartbeat = parse_json(body)?;
+    validate_hosted(&hb.rooms)?;
+    let server = state
+        .registry
+        .get(&server_id)
+        .filter(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
+        .ok_or(ApiError::UnknownServer)?;
+    server.heartbeat(hb.connections);
+    if hb.draining && server.state() == ServerState::Ready {
+        let _decision = lock(&state.placement_lock);
+        server.set_state(ServerState::Draining);
+        info!(server_id, "session server is draining");
+    }
+    let revoked_rooms = state.directory.heartbeat(&server, &hb.rooms, state.config.unreported_room_ttl());
+    if !revoked_rooms.is_empty() {
+        info!(server_id, revoked = revoked_rooms.len(), "revoking rooms placed elsewhere");
+    }
+    Ok(Json(HeartbeatAck { state: server.state(), drain: server.drain_requested(), revoked_rooms }))
+}
+
+/// `POST /v1/servers/{id}/drain`: no new rooms; the next heartbeat answer asks it to drain.
+async fn drain_server(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
+    let server = state.registry.get(&server_id).filter(|s| s.state() != ServerState::Dead).ok_or(ApiError::UnknownServer)?;
+    {
+        let _decision = lock(&state.placement_lock);
+        server.request_drain();
+        if server.state() == ServerState::Ready {
+            server.set_state(ServerState::Draining);
+        }
+    }
+    info!(server_id, "drain requested");
+    state.fleet_kick.notify_one();
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `DELETE /v1/servers/{id}`: a server leaving; its remaining rooms are re-placed on lookup.
+async fn remove_server(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
+    let server = state.registry.get(&server_id).ok_or(ApiError::UnknownServer)?;
+    spawner::retire(&state, &server);
+    info!(server_id, "session server left");
+    state.fleet_kick.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/servers`, oldest first.
+async fn list_servers(State(state): State<AppState>) -> Json<ServerList> {
+    let mut servers = state.registry.snapshot();
+    servers.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+    Json(ServerList { servers: servers.iter().map(|s| s.info()).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        assert!(validate_name(None).unwrap().is_none());
+        assert!(validate_name(Some("lobby".into())).is_ok());
+        assert!(validate_name(Some("é".repeat(64))).is_ok(), "64 characters, more bytes");
+        assert!(validate_name(Some("a".repeat(65))).is_err());
+        assert!(validate_name(Some(String::new())).is_err());
+        assert!(validate_name(Some("a\nb".into())).is_err());
+    }
+}

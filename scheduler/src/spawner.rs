@@ -1,0 +1,366 @@
+//! Spawning and supervising `berth-session` processes.
+//!
+//! A spawn decision is taken under `spawn_lock`: a create that needs capacity first *claims* a
+//! slot of a server that is already starting, and only when those slots are all counted on does
+//! it start a new one, never past `max_servers` (starting, ready and draining servers count).
+//! The new entry is `starting` with its pid; one supervisor task per child then awaits, in one
+//! `select!`: the child's exit, the spawn timeout (while it has not registered), a kill request
+//! (declared dead) and the scheduler's shutdown (SIGTERM, bounded wait, SIGKILL). However the
+//! child ends, its entry leaves the registry and its rooms are orphaned, to be re-placed on their
+//! next lookup.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+
+use berth_protocol::cluster::{Capacity, ServerState};
+use tokio::process::{Child, Command};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::inc;
+use crate::placement::no_capacity;
+use crate::registry::{Server, lock};
+use crate::state::AppState;
+
+/// A create counting on one slot of a starting server; gives the claim back when dropped.
+pub struct Claim {
+    pub server: Arc<Server>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.server.unclaim();
+    }
+}
+
+/// Claims a slot on a starting server, starting a new server when the starting ones' slots are
+/// all counted on. Fails with 503 `no_capacity` at `max_servers`.
+pub fn claim_capacity(state: &AppState) -> Result<Claim, ApiError> {
+    let server = {
+        let _decision = lock(&state.spawn_lock);
+        let servers = state.registry.snapshot();
+        if let Some(s) = servers
+            .iter()
+            .find(|s| s.state() == ServerState::Starting && !s.drain_requested() && s.try_claim())
+        {
+            return Ok(Claim { server: Arc::clone(s) });
+        }
+        let active = servers.iter().filter(|s| s.is_active()).count();
+        if active >= state.config.max_servers as usize {
+            inc(&state.metrics.no_capacity);
+            warn!(active, max_servers = state.config.max_servers, "no free room slot and the fleet is at its cap");
+            return Err(no_capacity(state, "every session server is full and the fleet is at its cap"));
+        }
+        let server = new_starting(state);
+        // A fresh server has at least one slot.
+        server.try_claim();
+        server
+    };
+    // Outside the lock: fork and exec take a while, and the entry already counts.
+    start(state, &server);
+    Ok(Claim { server })
+}
+
+/// Starts servers until the free slots (on ready servers, plus unclaimed ones on starting
+/// servers) cover `target`, within `max_servers`. Returns how many were started.
+pub fn top_up(state: &AppState, target: u32) -> usize {
+    let started = {
+        let _decision = lock(&state.spawn_lock);
+        let servers = state.registry.snapshot();
+        let mut free: u32 = servers
+            .iter()
+            .map(|s| match s.state() {
+                ServerState::Ready if s.accepts_rooms() => s.free_slots(),
+                ServerState::Starting if !s.drain_requested() => s.unclaimed_slots(),
+                _ => 0,
+            })
+            .fold(0, u32::saturating_add);
+        let mut active = servers.iter().filter(|s| s.is_active()).count();
+        let mut started = Vec::new();
+        while free < target && active < state.config.max_servers as usize {
+            let server = new_starting(state);
+            free = free.saturating_add(server.capacity());
+            active += 1;
+            started.push(server);
+        }
+        started
+    };
+    for server in &started {
+        info!(server_id = %server.id, "spawning a session server for the warm buffer");
+        start(state, server);
+    }
+    started.len()
+}
+
+/// Inserts a new `starting` entry under a fresh id. Call with `spawn_lock` held.
+fn new_starting(state: &AppState) -> Arc<Server> {
+    let capacity = Capacity { rooms: state.config.rooms_per_server, members_per_room: state.config.members_per_room };
+    loop {
+        // An id collision (rare) just draws again.
+        if let Some(server) = state.registry.try_insert(Server::starting(berth_protocol::ids::new_server_id(), capacity)) {
+            return server;
+        }
+    }
+}
+
+/// The session-server binary: `--session-bin`, else `berth-session` beside this executable.
+pub fn session_bin(config: &Config) -> PathBuf {
+    if let Some(bin) = &config.session_bin {
+        return bin.clone();
+    }
+    let name = format!("berth-session{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The command line of a spawned session server (docs/architecture.md, "Scheduler ↔ session
+/// server"). The cluster secret goes in the environment only, never in the arguments.
+pub fn session_command(config: &Config, bin: &Path, server_id: &str, scheduler_url: &str, secret: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--managed")
+        .arg("--server-id")
+        .arg(server_id)
+        .arg("--scheduler-url")
+        .arg(scheduler_url)
+        .arg("--host")
+        .arg(&config.session_host)
+        .arg("--rooms")
+        .arg(config.rooms_per_server.to_string())
+        .arg("--members-per-room")
+        .arg(config.members_per_room.to_string())
+        .arg("--ticket-public-key")
+        .arg(config.ticket_public_key_path())
+        .arg("--data-dir")
+        .arg(&config.data_dir)
+        .arg("--room-idle-secs")
+        .arg(config.room_idle_secs.to_string())
+        .arg("--drain-timeout-secs")
+        .arg(config.drain_timeout_secs.to_string())
+        .env("BERTH_CLUSTER_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    cmd
+}
+
+/// Starts the process of a `starting` entry and hands it to a supervisor task. On failure the
+/// entry is retired at once (waiters see it dead and answer 503).
+fn start(state: &AppState, server: &Arc<Server>) {
+    let bin = session_bin(&state.config);
+    let mut cmd = session_command(&state.config, &bin, &server.id, &state.scheduler_url, &state.secret);
+    if state.shutdown.is_cancelled() {
+        warn!(server_id = %server.id, "not spawning: the scheduler is shutting down");
+        retire(state, server);
+        return;
+    }
+    inc(&state.metrics.spawns);
+    match cmd.spawn() {
+        Ok(child) => {
+            server.set_pid(child.id());
+            info!(server_id = %server.id, pid = ?child.id(), bin = %bin.display(), "spawned a session server");
+            let task_state = state.clone();
+            let task_server = Arc::clone(server);
+            state.tasks.spawn(supervise(task_state, task_server, child));
+        }
+        Err(e) => {
+            inc(&state.metrics.spawn_failures);
+            error!(server_id = %server.id, bin = %bin.display(), error = %e, "cannot spawn a session server (see --session-bin)");
+            retire(state, server);
+        }
+    }
+}
+
+/// Forgets a server that is gone: dead state (wakes waiters), out of the registry, its rooms
+/// orphaned (re-placed on their next lookup).
+pub fn retire(state: &AppState, server: &Arc<Server>) {
+    server.set_state(ServerState::Dead);
+    state.registry.remove_if_same(server);
+    // A newer entry under the same id (the process registered again after leaving) owns the
+    // rooms now: leave them alone.
+    if state.registry.get(&server.id).is_some() {
+        return;
+    }
+    let orphaned = state.directory.orphan_server(server);
+    if orphaned > 0 {
+        info!(server_id = %server.id, orphaned, "rooms of a gone server will be re-placed on lookup");
+    }
+}
+
+/// How a child's supervision ended.
+enum End {
+    Exited,
+    SpawnTimeout,
+    Killed,
+    Shutdown,
+}
+
+/// Watches one child until it exits, killing it when asked, when it does not register within
+/// the spawn timeout, or (SIGTERM first) when the scheduler stops.
+async fn supervise(state: AppState, server: Arc<Server>, mut child: Child) {
+    let spawn_deadline = tokio::time::sleep(state.config.spawn_timeout());
+    tokio::pin!(spawn_deadline);
+    let mut awaiting_registration = true;
+    let (end, status) = loop {
+        tokio::select! {
+            status = child.wait() => break (End::Exited, status),
+            _ = &mut spawn_deadline, if awaiting_registration => {
+                awaiting_registration = false;
+                if server.state() == ServerState::Starting {
+                    break (End::SpawnTimeout, kill(&mut child).await);
+                }
+            }
+            _ = server.kill_requested() => break (End::Killed, kill(&mut child).await),
+            _ = state.shutdown.cancelled() => {
+                break (End::Shutdown, terminate(&mut child, &server, &state.config).await);
+            }
+        }
+    };
+    let was_starting = server.state() == ServerState::Starting;
+    retire(&state, &server);
+    let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
+    match end {
+        End::SpawnTimeout => {
+            inc(&state.metrics.spawn_failures);
+            error!(server_id = %server.id, timeout_ms = state.config.spawn_timeout_ms, "session server did not register in time; killed");
+        }
+        End::Exited if was_starting => {
+            inc(&state.metrics.spawn_failures);
+            error!(server_id = %server.id, %status, "session server exited before registering");
+        }
+        End::Exited => warn!(server_id = %server.id, %status, "session server exited"),
+        End::Killed => warn!(server_id = %server.id, %status, "killed a session server declared dead"),
+        End::Shutdown => info!(server_id = %server.id, %status, "session server stopped"),
+    }
+}
+
+/// SIGKILL and reap.
+async fn kill(child: &mut Child) -> io::Result<ExitStatus> {
+    if let Err(e) = child.start_kill() {
+        warn!(error = %e, "cannot kill a session server");
+    }
+    child.wait().await
+}
+
+/// SIGTERM, wait up to the shutdown timeout, then SIGKILL.
+async fn terminate(child: &mut Child, server: &Server, config: &Config) -> io::Result<ExitStatus> {
+    // `id()` is None once the child was reaped: then there is nothing to signal.
+    if let Some(pid) = child.id()
+        && let Err(e) = send_sigterm(pid)
+    {
+        warn!(server_id = %server.id, error = %e, "cannot send SIGTERM to a session server");
+    }
+    match tokio::time::timeout(config.shutdown_timeout(), child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            warn!(server_id = %server.id, timeout_ms = config.shutdown_timeout_ms, "session server did not stop in time; killing");
+            kill(child).await
+        }
+    }
+}
+
+/// Asks the kernel to send SIGTERM to the child when this scheduler dies, so that a crashed or
+/// killed scheduler leaves no orphan. Note: Linux fires it when the *thread* that forked exits;
+/// spawns happen on tokio worker threads, which live as long as the runtime.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // functions may be called. It calls prctl(2) and getppid(2), both plain system calls that
+    // neither allocate nor take locks, and builds an io::Error from errno without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The scheduler may have died between fork and prctl: then nobody would signal us.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+/// Sends SIGTERM to a child process of ours.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn send_sigterm(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) has no memory-safety preconditions. `pid` is positive (never a process
+    // group or "every process") and names our own child that has not been reaped yet (the caller
+    // got it from `Child::id`, which is None after reaping), so it cannot name another process.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(not(unix))]
+fn send_sigterm(_pid: u32) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_command_line_follows_the_contract_and_hides_the_secret() {
+        let config = Config::parse_from([
+            "berth-scheduler",
+            "--rooms-per-server",
+            "7",
+            "--members-per-room",
+            "9",
+            "--session-host",
+            "example.test",
+            "--room-idle-secs",
+            "11",
+            "--drain-timeout-secs",
+            "13",
+        ]);
+        let secret = "s3cr3t-value";
+        let cmd = session_command(&config, Path::new("/opt/berth-session"), "s-abc", "http://127.0.0.1:7070", secret);
+        let std = cmd.as_std();
+        assert_eq!(std.get_program(), "/opt/berth-session");
+        let args: Vec<String> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        for expected in [
+            "--listen 127.0.0.1:0",
+            "--managed",
+            "--server-id s-abc",
+            "--scheduler-url http://127.0.0.1:7070",
+            "--host example.test",
+            "--rooms 7",
+            "--members-per-room 9",
+            "--ticket-public-key ./.berth/ticket.pub.pem",
+            "--room-idle-secs 11",
+            "--drain-timeout-secs 13",
+        ] {
+            assert!(joined.contains(expected), "missing `{expected}` in `{joined}`");
+        }
+        assert!(!joined.contains(secret));
+        let env: Vec<_> = std.get_envs().collect();
+        assert!(env.iter().any(|(k, v)| *k == "BERTH_CLUSTER_SECRET" && *v == Some(std::ffi::OsStr::new(secret))));
+    }
+
+    #[test]
+    fn default_session_bin_sits_beside_this_executable() {
+        let config = Config::parse_from(["berth-scheduler"]);
+        let bin = session_bin(&config);
+        assert_eq!(bin.parent(), std::env::current_exe().unwrap().parent());
+        assert!(bin.file_name().unwrap().to_string_lossy().starts_with("berth-session"));
+    }
+}

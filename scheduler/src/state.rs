@@ -1,0 +1,80 @@
+//! The state every handler and background task shares.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::registry::Registry;
+
+/// Cheap to clone: one `Arc` around the scheduler's state.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    /// The cluster secret (never logged; see the manual `Debug`).
+    pub secret: String,
+    /// How spawned session servers reach this scheduler (`http://<bound addr>`).
+    pub scheduler_url: String,
+    pub registry: Registry,
+    pub directory: Directory,
+    pub metrics: Metrics,
+    pub rate_limiter: RateLimiter,
+    /// Held around each placement decision and around flips out of `ready` (drain), so that a
+    /// room is never placed on a server that is being drained.
+    pub placement_lock: Mutex<()>,
+    /// Held around spawn decisions, so that `max_servers` holds and concurrent creates share
+    /// spawns.
+    pub spawn_lock: Mutex<()>,
+    /// Wakes the fleet loop early (a placement ate into the warm buffer).
+    pub fleet_kick: Notify,
+    pub shutdown: CancellationToken,
+    /// Supervisors of spawned children and the fleet loop.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the state. `scheduler_url` is passed to spawned session servers.
+    pub fn new(config: Config, secret: String, scheduler_url: String, shutdown: CancellationToken) -> AppState {
+        let rate_limiter = RateLimiter::new(config.create_rate);
+        AppState(Arc::new(Inner {
+            config,
+            secret,
+            scheduler_url,
+            registry: Registry::default(),
+            directory: Directory::default(),
+            metrics: Metrics::default(),
+            rate_limiter,
+            placement_lock: Mutex::new(()),
+            spawn_lock: Mutex::new(()),
+            fleet_kick: Notify::new(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("scheduler_url", &self.scheduler_url)
+            .field("servers", &self.registry.len())
+            .field("rooms", &self.directory.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs a whole Berth cluster on this machine: the scheduler and the backend, with session
+# servers spawned by the scheduler on demand. Ctrl-C (or SIGTERM) stops everything it started.
+#
+#   scripts/launch.sh            # then open http://127.0.0.1:8080
+#
+# Every BERTH_* variable of the README is passed through (e.g. BERTH_ROOMS_PER_SERVER=2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export BERTH_BACKEND_LISTEN="${BERTH_BACKEND_LISTEN:-127.0.0.1:8080}"
+export BERTH_SCHEDULER_LISTEN="${BERTH_SCHEDULER_LISTEN:-127.0.0.1:7070}"
+export BERTH_SCHEDULER_URL="${BERTH_SCHEDULER_URL:-http://${BERTH_SCHEDULER_LISTEN/0.0.0.0/127.0.0.1}}"
+export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$PWD/.berth}"
+export RUST_LOG="${RUST_LOG:-info}"
+if [ -z "${BERTH_CLUSTER_SECRET:-}" ]; then
+  BERTH_CLUSTER_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export BERTH_CLUSTER_SECRET
+fi
+
+echo "==> building (release)…"
+cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth
+bin="$PWD/target/release"
+mkdir -p "$BERTH_DATA_DIR"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "==> stopping…"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Bounded: the scheduler drains its session servers within its shutdown timeout.
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  echo "==> stopped"
+}
+trap stop INT TERM EXIT
+
+# Waits until host:port accepts TCP connections (bounded).
+wait_for_port() {
+  local addr="${1/0.0.0.0/127.0.0.1}" name="$2"
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "error: $name did not start listening on $addr" >&2
+  exit 1
+}
+
+# The backend first: on its first start it creates the ticket key pair that session servers need.
+"$bin/berth-backend" &
+pids+=($!)
+wait_for_port "$BERTH_BACKEND_LISTEN" backend
+"$bin/berth-scheduler" --session-bin "$bin/berth-session" &
+pids+=($!)
+wait_for_port "$BERTH_SCHEDULER_LISTEN" scheduler
+
+cat <<MSG
+
+  Berth is running.
+    web client  http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/
+    API         http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/api/rooms
+    scheduler   ${BERTH_SCHEDULER_URL}/v1/servers  (bearer: the cluster secret)
+    CLI         $bin/berth chat --backend http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}
+  Ctrl-C stops everything.
+
+MSG
+# Exit (and stop the rest) as soon as either process ends.
+wait -n "${pids[@]}"

@@ -1,0 +1,175 @@
+//! Whether a connection gets in, decided before the WebSocket upgrade: ticket, drain, process
+//! capacity, placement and room limits. A refusal is a plain HTTP answer with the error body.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::ws::Utf8Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use berth_protocol::claims::TicketClaims;
+use berth_protocol::frames::User;
+use berth_protocol::{ErrorBody, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::metrics::Metrics;
+use crate::room::{Command, ConnId, JoinError, Kick, RoomHandle};
+use crate::state::AppState;
+use crate::ticket::TicketError;
+
+/// Times a join is retried when the room ends under it (idle disposal racing the join).
+const JOIN_ATTEMPTS: usize = 3;
+
+/// A refused connection: status, code and a human message.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal { status, code, message: message.into() }
+    }
+    pub(crate) fn wrong_server(message: &str) -> Self {
+        Self::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::WrongServer, message)
+    }
+    pub(crate) fn stale_epoch() -> Self {
+        Self::wrong_server("the ticket is for another placement of this room")
+    }
+    pub(crate) fn draining() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerDraining, "the server is draining")
+    }
+    pub(crate) fn server_full(message: &str) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerFull, message)
+    }
+    pub(crate) fn scheduler_unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SchedulerUnavailable, "cannot reach the scheduler")
+    }
+}
+
+impl From<TicketError> for Refusal {
+    fn from(e: TicketError) -> Self {
+        match e {
+            TicketError::Invalid(why) => Self::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidTicket, why),
+            TicketError::WrongServer => Self::wrong_server("the ticket is for another server"),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+    }
+}
+
+/// One of the process's `--max-connections` slots, given back on drop.
+pub(crate) struct ConnectionSlot(Arc<Metrics>);
+
+impl ConnectionSlot {
+    fn acquire(metrics: &Arc<Metrics>, max: u32) -> Option<Self> {
+        let before = metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if before >= u64::from(max) {
+            metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(metrics.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's place in its room: dropping it tells the room the connection left, whether
+/// it ends normally, the upgrade never completes, or its task unwinds.
+pub(crate) struct Membership {
+    commands: mpsc::Sender<Command>,
+    conn: ConnId,
+    armed: bool,
+}
+
+impl Membership {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Queued behind this connection's earlier commands, so its last sends are not lost.
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.commands.try_send(Command::Leave(self.conn)) {
+            let commands = self.commands.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = commands.send(cmd).await;
+                });
+            }
+        }
+    }
+}
+
+/// Everything an admitted connection needs once upgraded.
+pub(crate) struct Admitted {
+    pub conn: ConnId,
+    pub room: RoomHandle,
+    pub welcome: Utf8Bytes,
+    pub outbound: mpsc::Receiver<Utf8Bytes>,
+    pub kick: oneshot::Receiver<Kick>,
+    pub membership: Membership,
+    pub slot: ConnectionSlot,
+    pub task: TaskTrackerToken,
+}
+
+/// Verifies the ticket (the first check, before anything else is looked at).
+pub(crate) fn check_ticket(state: &AppState, token: Option<&str>) -> Result<TicketClaims, Refusal> {
+    let server_id = state.server_id();
+    Ok(state.0.verifier.verify(token.unwrap_or(""), server_id.as_deref())?)
+}
+
+/// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).
+pub(crate) async fn admit(state: &AppState, claims: TicketClaims) -> Result<Admitted, Refusal> {
+    let shared = &state.0;
+    if state.is_draining() {
+        return Err(Refusal::draining());
+    }
+    let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
+        .ok_or_else(|| Refusal::server_full("the server is at its connection limit"))?;
+    let user = User { user_id: claims.sub.clone(), username: claims.name.clone() };
+    for _ in 0..JOIN_ATTEMPTS {
+        let room = state.room_for(&claims).await?;
+        let conn = state.next_conn_id();
+        let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
+        let (kick_tx, kick) = oneshot::channel();
+        let membership = Membership { commands: room.commands(), conn, armed: true };
+        match room.join(conn, user.clone(), tx, kick_tx).await {
+            Ok(welcome) => {
+                shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                return Ok(Admitted {
+                    conn,
+                    room,
+                    welcome,
+                    outbound,
+                    kick,
+                    membership,
+                    slot,
+                    task: shared.tracker.token(),
+                });
+            }
+            Err(JoinError::Full(why)) => {
+                membership.disarm();
+                return Err(Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why));
+            }
+            Err(JoinError::Gone) => membership.disarm(),
+        }
+    }
+    Err(Refusal::server_full("the room is closing; try again"))
+}

@@ -1,0 +1,260 @@
+//! One admitted WebSocket connection: a single `select!` loop over the client's frames, the
+//! connection's outbound queue, a ping timer, the room's kick notice and the server's close-all.
+//!
+//! Writes are coalesced: a frame from the outbound queue is fed, then every frame already queued
+//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write races the kick
+//! and close-all signals, so a client that stopped reading cannot pin its connection.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use berth_protocol::ErrorCode;
+use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::WaitForCancellationFuture;
+
+use crate::admission::Admitted;
+use crate::rate::{RateLimiter, Verdict};
+use crate::room::{Command, Kick};
+use crate::state::AppState;
+
+/// Most frames written per flush.
+const MAX_BATCH: usize = 64;
+/// Bound on sending a final close frame and waiting for the client's answer.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// "Going away" (RFC 6455): used when a silent connection is given up.
+const GOING_AWAY: u16 = 1001;
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed (its close frame is answered by tungstenite) or the socket is gone.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
+    match kick {
+        Ok(Kick::SlowConsumer) => End::Close(close::POLICY, "slow consumer"),
+        Ok(Kick::Restart) => End::Close(close::RESTART, "server restarting; reconnect"),
+        // The room dropped us without a word: it failed.
+        Err(_) => End::Close(close::INTERNAL, "room failed"),
+    }
+}
+
+/// Runs an admitted connection until it ends, then closes it and leaves the room.
+pub(crate) async fn run(mut ws: WebSocket, admitted: Admitted, state: AppState) {
+    let Admitted { conn, room, welcome, mut outbound, mut kick, membership, slot, task } = admitted;
+    let close_all = state.0.close_all.clone();
+    let forced = close_all.cancelled();
+    tokio::pin!(forced);
+    let mut signals = Signals { kick: &mut kick, forced: forced.as_mut() };
+    let end = serve(&mut ws, &mut signals, &state, conn, welcome, &mut outbound, room.commands()).await;
+    tracing::debug!(?end, "connection ending");
+    match end {
+        End::Gone => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+        }
+        End::Close(code, reason) => close_with(&mut ws, code, reason).await,
+    }
+    drop(membership); // leave the room
+    drop(slot);
+    drop(task);
+}
+
+/// The two signals every write races: the room's kick notice and the server's close-all.
+struct Signals<'a, 'f> {
+    kick: &'a mut oneshot::Receiver<Kick>,
+    forced: Pin<&'a mut WaitForCancellationFuture<'f>>,
+}
+
+impl Signals<'_, '_> {
+    /// Waits for either signal.
+    async fn fired(&mut self) -> End {
+        tokio::select! {
+            biased;
+            () = self.forced.as_mut() => End::Close(close::RESTART, "server going away"),
+            k = &mut *self.kick => end_for_kick(k),
+        }
+    }
+
+    /// Runs `op` unless a signal fires first.
+    async fn guard<T, E>(&mut self, op: impl Future<Output = Result<T, E>>) -> Result<T, End> {
+        tokio::select! {
+            biased;
+            end = self.fired() => Err(end),
+            r = op => r.map_err(|_| End::Gone),
+        }
+    }
+}
+
+async fn serve(
+    ws: &mut WebSocket,
+    signals: &mut Signals<'_, '_>,
+    state: &AppState,
+    conn: u64,
+    welcome: Utf8Bytes,
+    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    commands: mpsc::Sender<Command>,
+) -> End {
+    let shared = &state.0;
+    let config = &shared.config;
+    if let Err(end) = signals.guard(ws.send(Message::Text(welcome))).await {
+        return end;
+    }
+    let period = config.ping_interval();
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut limiter = RateLimiter::new(config.message_rate, config.message_burst, std::time::Instant::now());
+
+    loop {
+        tokio::select! {
+            biased;
+            end = signals.fired() => return end,
+            frame = outbound.recv() => {
+                let Some(frame) = frame else {
+                    // The room let go of us; its kick notice (or its absence) says why.
+                    return room_gone(signals.kick).await;
+                };
+                let batch = async {
+                    ws.feed(Message::Text(frame)).await?;
+                    for _ in 1..MAX_BATCH {
+                        let Ok(next) = outbound.try_recv() else { break };
+                        ws.feed(Message::Text(next)).await?;
+                    }
+                    ws.flush().await
+                };
+                if let Err(end) = signals.guard(batch).await {
+                    return end;
+                }
+            }
+            msg = ws.next() => {
+                last_seen = Instant::now();
+                let text = match msg {
+                    Some(Ok(Message::Text(text))) => Some(text),
+                    Some(Ok(Message::Binary(_))) => None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => return End::Gone,
+                    Some(Err(e)) => return read_error(e),
+                };
+                match limiter.check(std::time::Instant::now()) {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => {
+                        shared.metrics.refused(ErrorCode::RateLimited);
+                        let frame = shared.errors.rate_limited.clone();
+                        if let Err(end) = signals.guard(ws.send(Message::Text(frame))).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                    Verdict::Flooding => {
+                        shared.metrics.refused(ErrorCode::RateLimited);
+                        return End::Close(close::POLICY, "flooding");
+                    }
+                }
+                let refusal = match text.as_deref().map(|t| parse(t, config.max_text_bytes)) {
+                    Some(Ok((text, client_id))) => {
+                        shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let cmd = Command::Send { conn, text, client_id };
+                        if let Err(end) = signals.guard(commands.send(cmd)).await {
+                            return match end {
+                                End::Gone => room_gone(signals.kick).await,
+                                end => end,
+                            };
+                        }
+                        continue;
+                    }
+                    Some(Err(code)) => code,
+                    None => ErrorCode::BadFrame,
+                };
+                shared.metrics.refused(refusal);
+                let frame = match refusal {
+                    ErrorCode::TextTooLong => shared.errors.text_too_long.clone(),
+                    _ => shared.errors.bad_frame.clone(),
+                };
+                if let Err(end) = signals.guard(ws.send(Message::Text(frame))).await {
+                    return end;
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= period * 2 {
+                    return End::Close(GOING_AWAY, "no answer to pings");
+                }
+                if let Err(end) = signals.guard(ws.send(Message::Ping(bytes::Bytes::new()))).await {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// The room dropped this connection's queue: a kick notice says why; none means it failed.
+async fn room_gone(kick: &mut oneshot::Receiver<Kick>) -> End {
+    match tokio::time::timeout(CLOSE_GRACE, kick).await {
+        Ok(k) => end_for_kick(k),
+        Err(_) => End::Close(close::INTERNAL, "room failed"),
+    }
+}
+
+/// An oversize frame is abuse (1008); any other read error means the socket is unusable.
+fn read_error(e: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) if matches!(*e, WsError::Capacity(_)) => End::Close(close::POLICY, "frame too large"),
+        _ => End::Gone,
+    }
+}
+
+/// A client `send` frame: its text and clientId, or the error code refusing it.
+fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), ErrorCode> {
+    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
+    match frame {
+        ClientFrame::Send { text, client_id } => {
+            if client_id.as_ref().is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES) {
+                return Err(ErrorCode::BadFrame);
+            }
+            if text.len() > max_text_bytes {
+                return Err(ErrorCode::TextTooLong);
+            }
+            Ok((text, client_id))
+        }
+    }
+}
+
+/// Sends a close frame and waits (briefly) for the client's answer, so the client reads the code.
+async fn close_with(ws: &mut WebSocket, code: u16, reason: &'static str) {
+    let deadline = Instant::now() + CLOSE_GRACE;
+    let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+    if tokio::time::timeout_at(deadline, ws.send(frame)).await.is_err() {
+        return;
+    }
+    // After a read error the stream cannot be read again: the frame on the wire is bad.
+    if code == close::POLICY && reason == "frame too large" {
+        return;
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_send_frames_and_refuses_the_rest() {
+        assert_eq!(parse(r#"{"type":"send","text":"hi"}"#, 10), Ok(("hi".into(), None)));
+        assert_eq!(
+            parse(r#"{"type":"send","text":"hi","clientId":"c"}"#, 10),
+            Ok(("hi".into(), Some("c".into())))
+        );
+        assert_eq!(parse(r#"{"type":"send","text":"hello world"}"#, 10), Err(ErrorCode::TextTooLong));
+        assert_eq!(parse("nope", 10), Err(ErrorCode::BadFrame));
+        assert_eq!(parse(r#"{"type":"shout","text":"hi"}"#, 10), Err(ErrorCode::BadFrame));
+        let long_id = format!(r#"{{"type":"send","text":"hi","clientId":"{}"}}"#, "x".repeat(65));
+        assert_eq!(parse(&long_id, 10), Err(ErrorCode::BadFrame));
+    }
+}

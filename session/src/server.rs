@@ -1,0 +1,109 @@
+//! [`serve`]: the life of one session server, from a bound listener to a drained exit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::router;
+use crate::registration;
+use crate::state::AppState;
+
+/// How often a drain checks whether the rooms are empty.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Bound on closing the remaining connections and rooms once the drain is over.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on stopping the HTTP listener.
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves on `listener` until `shutdown` is cancelled or the scheduler asks for a drain, then
+/// drains (bounded by `--drain-timeout-secs`) and returns.
+pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    serve_with_force(listener, config, shutdown, CancellationToken::new()).await
+}
+
+/// [`serve`], plus `force`: cancelling it cuts a drain short and closes everything at once (the
+/// cli cancels it on a second signal).
+pub async fn serve_with_force(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) -> Result<(), Error> {
+    let addr = listener.local_addr()?;
+    let state = AppState::new(config, addr)?;
+    let shared = state.0.clone();
+
+    let http_stop = CancellationToken::new();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let mut http = tokio::spawn(
+        axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),
+    );
+    tracing::info!(
+        url = state.url(),
+        server_id = state.server_id().as_deref().unwrap_or("(assigned at registration)"),
+        standalone = shared.config.standalone,
+        "session server up"
+    );
+
+    let agent_stop = CancellationToken::new();
+    let agent = shared
+        .scheduler
+        .clone()
+        .map(|client| tokio::spawn(registration::run(state.clone(), client, agent_stop.clone())));
+
+    let mut http_done = false;
+    tokio::select! {
+        () = shutdown.cancelled() => tracing::info!("shutdown requested; draining"),
+        () = shared.draining.cancelled() => tracing::info!("draining"),
+        () = force.cancelled() => tracing::info!("forced shutdown"),
+        r = &mut http => {
+            http_done = true;
+            tracing::error!(result = ?r, "the HTTP server stopped; draining");
+        }
+    }
+    state.request_drain();
+
+    // Rooms end by themselves once empty while draining; wait for that, within the bound.
+    let deadline = tokio::time::Instant::now() + shared.config.drain_timeout();
+    while !shared.rooms.is_empty() {
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(rooms = shared.rooms.len(), "drain timeout; closing what remains");
+                break;
+            }
+            () = force.cancelled() => break,
+        }
+    }
+    shared.close_all.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(CLOSE_TIMEOUT, shared.tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not close in time");
+    }
+
+    agent_stop.cancel();
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
+    if let (Some(scheduler), Some(server_id)) = (&shared.scheduler, state.server_id()) {
+        match scheduler.deregister(&server_id).await {
+            Ok(()) => tracing::info!(%server_id, "left the scheduler"),
+            Err(e) => tracing::warn!(%server_id, error = %e, "cannot tell the scheduler this server left"),
+        }
+    }
+
+    http_stop.cancel();
+    if !http_done && tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut http).await.is_err() {
+        http.abort();
+    }
+    tracing::info!("session server stopped");
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Room tickets: EdDSA JWTs minted by the backend, verified here with its public key only.
+//!
+//! The signature and `exp` are checked by `jsonwebtoken`; `aud` is checked here, after the
+//! signature, so that a genuine ticket for another server (421) is told apart from a forged or
+//! broken one (401).
+
+use berth_protocol::claims::TicketClaims;
+use berth_protocol::ids::is_valid_room_id;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+/// Longest token accepted before any parsing.
+const MAX_TOKEN_BYTES: usize = 4096;
+/// Clock skew tolerated on `exp`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+/// Longest user id and username accepted from a ticket.
+const MAX_USER_FIELD_BYTES: usize = 64;
+
+/// Why a ticket was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// Missing, forged, expired or malformed: 401 `invalid_ticket`.
+    #[error("invalid ticket: {0}")]
+    Invalid(&'static str),
+    /// Genuine, but minted for another server: 421 `wrong_server`.
+    #[error("ticket is for another server")]
+    WrongServer,
+}
+
+/// Checks tickets against the backend's public key.
+pub struct TicketVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl TicketVerifier {
+    /// `pem` is the backend's SPKI PEM Ed25519 public key (`ticket.pub.pem`).
+    pub fn from_public_pem(pem: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        let key = DecodingKey::from_ed_pem(pem)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        // `aud` is compared by hand below, after the signature is known to be good.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        Ok(TicketVerifier { key, validation })
+    }
+
+    /// Verifies `token` for the server `server_id` (`None` while this server does not know its
+    /// own id yet: every ticket is then for another server).
+    pub fn verify(&self, token: &str, server_id: Option<&str>) -> Result<TicketClaims, TicketError> {
+        if token.is_empty() {
+            return Err(TicketError::Invalid("missing ticket"));
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TicketError::Invalid("ticket too long"));
+        }
+        let data = jsonwebtoken::decode::<TicketClaims>(token, &self.key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            TicketError::Invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "ticket expired",
+                ErrorKind::InvalidSignature => "bad ticket signature",
+                _ => "malformed ticket",
+            })
+        })?;
+        let claims = data.claims;
+        if !is_valid_room_id(&claims.room) {
+            return Err(TicketError::Invalid("malformed ticket: room"));
+        }
+        if !valid_user_field(&claims.sub) || !valid_user_field(&claims.name) {
+            return Err(TicketError::Invalid("malformed ticket: user"));
+        }
+        match server_id {
+            Some(id) if id == claims.aud => Ok(claims),
+            _ => Err(TicketError::WrongServer),
+        }
+    }
+}
+
+fn valid_user_field(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_USER_FIELD_BYTES && !s.chars().any(char::is_control)
+}
+
+/// The token of a request: `?token=` first, else `Authorization: Bearer`.
+pub fn token_from_request<'a>(query_token: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+    query_token.filter(|t| !t.is_empty()).or_else(|| {
+        let value = authorization?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_query_tokens() {
+        assert_eq!(token_from_request(Some("a"), Some("Bearer b")), Some("a"));
+        assert_eq!(token_from_request(None, Some("Bearer b")), Some("b"));
+        assert_eq!(token_from_request(Some(""), Some("bearer  b ")), Some("b"));
+        assert_eq!(token_from_request(None, Some("Basic b")), None);
+        assert_eq!(token_from_request(None, None), None);
+    }
+
+    #[test]
+    fn user_fields_are_bounded() {
+        assert!(valid_user_field("alice"));
+        assert!(!valid_user_field(""));
+        assert!(!valid_user_field(&"a".repeat(65)));
+        assert!(!valid_user_field("a\nb"));
+    }
+}
