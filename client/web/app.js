@@ -862,6 +862,7 @@ class RoomView {
     if (this.section.hidden) return;
     const l = this.list;
     this.atBottom = l.scrollHeight - l.scrollTop - l.clientHeight < 48;
+    this.section.dataset.following = String(this.atBottom);
     if (this.atBottom) {
       this.newBelow = 0;
       this.jump.hidden = true;
@@ -882,6 +883,7 @@ class RoomView {
   /** @param {boolean} smooth */
   scrollToBottom(smooth) {
     this.atBottom = true;
+    this.section.dataset.following = "true";
     this.newBelow = 0;
     this.jump.hidden = true;
     if (this.section.hidden) return;

@@ -486,7 +486,7 @@ export class RoomConnection {
   async _connect() {
     if (this.state === "closed") return;
     const gen = ++this._gen;
-    if (this.attempt > 0) this._setState(this.state); // a retry starts now
+    if (this.attempt > 0 || gen === 1) this._setState(this.state); // an attempt starts now
     let ticket = this._ticket;
     this._ticket = null; // a ticket handed in serves the first attempt only
     if (!ticket || Date.parse(ticket.expiresAt) - Date.now() < 5000) {

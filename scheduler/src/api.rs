@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use berth_protocol::api::MAX_ROOM_NAME_CHARS;
 use berth_protocol::cluster::{
-    Heartbeat, HeartbeatAck, HostedRoom, Placement, PlaceRoomRequest, RegisterServer, Registered, ReleaseRoom,
+    Heartbeat, HeartbeatAck, HostedRoom, PlaceRoomRequest, Placement, RegisterServer, Registered, ReleaseRoom,
     RoomDirectory, ServerList, ServerState,
 };
 use berth_protocol::ids;
@@ -117,7 +117,9 @@ fn path_id(path: Result<Path<String>, PathRejection>, valid: fn(&str) -> bool, w
 fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
     match name {
         Some(n) if n.is_empty() || n.chars().count() > MAX_ROOM_NAME_CHARS || n.chars().any(char::is_control) => {
-            Err(ApiError::InvalidRequest(format!("room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters")))
+            Err(ApiError::InvalidRequest(format!(
+                "room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters"
+            )))
         }
         other => Ok(other),
     }
@@ -232,7 +234,9 @@ async fn register_server(
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
             Some(server) => server,
-            None => state.registry.insert_if_absent(Server::outside(id.clone(), req.url.clone(), req.capacity, req.pid)),
+            None => {
+                state.registry.insert_if_absent(Server::outside(id.clone(), req.url.clone(), req.capacity, req.pid))
+            }
         },
         None => loop {
             let outside = Server::outside(ids::new_server_id(), req.url.clone(), req.capacity, req.pid);
@@ -299,7 +303,8 @@ async fn drain_server(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
-    let server = state.registry.get(&server_id).filter(|s| s.state() != ServerState::Dead).ok_or(ApiError::UnknownServer)?;
+    let server =
+        state.registry.get(&server_id).filter(|s| s.state() != ServerState::Dead).ok_or(ApiError::UnknownServer)?;
     {
         let _decision = lock(&state.placement_lock);
         server.request_drain();

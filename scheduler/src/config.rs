@@ -9,7 +9,11 @@ use clap::Parser;
 
 /// Flags of `berth-scheduler`.
 #[derive(Parser, Clone)]
-#[command(name = "berth-scheduler", version, about = "Berth's control plane: places rooms on session servers and spawns them.")]
+#[command(
+    name = "berth-scheduler",
+    version,
+    about = "Berth's control plane: places rooms on session servers and spawns them."
+)]
 pub struct Config {
     /// Address to bind.
     #[arg(long, env = "BERTH_SCHEDULER_LISTEN", default_value = "127.0.0.1:7070")]
@@ -89,11 +93,7 @@ pub struct Config {
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|e| format!("not a number of seconds: {e}"))?;
-    if v.is_finite() && (0.0..=1e9).contains(&v) {
-        Ok(v)
-    } else {
-        Err("seconds must be between 0 and 1e9".to_owned())
-    }
+    if v.is_finite() && (0.0..=1e9).contains(&v) { Ok(v) } else { Err("seconds must be between 0 and 1e9".to_owned()) }
 }
 
 impl Config {

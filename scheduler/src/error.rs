@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use berth_protocol::{ErrorBody, ErrorCode};
 
 /// Why [`crate::serve`] could not start or stopped with an error.

@@ -64,7 +64,8 @@ pub fn reap(state: &AppState) {
                 }
             }
             ServerState::Dead => {
-                if server.dead_since().is_some_and(|t| now.saturating_duration_since(t) > state.config.dead_retention()) {
+                if server.dead_since().is_some_and(|t| now.saturating_duration_since(t) > state.config.dead_retention())
+                {
                     state.registry.remove_if_same(&server);
                 }
             }
@@ -156,7 +157,10 @@ impl Backoff {
         if failures > self.failures_seen {
             self.failures_seen = failures;
             self.until = Some(now + self.delay);
-            warn!(retry_in_ms = u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX), "session server spawn failed; backing off the warm buffer");
+            warn!(
+                retry_in_ms = u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX),
+                "session server spawn failed; backing off the warm buffer"
+            );
             self.delay = (self.delay * 2).min(BACKOFF_MAX);
         }
         self.until.is_none_or(|t| now >= t)

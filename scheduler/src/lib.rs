@@ -60,7 +60,8 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     state.tasks.spawn(fleet::run(state.clone()));
 
     let grace = state.config.shutdown_timeout() + std::time::Duration::from_secs(1);
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = tokio::select! {
         result = server.into_future() => result,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {

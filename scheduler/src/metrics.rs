@@ -97,7 +97,10 @@ impl Metrics {
     pub fn render(&self, registry: &Registry, directory: &Directory) -> String {
         let mut out = String::with_capacity(4096);
         let servers = registry.snapshot();
-        let _ = writeln!(out, "# HELP berth_scheduler_servers Session servers by state.\n# TYPE berth_scheduler_servers gauge");
+        let _ = writeln!(
+            out,
+            "# HELP berth_scheduler_servers Session servers by state.\n# TYPE berth_scheduler_servers gauge"
+        );
         for state in [ServerState::Starting, ServerState::Ready, ServerState::Draining, ServerState::Dead] {
             let n = servers.iter().filter(|s| s.state() == state).count();
             let _ = writeln!(out, "berth_scheduler_servers{{state=\"{}\"}} {n}", state.as_str());
@@ -105,21 +108,46 @@ impl Metrics {
         let slots: u64 = servers.iter().filter(|s| s.accepts_rooms()).map(|s| u64::from(s.free_slots())).sum();
         gauge(&mut out, "berth_scheduler_free_room_slots", "Free room slots on ready servers.", slots);
         gauge(&mut out, "berth_scheduler_rooms", "Rooms in the directory.", directory.len() as u64);
-        gauge(&mut out, "berth_scheduler_orphaned_rooms", "Rooms whose server died, waiting to be re-placed.", directory.orphaned_count() as u64);
+        gauge(
+            &mut out,
+            "berth_scheduler_orphaned_rooms",
+            "Rooms whose server died, waiting to be re-placed.",
+            directory.orphaned_count() as u64,
+        );
         let counters = [
             ("berth_scheduler_placements_total", "Rooms placed (new rooms).", &self.placements),
             ("berth_scheduler_replacements_total", "Orphaned rooms re-placed on lookup.", &self.replacements),
             ("berth_scheduler_spawns_total", "Session-server processes started.", &self.spawns),
-            ("berth_scheduler_spawn_failures_total", "Spawns that failed to start, register in time, or exited before registering.", &self.spawn_failures),
+            (
+                "berth_scheduler_spawn_failures_total",
+                "Spawns that failed to start, register in time, or exited before registering.",
+                &self.spawn_failures,
+            ),
             ("berth_scheduler_no_capacity_total", "Creates or lookups answered 503 no_capacity.", &self.no_capacity),
             ("berth_scheduler_rate_limited_total", "Creates answered 429 rate_limited.", &self.rate_limited),
-            ("berth_scheduler_servers_declared_dead_total", "Servers declared dead after missing heartbeats.", &self.servers_declared_dead),
+            (
+                "berth_scheduler_servers_declared_dead_total",
+                "Servers declared dead after missing heartbeats.",
+                &self.servers_declared_dead,
+            ),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
         }
-        self.placement_latency.render(&mut out, "berth_scheduler_placement_seconds", "Time to place a room, including any wait for a spawn.");
-        self.spawn_latency.render(&mut out, "berth_scheduler_spawn_seconds", "Time from starting a session server to its registration.");
+        self.placement_latency.render(
+            &mut out,
+            "berth_scheduler_placement_seconds",
+            "Time to place a room, including any wait for a spawn.",
+        );
+        self.spawn_latency.render(
+            &mut out,
+            "berth_scheduler_spawn_seconds",
+            "Time from starting a session server to its registration.",
+        );
         out
     }
 }

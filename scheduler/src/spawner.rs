@@ -42,9 +42,8 @@ pub fn claim_capacity(state: &AppState) -> Result<Claim, ApiError> {
     let server = {
         let _decision = lock(&state.spawn_lock);
         let servers = state.registry.snapshot();
-        if let Some(s) = servers
-            .iter()
-            .find(|s| s.state() == ServerState::Starting && !s.drain_requested() && s.try_claim())
+        if let Some(s) =
+            servers.iter().find(|s| s.state() == ServerState::Starting && !s.drain_requested() && s.try_claim())
         {
             return Ok(Claim { server: Arc::clone(s) });
         }
@@ -100,7 +99,9 @@ fn new_starting(state: &AppState) -> Arc<Server> {
     let capacity = Capacity { rooms: state.config.rooms_per_server, members_per_room: state.config.members_per_room };
     loop {
         // An id collision (rare) just draws again.
-        if let Some(server) = state.registry.try_insert(Server::starting(berth_protocol::ids::new_server_id(), capacity)) {
+        if let Some(server) =
+            state.registry.try_insert(Server::starting(berth_protocol::ids::new_server_id(), capacity))
+        {
             return server;
         }
     }
@@ -298,7 +299,10 @@ fn die_with_parent(_cmd: &mut Command) {}
 #[cfg(unix)]
 #[allow(unsafe_code)]
 fn send_sigterm(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill(2) has no memory-safety preconditions. `pid` is positive (never a process
     // group or "every process") and names our own child that has not been reaped yet (the caller
     // got it from `Child::id`, which is None after reaping), so it cannot name another process.

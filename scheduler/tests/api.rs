@@ -53,7 +53,10 @@ async fn register_heartbeat_place_lookup_and_404() {
 
     let ack = s.heartbeat("s-one", vec![], false).await.unwrap();
     assert_eq!((ack.state, ack.drain, ack.revoked_rooms.len()), (ServerState::Ready, false, 0));
-    assert_eq!(s.heartbeat("s-nobody", vec![], false).await.unwrap_err(), (StatusCode::NOT_FOUND, "unknown_server".into()));
+    assert_eq!(
+        s.heartbeat("s-nobody", vec![], false).await.unwrap_err(),
+        (StatusCode::NOT_FOUND, "unknown_server".into())
+    );
 
     let p = s.create(json!({"name": "lobby", "public": true, "createdBy": "u-1"})).await.unwrap();
     assert!(p.room_id.starts_with("r-"));
@@ -190,7 +193,7 @@ async fn a_failed_spawn_answers_503_and_leaves_no_entry() {
 
 #[tokio::test]
 async fn a_silent_server_dies_and_its_room_is_replaced_on_lookup() {
-    let s = Scheduler::start(&[("--heartbeat-timeout-ms", "600")]).await;
+    let s = Scheduler::start(&[("--heartbeat-timeout-ms", "1500")]).await;
     s.register(Some("s-quiet"), 5, vec![]).await;
     let p = s.create(json!({"name": "r"})).await.unwrap();
     assert_eq!(p.server_id, "s-quiet");
@@ -202,7 +205,12 @@ async fn a_silent_server_dies_and_its_room_is_replaced_on_lookup() {
         let url = s.url("/v1/servers/s-alive/heartbeat");
         tokio::spawn(async move {
             loop {
-                let _ = http.put(&url).bearer_auth(common::SECRET).json(&json!({"connections": 0, "rooms": []})).send().await;
+                let _ = http
+                    .put(&url)
+                    .bearer_auth(common::SECRET)
+                    .json(&json!({"connections": 0, "rooms": []}))
+                    .send()
+                    .await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

@@ -225,12 +225,16 @@ async fn a_child_that_never_registers_is_killed_at_the_spawn_timeout() {
     let (status, code, retry_after) = s.create(json!({})).await.unwrap_err();
     assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"));
     assert!(retry_after.is_some());
-    eventually("the starting entry to go", Duration::from_secs(10), || async { s.servers().await.is_empty().then_some(()) }).await;
+    eventually("the starting entry to go", Duration::from_secs(10), || async {
+        s.servers().await.is_empty().then_some(())
+    })
+    .await;
     assert_eq!(s.metric("berth_scheduler_spawn_failures_total").await, 1);
     // The child (its pid names its argument file) was killed.
     let pids = recorded_pids(&bin);
     assert_eq!(pids.len(), 1);
-    eventually("the child to be gone", Duration::from_secs(10), || async { (!process_exists(pids[0])).then_some(()) }).await;
+    eventually("the child to be gone", Duration::from_secs(10), || async { (!process_exists(pids[0])).then_some(()) })
+        .await;
     s.stop().await;
 }
 

@@ -26,7 +26,6 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("berth-session: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,11 +1,11 @@
 //! One admitted WebSocket connection: a single `select!` loop over the client's frames, the
-//! connection's outbound queue, a ping timer, the room's kick notice and the server's close-all.
+//! connection's outbound queue, a ping timer and the room's kick notice (slow consumer, room
+//! revoked, server closing, room failed).
 //!
 //! Writes are coalesced: a frame from the outbound queue is fed, then every frame already queued
-//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write races the kick
-//! and close-all signals, so a client that stopped reading cannot pin its connection.
+//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write races the
+//! room's kick notice, so a client that stopped reading cannot pin its connection.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -14,7 +14,6 @@ use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::admission::Admitted;
 use crate::rate::{RateLimiter, Verdict};
@@ -48,12 +47,9 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
 
 /// Runs an admitted connection until it ends, then closes it and leaves the room.
 pub(crate) async fn run(mut ws: WebSocket, admitted: Admitted, state: AppState) {
-    let Admitted { conn, room, welcome, mut outbound, mut kick, membership, slot, task } = admitted;
-    let close_all = state.0.close_all.clone();
-    let forced = close_all.cancelled();
-    tokio::pin!(forced);
-    let mut signals = Signals { kick: &mut kick, forced: forced.as_mut() };
-    let end = serve(&mut ws, &mut signals, &state, conn, welcome, &mut outbound, room.commands()).await;
+    let Admitted { conn, room, welcome, mut outbound, kick, membership, slot, task } = admitted;
+    let mut signal = Kicked(kick);
+    let end = serve(&mut ws, &mut signal, &state, conn, welcome, &mut outbound, room.commands()).await;
     tracing::debug!(?end, "connection ending");
     match end {
         End::Gone => {
@@ -66,23 +62,18 @@ pub(crate) async fn run(mut ws: WebSocket, admitted: Admitted, state: AppState) 
     drop(task);
 }
 
-/// The two signals every write races: the room's kick notice and the server's close-all.
-struct Signals<'a, 'f> {
-    kick: &'a mut oneshot::Receiver<Kick>,
-    forced: Pin<&'a mut WaitForCancellationFuture<'f>>,
-}
+/// The room's notice that this connection must go, which every wait and write races. (Server
+/// shutdown reaches connections through their rooms too, so that no connection polls a
+/// process-wide signal on the message path.)
+struct Kicked(oneshot::Receiver<Kick>);
 
-impl Signals<'_, '_> {
-    /// Waits for either signal.
+impl Kicked {
+    /// Waits for the notice.
     async fn fired(&mut self) -> End {
-        tokio::select! {
-            biased;
-            () = self.forced.as_mut() => End::Close(close::RESTART, "server going away"),
-            k = &mut *self.kick => end_for_kick(k),
-        }
+        end_for_kick((&mut self.0).await)
     }
 
-    /// Runs `op` unless a signal fires first.
+    /// Runs `op` unless the notice comes first.
     async fn guard<T, E>(&mut self, op: impl Future<Output = Result<T, E>>) -> Result<T, End> {
         tokio::select! {
             biased;
@@ -90,11 +81,19 @@ impl Signals<'_, '_> {
             r = op => r.map_err(|_| End::Gone),
         }
     }
+
+    /// The room let go of this connection: its notice says why; none means the room failed.
+    async fn room_gone(&mut self) -> End {
+        match tokio::time::timeout(CLOSE_GRACE, &mut self.0).await {
+            Ok(k) => end_for_kick(k),
+            Err(_) => End::Close(close::INTERNAL, "room failed"),
+        }
+    }
 }
 
 async fn serve(
     ws: &mut WebSocket,
-    signals: &mut Signals<'_, '_>,
+    kicked: &mut Kicked,
     state: &AppState,
     conn: u64,
     welcome: Utf8Bytes,
@@ -103,7 +102,7 @@ async fn serve(
 ) -> End {
     let shared = &state.0;
     let config = &shared.config;
-    if let Err(end) = signals.guard(ws.send(Message::Text(welcome))).await {
+    if let Err(end) = kicked.guard(ws.send(Message::Text(welcome))).await {
         return end;
     }
     let period = config.ping_interval();
@@ -115,11 +114,11 @@ async fn serve(
     loop {
         tokio::select! {
             biased;
-            end = signals.fired() => return end,
+            end = kicked.fired() => return end,
             frame = outbound.recv() => {
                 let Some(frame) = frame else {
                     // The room let go of us; its kick notice (or its absence) says why.
-                    return room_gone(signals.kick).await;
+                    return kicked.room_gone().await;
                 };
                 let batch = async {
                     ws.feed(Message::Text(frame)).await?;
@@ -129,7 +128,7 @@ async fn serve(
                     }
                     ws.flush().await
                 };
-                if let Err(end) = signals.guard(batch).await {
+                if let Err(end) = kicked.guard(batch).await {
                     return end;
                 }
             }
@@ -147,7 +146,7 @@ async fn serve(
                     Verdict::Refuse => {
                         shared.metrics.refused(ErrorCode::RateLimited);
                         let frame = shared.errors.rate_limited.clone();
-                        if let Err(end) = signals.guard(ws.send(Message::Text(frame))).await {
+                        if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
                             return end;
                         }
                         continue;
@@ -161,9 +160,9 @@ async fn serve(
                     Some(Ok((text, client_id))) => {
                         shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let cmd = Command::Send { conn, text, client_id };
-                        if let Err(end) = signals.guard(commands.send(cmd)).await {
+                        if let Err(end) = kicked.guard(commands.send(cmd)).await {
                             return match end {
-                                End::Gone => room_gone(signals.kick).await,
+                                End::Gone => kicked.room_gone().await,
                                 end => end,
                             };
                         }
@@ -177,7 +176,7 @@ async fn serve(
                     ErrorCode::TextTooLong => shared.errors.text_too_long.clone(),
                     _ => shared.errors.bad_frame.clone(),
                 };
-                if let Err(end) = signals.guard(ws.send(Message::Text(frame))).await {
+                if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
                     return end;
                 }
             }
@@ -185,19 +184,11 @@ async fn serve(
                 if last_seen.elapsed() >= period * 2 {
                     return End::Close(GOING_AWAY, "no answer to pings");
                 }
-                if let Err(end) = signals.guard(ws.send(Message::Ping(bytes::Bytes::new()))).await {
+                if let Err(end) = kicked.guard(ws.send(Message::Ping(bytes::Bytes::new()))).await {
                     return end;
                 }
             }
         }
-    }
-}
-
-/// The room dropped this connection's queue: a kick notice says why; none means it failed.
-async fn room_gone(kick: &mut oneshot::Receiver<Kick>) -> End {
-    match tokio::time::timeout(CLOSE_GRACE, kick).await {
-        Ok(k) => end_for_kick(k),
-        Err(_) => End::Close(close::INTERNAL, "room failed"),
     }
 }
 

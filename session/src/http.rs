@@ -58,7 +58,8 @@ async fn websocket(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let span = tracing::info_span!(
+    // Debug level: an enabled span costs something on every poll of the connection task.
+    let span = tracing::debug_span!(
         "conn",
         room_id = %claims.room,
         user_id = %claims.sub,

@@ -66,6 +66,7 @@ async fn register(state: &AppState, client: &SchedulerClient, stop: &Cancellatio
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
                 state.set_server_id(&registered.server_id);
+                state.0.registered.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     server_id = %registered.server_id,
                     url = state.url(),

@@ -217,8 +217,9 @@ struct WelcomeRef<'a> {
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Exit {
-        let draining = self.settings.draining.clone();
-        let close_all = self.settings.close_all.clone();
+        // Child tokens: each room waits on its own node, not on one lock shared by all rooms.
+        let draining = self.settings.draining.child_token();
+        let close_all = self.settings.close_all.child_token();
         let drain = draining.cancelled();
         let closed = close_all.cancelled();
         let idle = tokio::time::sleep(self.settings.idle);

@@ -93,7 +93,8 @@ pub async fn serve_with_force(
     if let Some(agent) = agent {
         let _ = agent.await;
     }
-    if let (Some(scheduler), Some(server_id)) = (&shared.scheduler, state.server_id()) {
+    let registered = shared.registered.load(std::sync::atomic::Ordering::Relaxed);
+    if let (true, Some(scheduler), Some(server_id)) = (registered, &shared.scheduler, state.server_id()) {
         match scheduler.deregister(&server_id).await {
             Ok(()) => tracing::info!(%server_id, "left the scheduler"),
             Err(e) => tracing::warn!(%server_id, error = %e, "cannot tell the scheduler this server left"),

@@ -2,7 +2,7 @@
 //! its rooms (opening on a verified placement, supervising, releasing).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     /// `ws://{host}:{port}/ws`, as registered.
     pub url: String,
     server_id: RwLock<Option<Arc<str>>>,
+    /// Set once the scheduler has accepted a registration (so there is something to leave).
+    pub registered: AtomicBool,
     pub verifier: TicketVerifier,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
@@ -100,6 +102,7 @@ impl AppState {
         Ok(AppState(Arc::new(Shared {
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
+            registered: AtomicBool::new(false),
             verifier,
             rooms: Arc::default(),
             metrics: Arc::default(),
@@ -197,7 +200,9 @@ impl AppState {
         };
         let (handle, run) = room::new(id.clone(), epoch, instance, settings);
         let span = tracing::info_span!("room", room_id = %id, epoch, server_id = %server_id);
-        let task = tokio::spawn(run.instrument(span.clone()));
+        // The room task itself is not instrumented (its few events name the room): entering a
+        // span on every poll would cost on the message path.
+        let task = tokio::spawn(run);
         let state = self.clone();
         // The supervisor: a panic ends this room only (its members see 1011).
         shared.tracker.spawn(

@@ -310,10 +310,23 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(timeout, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` every 25 ms until it yields a value; panics after `timeout`.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if check().await {
-            return;
+        if let Some(value) = check().await {
+            return value;
         }
         if tokio::time::Instant::now() >= deadline {
             panic!("condition not met within {timeout:?}");

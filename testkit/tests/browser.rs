@@ -210,6 +210,7 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         )
         .await;
     }
+    let killed_at = std::time::Instant::now();
     cluster.kill_server(&server_id).await;
     for (who, page) in [("alice", &alice), ("bob", &bob)] {
         let shown = page
@@ -236,6 +237,7 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         assert_eq!(page.js("return window.__berthSamePage", vec![]).await, "yes", "{who}'s page was not reloaded");
         assert_eq!(room_text(page, &room_id, "room-status").await, "Connected");
     }
+    eprintln!("failover: {server_id} -> {new_server} in {:?}", killed_at.elapsed());
     assert!(cluster.servers().await.iter().any(|s| s.id == new_server), "the page names the new server {new_server}");
     assert_eq!(room_text(&bob, &room_id, "room-server").await, new_server, "both pages agree on the new server");
 
@@ -275,7 +277,11 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
     let overflows = bob.js(&format!("const l = {list}; return l.scrollHeight > l.clientHeight + 100"), vec![]).await;
     assert_eq!(overflows, true, "bob's message list should overflow for this check");
     bob.js(&format!("{list}.scrollTop = 0"), vec![]).await;
-    bob.wait_for("bob's list to be scrolled up", &format!("return {list}.scrollTop === 0")).await;
+    bob.wait_for(
+        "bob's page to notice that he scrolled up",
+        &format!("return {list}.scrollTop === 0 && document.querySelector(`[data-testid=room][data-room-id='{room_id}']`).dataset.following === 'false'"),
+    )
+    .await;
     alice.type_into(&composer, &format!("Scroll down, bob.{ENTER}")).await;
     expected.push(("alice", "Scroll down, bob.".into()));
     wait_messages(&bob, "bob", &room_id, &expected).await;
@@ -320,6 +326,7 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
     }
     alice.close().await;
     bob.close().await;
+    driver.stop().await;
     cluster.stop().await;
 }
 
@@ -438,10 +445,9 @@ async fn wait_messages(page: &Browser, who: &str, room_id: &str, expected: &[(&s
 async fn save_screenshot(page: &Browser, name: &str) {
     let png = page.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = vec![manifest.join("../target/screenshots")];
-    if std::env::var("BERTH_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
-        dirs.push(manifest.join("../docs/screenshots"));
+    let mut dirs = vec![screenshot_dir()];
+    if std::env::var("BERTH_UPDATE_SCREENSHOTS").as_deref() == Ok("1") && !name.starts_with("failure-") {
+        dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots"));
     }
     for dir in dirs {
         std::fs::create_dir_all(&dir).unwrap();
@@ -451,6 +457,11 @@ async fn save_screenshot(page: &Browser, name: &str) {
     }
 }
 
+/// `target/screenshots/` of the workspace.
+fn screenshot_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
+}
+
 // --- WebDriver ------------------------------------------------------------------------------
 
 /// A `chromedriver` process on a free port; killed when dropped.
@@ -458,7 +469,7 @@ struct ChromeDriver {
     url: String,
     chromium: String,
     http: reqwest::Client,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -482,6 +493,14 @@ impl ChromeDriver {
             eprintln!("skipping browser tests: install chromium chromium-driver (apt-get install chromium chromium-driver)");
             return None;
         }
+        // Failure screenshots of an earlier run would only confuse.
+        if let Ok(entries) = std::fs::read_dir(screenshot_dir()) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("failure-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = tokio::process::Command::new(&driver)
             .arg(format!("--port={port}"))
@@ -503,7 +522,12 @@ impl ChromeDriver {
             }
         })
         .await;
-        Some(ChromeDriver { url, chromium, http, _child: child })
+        Some(ChromeDriver { url, chromium, http, child })
+    }
+
+    /// Stops chromedriver and reaps it.
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// A new browser with a fresh profile.

@@ -115,7 +115,12 @@ impl Scheduler {
     }
 
     /// Sends a heartbeat; Ok(ack) or Err(status, error code).
-    pub async fn heartbeat(&self, id: &str, rooms: Vec<HostedRoom>, draining: bool) -> Result<HeartbeatAck, (StatusCode, String)> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        rooms: Vec<HostedRoom>,
+        draining: bool,
+    ) -> Result<HeartbeatAck, (StatusCode, String)> {
         let body = Heartbeat { connections: 1, rooms, draining };
         let res = self.put(&format!("/v1/servers/{id}/heartbeat")).json(&body).send().await.unwrap();
         if res.status() == StatusCode::OK { Ok(res.json().await.unwrap()) } else { Err(error_of(res).await) }
