@@ -119,12 +119,20 @@ pub fn session_bin(config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Where a spawned session server binds: loopback while clients reach it by a loopback name,
+/// every interface once `--session-host` names this machine to others.
+fn session_listen_addr(session_host: &str) -> &'static str {
+    let loopback = session_host == "localhost"
+        || session_host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }
+}
+
 /// The command line of a spawned session server (docs/architecture.md, "Scheduler ↔ session
 /// server"). The cluster secret goes in the environment only, never in the arguments.
 pub fn session_command(config: &Config, bin: &Path, server_id: &str, scheduler_url: &str, secret: &str) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(session_listen_addr(&config.session_host))
         .arg("--managed")
         .arg("--server-id")
         .arg(server_id)
@@ -342,7 +350,7 @@ mod tests {
         let args: Vec<String> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let joined = args.join(" ");
         for expected in [
-            "--listen 127.0.0.1:0",
+            "--listen 0.0.0.0:0",
             "--managed",
             "--server-id s-abc",
             "--scheduler-url http://127.0.0.1:7070",
@@ -358,6 +366,15 @@ mod tests {
         assert!(!joined.contains(secret));
         let env: Vec<_> = std.get_envs().collect();
         assert!(env.iter().any(|(k, v)| *k == "BERTH_CLUSTER_SECRET" && *v == Some(std::ffi::OsStr::new(secret))));
+    }
+
+    #[test]
+    fn spawned_servers_listen_on_loopback_only_for_loopback_hosts() {
+        assert_eq!(session_listen_addr("127.0.0.1"), "127.0.0.1:0");
+        assert_eq!(session_listen_addr("localhost"), "127.0.0.1:0");
+        assert_eq!(session_listen_addr("[::1]"), "127.0.0.1:0");
+        assert_eq!(session_listen_addr("chat.example.com"), "0.0.0.0:0");
+        assert_eq!(session_listen_addr("10.0.0.5"), "0.0.0.0:0");
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! Clients connect to `GET /ws` with a room ticket; the ticket and the room's limits are checked
 //! before the upgrade ([`admission`]), then each connection runs one `select!` loop
-//! ([`connection`]) and each room is one task owning its state ([`room`]), found through the
-//! server's directory ([`rooms`]). The server registers and heartbeats with the scheduler
-//! ([`registration`], over [`scheduler`]), disposes of idle rooms, and drains on SIGTERM or on
+//! (`connection`) and each room is one task owning its state (`room`), found through the
+//! server's directory (`rooms`). The server registers and heartbeats with the scheduler
+//! (`registration`, over [`scheduler`]), disposes of idle rooms, and drains on SIGTERM or on
 //! request ([`serve`]).
 //!
 //! - [`config`]: flags and environment.
