@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use berth_protocol::api::{
-    CreateRoomRequest, LoginRequest, LoginResponse, MAX_ROOM_NAME_CHARS, RoomList, RoomSummary,
-    RoomTicket,
+    CreateRoomRequest, DEFAULT_PAGE_LIMIT, LoginRequest, LoginResponse, MAX_PAGE_LIMIT,
+    MAX_ROOM_NAME_CHARS, MessagePage, RoomList, RoomSummary, RoomTicket,
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
@@ -122,6 +122,75 @@ pub async fn lookup_room(
     }
     let placement = state.scheduler().lookup_room(&room_id).await?;
     Ok(Json(ticket(&state, &user, placement)?))
+}
+
+/// The query of `GET /api/rooms/{roomId}/messages`, read as strings so that a bad value gets
+/// our own error body.
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/rooms/{roomId}/messages?before=SEQ&limit=N`: older history from the store, oldest
+/// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
+pub async fn room_messages(
+    State(state): State<AppState>,
+    AuthUser(_user): AuthUser,
+    room_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let Ok(Path(room_id)) = room_id else {
+        return Err(ApiError::room_not_found());
+    };
+    if !ids::is_valid_room_id(&room_id) {
+        return Err(ApiError::room_not_found());
+    }
+    let Query(query) = query.map_err(|r| ApiError::invalid_request(r.body_text()))?;
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .ok()
+                .filter(|&b| b >= 1)
+                .ok_or_else(|| ApiError::invalid_request("before must be a message seq (1 or more)"))?,
+        ),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_PAGE_LIMIT,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE_LIMIT}")))?,
+    };
+    let store = state.store().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "this deployment keeps no history (--store none)",
+        )
+    })?;
+    let unavailable = |e: berth_store::StoreError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "the message store is unavailable, try again shortly",
+        )
+        .with_cause(e)
+    };
+    let page = store
+        .messages_before(&room_id, before, limit)
+        .await
+        .map_err(unavailable)?;
+    // No message at all: tell an unknown room from an empty one.
+    if page.messages.is_empty() && before.is_none() && store.room(&room_id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::room_not_found());
+    }
+    Ok(Json(MessagePage {
+        messages: page.messages,
+        has_more: page.has_more,
+    }))
 }
 
 /// `GET /api/rooms`: the public rooms (no token needed).

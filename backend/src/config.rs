@@ -53,6 +53,11 @@ pub struct Config {
     /// (development: edit and reload).
     #[arg(long, env = "BERTH_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+
+    /// Where the history that `GET /api/rooms/{id}/messages` pages through is read from
+    /// (`--store`, `--database-url`): the session servers' store.
+    #[command(flatten)]
+    pub store: berth_store::StoreArgs,
 }
 
 impl Config {
@@ -94,6 +99,7 @@ impl std::fmt::Debug for Config {
             .field("ticket_ttl_secs", &self.ticket_ttl_secs)
             .field("user_token_ttl_secs", &self.user_token_ttl_secs)
             .field("web_dir", &self.web_dir)
+            .field("store", &self.store)
             .finish()
     }
 }

@@ -25,6 +25,8 @@ pub enum Error {
     SchedulerUrl(String),
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    #[error("opening the message store: {0}")]
+    Store(#[source] berth_store::StoreError),
 }
 
 /// An error answer: status, the public code and message of `ErrorBody`, and an internal cause

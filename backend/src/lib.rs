@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/login", axum::routing::post(api::login))
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
+        .route("/api/rooms/{room_id}/messages", get(api::room_messages))
         .route("/healthz", get(api::healthz))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
@@ -65,7 +66,11 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let state = AppState::new(&config)?;
+    let store = config.store.open(&config.data_dir, false).await.map_err(Error::Store)?;
+    if let Some(store) = &store {
+        tracing::info!(store = %store.describe(), "message store open");
+    }
+    let state = AppState::with_store(&config, store)?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, scheduler_url = %config.scheduler_url, "backend serving");
 

@@ -21,12 +21,18 @@ struct Inner {
     issuer: TokenIssuer,
     scheduler: SchedulerClient,
     web: WebFiles,
+    store: Option<berth_store::Store>,
 }
 
 impl AppState {
     /// Loads (or generates) the ticket key, reads the cluster secret and builds the scheduler
     /// client, as `config` says. Touches the file system, so call it once at start.
     pub fn new(config: &Config) -> Result<AppState, Error> {
+        Self::with_store(config, None)
+    }
+
+    /// [`AppState::new`] with the store history pages are read from.
+    pub fn with_store(config: &Config, store: Option<berth_store::Store>) -> Result<AppState, Error> {
         let keys = keys::load_or_generate(&config.ticket_private_key_path())?;
         tracing::info!(
             private_key = %keys.private_path.display(),
@@ -63,6 +69,7 @@ impl AppState {
                 issuer,
                 scheduler,
                 web,
+                store,
             }),
         })
     }
@@ -75,6 +82,11 @@ impl AppState {
     /// Talks to the scheduler.
     pub fn scheduler(&self) -> &SchedulerClient {
         &self.inner.scheduler
+    }
+
+    /// The message store; `None` with `--store none`.
+    pub fn store(&self) -> Option<&berth_store::Store> {
+        self.inner.store.as_ref()
     }
 
     /// Where the web client's files come from.

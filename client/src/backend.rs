@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use berth_protocol::api::{CreateRoomRequest, LoginRequest, LoginResponse, RoomList, RoomTicket};
+use berth_protocol::api::{
+    CreateRoomRequest, LoginRequest, LoginResponse, MessagePage, RoomList, RoomTicket,
+};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
@@ -109,6 +111,30 @@ impl Backend {
             .get(self.url(&["api", "rooms", room_id])?)
             .bearer_auth(&session.token);
         call(req, "room ticket").await
+    }
+
+    /// `GET /api/rooms/{roomId}/messages`: stored history, oldest first, the `limit` (1–200;
+    /// `None`: 50) messages just before `before` (`None`: the newest). Page back with `before` =
+    /// the first message's `seq` while `has_more`.
+    pub async fn messages(
+        &self,
+        session: &Session,
+        room_id: &str,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<MessagePage> {
+        let mut url = self.url(&["api", "rooms", room_id, "messages"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(before) = before {
+                query.append_pair("before", &before.to_string());
+            }
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+        }
+        let req = self.http.get(url).bearer_auth(&session.token);
+        call(req, "message page").await
     }
 
     /// `GET /api/rooms`: the public rooms (no login needed).

@@ -36,6 +36,8 @@ pub struct Welcome {
     pub seq: u64,
     /// The session server hosting the room (informational).
     pub server_id: String,
+    /// The room's placement epoch on that server (absent from older servers).
+    pub epoch: Option<u64>,
 }
 
 impl TryFrom<ServerFrame> for Welcome {
@@ -51,6 +53,7 @@ impl TryFrom<ServerFrame> for Welcome {
                 history,
                 seq,
                 server_id,
+                epoch,
             } => Ok(Welcome {
                 room_id,
                 you,
@@ -58,6 +61,7 @@ impl TryFrom<ServerFrame> for Welcome {
                 history,
                 seq,
                 server_id,
+                epoch,
             }),
             other => Err(other),
         }
@@ -100,12 +104,28 @@ impl RoomConnection {
     /// 503 `server_draining`, …) is [`ClientError::Api`] with the server's code. The whole
     /// opening is bounded by [`CONNECT_TIMEOUT`] ([`ClientError::Timeout`]).
     pub async fn connect(url: &str, ticket: &str) -> Result<(RoomConnection, Welcome)> {
+        Self::connect_since(url, ticket, None).await
+    }
+
+    /// [`RoomConnection::connect`] resuming after message `since`: the `welcome`'s `history`
+    /// then holds exactly the messages with a greater `seq` (at most 1000, the newest; page
+    /// older ones with [`crate::Backend::messages`]), whether the room is on the same server as
+    /// before or was moved.
+    pub async fn connect_since(
+        url: &str,
+        ticket: &str,
+        since: Option<u64>,
+    ) -> Result<(RoomConnection, Welcome)> {
         let mut url =
             Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
         if !matches!(url.scheme(), "ws" | "wss") {
             return Err(ClientError::InvalidUrl(format!("{url}: not a ws:// URL")));
         }
         url.query_pairs_mut().append_pair("token", ticket);
+        if let Some(since) = since {
+            url.query_pairs_mut()
+                .append_pair(berth_protocol::frames::SINCE_PARAM, &since.to_string());
+        }
         tokio::time::timeout(CONNECT_TIMEOUT, Self::open(url))
             .await
             .map_err(|_| ClientError::Timeout)?

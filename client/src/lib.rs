@@ -7,6 +7,7 @@
 //! - [`Room`]: a membership that reconnects by itself (look up again, backoff, no duplicate
 //!   messages); what the CLI chat and load tools use.
 //! - [`ClientError`]: every failure, with the server's error `code` when there is one.
+//! - [`bench`]: the load generator behind `berth bench` ([`bench::run`]).
 //! - [`cli`]: the `berth` command.
 //!
 //! ```no_run
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod connection;
 pub mod error;

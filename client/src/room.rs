@@ -1,6 +1,6 @@
 //! [`Room`]: a room membership that survives its connection — it looks the room up again and
-//! reconnects (with backoff) when the server goes away or the socket drops, and never shows a
-//! message twice.
+//! reconnects (with backoff) when the server goes away or the socket drops, resumes after the
+//! last message it saw (`since`), and never shows a message twice.
 
 use std::time::Duration;
 
@@ -51,7 +51,8 @@ pub enum RoomUpdate {
     /// A live frame. `message` frames are new: their `seq` is above every one seen before.
     Frame(ServerFrame),
     /// The connection was lost and is back. `history` holds only the messages missed meanwhile
-    /// (those above the last seen `seq`), so printing it shows no duplicates.
+    /// (those above the last seen `seq`: the room resumes with `since`), so printing it shows
+    /// no duplicates and no gap.
     Reconnected(Welcome),
     /// The room is over for this client (a close that does not invite a reconnect, such as
     /// 1000 or 1008). Every later call returns it again.
@@ -210,12 +211,14 @@ impl Room {
             .backend
             .lookup_room(&self.session, &self.room_id)
             .await?;
-        let (conn, mut welcome) = RoomConnection::connect_ticket(&ticket).await?;
+        let (conn, mut welcome) =
+            RoomConnection::connect_since(&ticket.url, &ticket.token, Some(self.last_seq)).await?;
         if welcome.seq < self.last_seq {
             // The room started over (a new incarnation without the old history): its numbering
             // restarts, so everything it has is new.
             tracing::info!(room_id = %self.room_id, seq = welcome.seq, last_seq = self.last_seq, "room sequence went back");
         } else {
+            // The server sends only newer messages; the filter stays as a safety net.
             welcome.history.retain(|m| m.seq > self.last_seq);
         }
         self.last_seq = welcome.seq;

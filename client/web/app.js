@@ -601,6 +601,7 @@ class RoomView {
     }
     if (e.resumed) this.quietUntil = Date.now() + 30_000;
     for (const m of e.history) this.onMessage(m, true);
+    this.updateOlderButton();
     this.renderMembers();
   }
 
@@ -776,6 +777,59 @@ class RoomView {
     li.querySelector(".message-text").textContent = m.text;
   }
 
+  // --- scroll-back: older history pages in from the store (GET /api/rooms/{id}/messages)
+
+  /** The `seq` of the oldest message shown, or 0. */
+  oldestSeq() {
+    const first = this.list.querySelector(".message[data-seq]:not([data-pending])");
+    return first ? Number(first.getAttribute("data-seq")) || 0 : 0;
+  }
+
+  /** Shows "Load older messages" at the top while older ones may exist. */
+  updateOlderButton() {
+    const more = this.hasOlder !== false && this.oldestSeq() > 1;
+    if (!this.olderButton) {
+      this.olderButton = el("li", "load-older");
+      this.olderButton.dataset.testid = "load-older";
+      this.olderButton.style.textAlign = "center";
+      const button = el("button", "link-button", "Load older messages");
+      button.type = "button";
+      button.addEventListener("click", () => this.loadOlder());
+      this.olderButton.append(button);
+    }
+    if (more && this.olderButton.parentNode !== this.list) this.list.prepend(this.olderButton);
+    if (!more) this.olderButton.remove();
+  }
+
+  /** Pages in the messages before the oldest one shown, keeping the view where it was. */
+  async loadOlder() {
+    const before = this.oldestSeq();
+    if (this.loadingOlder || this.hasOlder === false || before <= 1) return;
+    this.loadingOlder = true;
+    try {
+      const page = await client.messages(this.roomId, { before, limit: 50 });
+      const l = this.list;
+      const [height, top] = [l.scrollHeight, l.scrollTop];
+      const anchor = this.list.querySelector(".message, .notice");
+      const you = this.conn.you?.userId;
+      for (const m of page.messages) {
+        if (this.list.querySelector(`.message[data-seq="${Number(m.seq)}"]`)) continue;
+        const node = this.messageNode({ ...m, own: m.userId === you });
+        node.dataset.older = "true";
+        this.list.insertBefore(node, anchor);
+        this.regroup(node);
+      }
+      if (anchor instanceof HTMLElement) this.regroup(anchor);
+      this.hasOlder = page.hasMore;
+      this.updateOlderButton();
+      l.scrollTop = top + (l.scrollHeight - height);
+    } catch (err) {
+      this.addNotice(`Could not load older messages: ${describeError(err, this.roomId)}`, "warning");
+    } finally {
+      this.loadingOlder = false;
+    }
+  }
+
   /** Confirmed messages go in server order, above any still-pending ones. @param {HTMLElement} node */
   insertConfirmed(node) {
     this.emptyState.remove();
@@ -861,6 +915,7 @@ class RoomView {
   onScroll() {
     if (this.section.hidden) return;
     const l = this.list;
+    if (l.scrollTop < 80) this.loadOlder();
     this.atBottom = l.scrollHeight - l.scrollTop - l.clientHeight < 48;
     this.section.dataset.following = String(this.atBottom);
     if (this.atBottom) {

@@ -249,6 +249,24 @@ export class BerthClient {
     return this._request("GET", `/api/rooms/${encodeURIComponent(roomId)}`, undefined, true);
   }
 
+  /**
+   * Pages back through a room's stored history (for scrolling back): the `limit` messages just
+   * before `before` (omit it for the newest), oldest first. Page on with
+   * `before: messages[0].seq` while `hasMore`.
+   * @param {string} roomId
+   * @param {{before?: number, limit?: number}} [options] `limit` 1–200, default 50.
+   * @returns {Promise<{messages: ChatMessage[], hasMore: boolean}>}
+   */
+  async messages(roomId, options = {}) {
+    const query = new URLSearchParams();
+    if (options.before != null) query.set("before", String(options.before));
+    if (options.limit != null) query.set("limit", String(options.limit));
+    const qs = query.toString();
+    const path = `/api/rooms/${encodeURIComponent(roomId)}/messages${qs ? `?${qs}` : ""}`;
+    const body = await this._request("GET", path, undefined, true);
+    return { messages: Array.isArray(body?.messages) ? body.messages : [], hasMore: Boolean(body?.hasMore) };
+  }
+
   /** @returns {Promise<RoomSummary[]>} the public rooms with their member counts. */
   async listRooms() {
     const body = await this._request("GET", "/api/rooms", undefined, Boolean(this._session));

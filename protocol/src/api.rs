@@ -63,3 +63,19 @@ pub struct RoomSummary {
 
 /// Longest room name accepted, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
+
+/// Answer to `GET /api/rooms/{roomId}/messages?before=SEQ&limit=N`: stored history, oldest first,
+/// for scrolling back. `before` is exclusive (absent: the newest messages); `limit` defaults to
+/// [`DEFAULT_PAGE_LIMIT`] and is at most [`MAX_PAGE_LIMIT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub messages: Vec<crate::frames::ChatMessage>,
+    /// Older messages remain: ask again with `before` = the first message's `seq`.
+    pub has_more: bool,
+}
+
+/// Messages per history page when `limit` is absent.
+pub const DEFAULT_PAGE_LIMIT: usize = 50;
+/// Most messages per history page.
+pub const MAX_PAGE_LIMIT: usize = 200;

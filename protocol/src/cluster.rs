@@ -6,7 +6,7 @@
 //! | `POST /v1/rooms` | [`PlaceRoomRequest`] | 201 [`Placement`]; 503 `no_capacity` + `Retry-After` |
 //! | `GET /v1/rooms/{id}` | — | 200 [`Placement`]; 404 `room_not_found` |
 //! | `GET /v1/rooms?public=true` | — | 200 [`RoomDirectory`] |
-//! | `POST /v1/rooms/{id}/release` | [`ReleaseRoom`] | 204; the hosting server disposed of the room |
+//! | `POST /v1/rooms/{id}/release` | [`ReleaseRoom`] | 204; the hosting server disposed of the room (it becomes dormant) |
 //! | `POST /v1/servers` | [`RegisterServer`] | 200 [`Registered`] |
 //! | `PUT /v1/servers/{id}/heartbeat` | [`Heartbeat`] | 200 [`HeartbeatAck`]; 404 `unknown_server` → register again |
 //! | `POST /v1/servers/{id}/drain` | — | 202 |
@@ -62,12 +62,18 @@ pub struct RoomInfo {
     pub members: u32,
 }
 
-/// `POST /v1/rooms/{id}/release`: the hosting server disposed of the room.
+/// `POST /v1/rooms/{id}/release`: the hosting server no longer hosts the room. The room is not
+/// forgotten: it becomes *dormant*, and its next lookup places it again (on another server than
+/// the releasing one when that one is draining), where its history is loaded from the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseRoom {
     pub server_id: String,
     pub epoch: u64,
+    /// A draining server handing a live room over (its members reconnect right after), as
+    /// opposed to an idle room disposed of. Informational: both make the room dormant.
+    #[serde(default)]
+    pub handoff: bool,
 }
 
 /// What a session server can hold.

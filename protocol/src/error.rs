@@ -25,6 +25,9 @@ pub enum ErrorCode {
     TextTooLong,
     BadFrame,
     RoomClosed,
+    /// The message was not stored (the store refuses writes or cannot be reached), so nobody
+    /// received it: send it again later.
+    StoreUnavailable,
     // Scheduler internal API.
     UnknownServer,
     ServerFull,
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::TextTooLong => "text_too_long",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::UnknownServer => "unknown_server",
             ErrorCode::ServerFull => "server_full",
         }
@@ -88,7 +92,7 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_strings() {
-        for code in [ErrorCode::RoomNotFound, ErrorCode::NoCapacity, ErrorCode::TextTooLong, ErrorCode::WrongServer] {
+        for code in [ErrorCode::RoomNotFound, ErrorCode::NoCapacity, ErrorCode::TextTooLong, ErrorCode::WrongServer, ErrorCode::StoreUnavailable] {
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
         }
         let body = serde_json::to_value(ErrorBody::new(ErrorCode::RoomFull, "full")).unwrap();

@@ -43,6 +43,10 @@ pub enum ServerFrame {
         /// The session server hosting the room (informational).
         #[serde(default)]
         server_id: String,
+        /// The placement epoch of the room on this server (informational; absent from servers
+        /// that predate it and in `--standalone` mode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
     },
     Message(ChatMessage),
     Joined {
@@ -82,6 +86,14 @@ pub mod close {
 
 /// Longest `clientId` accepted, in bytes.
 pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
+/// The query parameter (beside `token`) with which a reconnecting client asks for the messages
+/// after the last `seq` it saw: `welcome.history` then holds exactly the messages with a greater
+/// `seq`, at most [`MAX_RESUME_MESSAGES`] of them (the newest; page older ones over HTTP).
+pub const SINCE_PARAM: &str = "since";
+
+/// Most messages a resuming `welcome` carries.
+pub const MAX_RESUME_MESSAGES: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -125,11 +137,17 @@ mod tests {
             history: vec![],
             seq: 0,
             server_id: "s-1".into(),
+            epoch: Some(9),
         })
         .unwrap();
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["roomId"], "r-1");
         assert_eq!(v["you"]["userId"], "u-1");
         assert_eq!(v["serverId"], "s-1");
+        assert_eq!(v["epoch"], 9);
+        // Older servers send no epoch.
+        let old = json!({"type": "welcome", "roomId": "r", "you": {"userId": "u", "username": "a"},
+                         "members": [], "history": [], "seq": 0});
+        assert!(matches!(serde_json::from_value(old).unwrap(), ServerFrame::Welcome { epoch: None, .. }));
     }
 }

@@ -178,7 +178,7 @@ async fn create_room(
     }
     let room_id = ids::new_room_id();
     let name = name.unwrap_or_else(|| room_id.clone());
-    let placement = placement::place_new(&state, room_id, name, req.public).await?;
+    let placement = placement::place_new(&state, room_id, name, req.public, req.created_by).await?;
     Ok((StatusCode::CREATED, Json(placement)))
 }
 
@@ -217,7 +217,7 @@ async fn release_room(
         return Err(ApiError::InvalidRequest("invalid server id".into()));
     }
     if state.directory.release(&room_id, &req.server_id, req.epoch, &state.registry) {
-        info!(room_id, server_id = %req.server_id, epoch = req.epoch, "room released");
+        info!(room_id, server_id = %req.server_id, epoch = req.epoch, handoff = req.handoff, "room released; dormant until its next lookup");
     } else {
         debug!(room_id, server_id = %req.server_id, epoch = req.epoch, "stale release ignored");
     }
@@ -255,6 +255,16 @@ async fn register_server(
     server.registered(req.url, req.capacity, req.connections, pid);
     // Rooms first, so their slots count before placements may land here.
     state.directory.adopt(&server, &req.rooms, &state.registry);
+    // A report knows no names: take them from the store (after a scheduler restart).
+    if let Some(store) = &state.store {
+        for room in &req.rooms {
+            if state.directory.get(&room.room_id).is_some_and(|e| e.name == room.room_id && !e.public)
+                && let Ok(Some(meta)) = store.room(&room.room_id).await
+            {
+                state.directory.set_meta(&room.room_id, meta.name, meta.public);
+            }
+        }
+    }
     let draining = req.draining || server.drain_requested();
     {
         let _decision = lock(&state.placement_lock);

@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_CREATE_RATE", default_value_t = 10)]
     pub create_rate: u32,
 
+    /// Where room metadata lives (`--store`, `--database-url`); passed on to spawned servers,
+    /// the database URL in their environment only.
+    #[command(flatten)]
+    pub store: berth_store::StoreArgs,
+
     /// How long stopping waits for spawned servers to exit after SIGTERM before killing them.
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
@@ -184,6 +189,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout_secs", &self.drain_timeout_secs)
             .field("create_rate", &self.create_rate)
             .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
+            .field("store", &self.store)
             .finish()
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! The epoch is one global counter that only grows. It starts at the current time in
 //! milliseconds so that it keeps growing across scheduler restarts, and it is pushed above every
-//! epoch a registering server reports. A room whose server died stays here, *orphaned*, until
-//! its next lookup re-places it (new server, new epoch).
+//! epoch a registering server reports. A room whose server died, or whose server released it
+//! (idle disposal, or a drain handing it over), stays here *dormant* until its next lookup
+//! places it again (new server, new epoch); its history waits in the store. Dormant rooms are
+//! forgotten after `orphan_ttl` (and beyond [`MAX_DORMANT`], oldest first), which loses nothing
+//! when there is a store: a lookup of an id the directory does not know consults the store's
+//! room metadata (see `placement::lookup`).
 //!
 //! Room slot accounting: [`Server::rooms`](crate::registry::Server::rooms) counts the live (not
 //! orphaned) entries on a server plus in-flight reservations, so every function here that adds,
@@ -19,6 +23,10 @@ use dashmap::mapref::entry::Entry;
 
 use crate::registry::{Registry, Server};
 
+/// Most dormant rooms kept in memory; the oldest beyond it are forgotten (a store still finds
+/// them by id).
+pub const MAX_DORMANT: usize = 100_000;
+
 /// One room's placement.
 #[derive(Debug, Clone)]
 pub struct RoomEntry {
@@ -31,8 +39,12 @@ pub struct RoomEntry {
     pub placed_at: Instant,
     /// When its server last reported it (heartbeat or registration).
     pub last_reported: Option<Instant>,
-    /// Set when its server died or left: the next lookup re-places the room.
+    /// Set when the room went dormant (its server died, left, or released it): the next
+    /// lookup re-places the room.
     pub orphaned_at: Option<Instant>,
+    /// Dormant because its server released it (as opposed to died): that server no longer
+    /// serves it, so a report of it from there is stale.
+    pub released: bool,
 }
 
 impl RoomEntry {
@@ -46,7 +58,16 @@ impl RoomEntry {
             placed_at: Instant::now(),
             last_reported: None,
             orphaned_at: None,
+            released: false,
         }
+    }
+
+    /// A dormant room known from the store (after a restart): placed nowhere yet.
+    pub fn dormant(name: String, public: bool) -> RoomEntry {
+        let mut entry = RoomEntry::new(String::new(), 0, name, public);
+        entry.orphaned_at = Some(Instant::now());
+        entry.released = true;
+        entry
     }
 
     pub fn is_orphaned(&self) -> bool {
@@ -113,20 +134,40 @@ impl Directory {
         self.rooms.insert(room_id, entry);
     }
 
-    /// Removes the room if it is still the placement `server_id`/`epoch` (a stale release is
-    /// ignored). Returns whether it was removed.
+    /// Makes the room dormant if it is still the placement `server_id`/`epoch` (a stale release
+    /// is ignored), freeing its slot. Returns whether it was the current placement.
     pub fn release(&self, room_id: &str, server_id: &str, epoch: u64, registry: &Registry) -> bool {
-        let removed = self.rooms.remove_if(room_id, |_, e| e.server_id == server_id && e.epoch == epoch);
-        match removed {
-            Some((_, entry)) => {
-                if !entry.is_orphaned()
-                    && let Some(server) = registry.get(server_id)
-                {
-                    server.release_slot();
-                }
+        let Some(mut entry) = self.rooms.get_mut(room_id) else { return false };
+        if entry.server_id != server_id || entry.epoch != epoch {
+            return false;
+        }
+        if !entry.is_orphaned() {
+            if let Some(server) = registry.get(server_id) {
+                server.release_slot();
+            }
+            entry.orphaned_at = Some(Instant::now());
+        }
+        entry.released = true;
+        entry.members = 0;
+        true
+    }
+
+    /// Records a dormant room found in the store, unless the id is known already.
+    pub fn insert_dormant(&self, room_id: String, name: String, public: bool) -> bool {
+        match self.rooms.entry(room_id) {
+            Entry::Vacant(v) => {
+                v.insert(RoomEntry::dormant(name, public));
                 true
             }
-            None => false,
+            Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Sets the name and flag of a room adopted from a server's report (which knows neither).
+    pub fn set_meta(&self, room_id: &str, name: String, public: bool) {
+        if let Some(mut entry) = self.rooms.get_mut(room_id) {
+            entry.name = name;
+            entry.public = public;
         }
     }
 
@@ -165,6 +206,7 @@ impl Directory {
         entry.placed_at = Instant::now();
         entry.last_reported = None;
         entry.orphaned_at = None;
+        entry.released = false;
         Replaced::Moved(entry.clone())
     }
 
@@ -186,7 +228,10 @@ impl Directory {
                 Entry::Occupied(mut o) => {
                     let entry = o.get_mut();
                     let ours = entry.server_id == server.id;
-                    if ours && room.epoch >= entry.epoch {
+                    if ours && entry.released && room.epoch == entry.epoch {
+                        // It let go of this placement already: its next heartbeat gets it revoked.
+                        continue;
+                    } else if ours && room.epoch >= entry.epoch {
                         if entry.is_orphaned() {
                             entry.orphaned_at = None;
                             server.adopt_slot();
@@ -199,6 +244,7 @@ impl Directory {
                         }
                         entry.server_id = server.id.clone();
                         entry.orphaned_at = None;
+                        entry.released = false;
                         server.adopt_slot();
                     } else {
                         continue;
@@ -219,6 +265,10 @@ impl Directory {
         let mut revoked = Vec::new();
         for room in hosted {
             match self.rooms.get_mut(&room.room_id) {
+                // Released (handed over or disposed) meanwhile: the report is stale.
+                Some(entry) if entry.server_id == server.id && entry.epoch == room.epoch && entry.released => {
+                    revoked.push(room.room_id.clone());
+                }
                 Some(mut entry) if entry.server_id == server.id && entry.epoch == room.epoch => {
                     if entry.is_orphaned() {
                         // It was declared gone but is alive and nobody re-placed the room yet.
@@ -246,11 +296,21 @@ impl Directory {
         revoked
     }
 
-    /// Forgets orphaned rooms nobody looked up for `after`; returns how many.
+    /// Forgets dormant rooms nobody looked up for `after`, and the oldest ones beyond
+    /// [`MAX_DORMANT`]; returns how many.
     pub fn expire_orphans(&self, after: Duration) -> usize {
         let now = Instant::now();
         let before = self.rooms.len();
         self.rooms.retain(|_, e| e.orphaned_at.is_none_or(|t| now.saturating_duration_since(t) < after));
+        let dormant = self.orphaned_count();
+        if dormant > MAX_DORMANT {
+            let mut oldest: Vec<(Instant, String)> =
+                self.rooms.iter().filter_map(|e| e.orphaned_at.map(|t| (t, e.key().clone()))).collect();
+            oldest.sort();
+            for (_, id) in oldest.into_iter().take(dormant - MAX_DORMANT) {
+                self.rooms.remove_if(&id, |_, e| e.is_orphaned());
+            }
+        }
         before.saturating_sub(self.rooms.len())
     }
 
@@ -317,7 +377,27 @@ mod tests {
         assert_eq!(s.rooms(), 1);
         assert!(dir.release("r-1", "s-a", epoch, &registry));
         assert_eq!(s.rooms(), 0);
-        assert!(dir.get("r-1").is_none());
+        // Dormant, not forgotten; a report of it from its old server is stale.
+        let entry = dir.get("r-1").unwrap();
+        assert!(entry.is_orphaned() && entry.released);
+        let report = HostedRoom { room_id: "r-1".into(), epoch, members: 1 };
+        assert_eq!(dir.heartbeat(&s, std::slice::from_ref(&report), Duration::from_secs(60)), vec!["r-1".to_owned()]);
+        dir.adopt(&s, &[report], &registry);
+        assert!(dir.get("r-1").unwrap().is_orphaned());
+        assert_eq!(s.rooms(), 0);
+        // The next placement takes it.
+        assert!(s.try_reserve());
+        assert!(matches!(dir.replace("r-1", &s, dir.next_epoch(), &registry), Replaced::Moved(e) if !e.released));
+    }
+
+    #[test]
+    fn dormant_rooms_are_bounded() {
+        let dir = Directory::default();
+        assert!(dir.insert_dormant("r-1".into(), "one".into(), true));
+        assert!(!dir.insert_dormant("r-1".into(), "again".into(), false));
+        assert_eq!(dir.get("r-1").unwrap().name, "one");
+        assert_eq!(dir.expire_orphans(Duration::from_secs(60)), 0);
+        assert_eq!(dir.expire_orphans(Duration::ZERO), 1);
     }
 
     #[test]

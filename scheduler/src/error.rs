@@ -23,6 +23,8 @@ pub enum Error {
     LocalAddr(#[source] std::io::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot open the room store: {0}")]
+    Store(#[source] berth_store::StoreError),
 }
 
 /// An error answer of the HTTP API.
@@ -49,6 +51,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the scheduler is shutting down")]
     ShuttingDown,
+    #[error("the room store is unavailable")]
+    StoreUnavailable,
 }
 
 impl ApiError {
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoCapacity),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SchedulerUnavailable),
+            ApiError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable),
         }
     }
 
@@ -72,7 +77,7 @@ impl ApiError {
             ApiError::NoCapacity { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs } => {
                 Some((*retry_after_secs).max(1))
             }
-            ApiError::ShuttingDown => Some(1),
+            ApiError::ShuttingDown | ApiError::StoreUnavailable => Some(1),
             _ => None,
         }
     }

@@ -49,7 +49,13 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     let secret = resolve_secret(&config)?;
     // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
     let shutdown = shutdown.child_token();
-    let state = AppState::new(config, secret, scheduler_url(addr), shutdown.clone());
+    let store = config.store.open(&config.data_dir, false).await.map_err(Error::Store)?;
+    match &store {
+        Some(store) => info!(store = %store.describe(), "room store open"),
+        None => info!("no room store: dormant rooms are forgotten when the scheduler stops"),
+    }
+    let state = AppState::with_store(config, secret, scheduler_url(addr), shutdown.clone(), store);
+    placement::load_dormant(&state).await;
     info!(
         %addr,
         rooms_per_server = state.config.rooms_per_server,

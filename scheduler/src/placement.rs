@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_protocol::cluster::{Placement, ServerState};
-use tracing::{debug, info};
+use berth_store::RoomMeta;
+use tracing::{debug, info, warn};
 
 use crate::directory::{Replaced, RoomEntry};
 use crate::error::ApiError;
@@ -72,9 +73,49 @@ pub fn no_capacity(state: &AppState, message: &str) -> ApiError {
     ApiError::NoCapacity { message: message.to_owned(), retry_after_secs: state.config.retry_after_secs() }
 }
 
-/// Places a new room and records it in the directory.
-pub async fn place_new(state: &AppState, room_id: String, name: String, public: bool) -> Result<Placement, ApiError> {
+/// Most public rooms loaded from the store at start (so the listing shows them while dormant).
+const DORMANT_AT_START: usize = 1000;
+
+/// Loads the newest public rooms of the store as dormant entries (after a restart).
+pub async fn load_dormant(state: &AppState) {
+    let Some(store) = &state.store else { return };
+    match store.public_rooms(DORMANT_AT_START).await {
+        Ok(rooms) => {
+            let loaded = rooms
+                .into_iter()
+                .filter(|m| state.directory.insert_dormant(m.room_id.clone(), m.name.clone(), m.public))
+                .count();
+            if loaded > 0 {
+                info!(loaded, "public rooms loaded from the store (dormant)");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot load public rooms from the store"),
+    }
+}
+
+/// Places a new room and records it in the directory (and its metadata in the store first, so
+/// a room that exists can always be found again).
+pub async fn place_new(
+    state: &AppState,
+    room_id: String,
+    name: String,
+    public: bool,
+    created_by: Option<String>,
+) -> Result<Placement, ApiError> {
     let started = Instant::now();
+    if let Some(store) = &state.store {
+        let meta = RoomMeta {
+            room_id: room_id.clone(),
+            name: name.clone(),
+            public,
+            created_by,
+            created_at_ms: berth_protocol::now_ms(),
+        };
+        if let Err(e) = store.create_room(&meta).await {
+            warn!(room_id, error = %e, "cannot record the new room in the store");
+            return Err(ApiError::StoreUnavailable);
+        }
+    }
     let server = reserve_slot(state).await?;
     let epoch = state.directory.next_epoch();
     let entry = RoomEntry::new(server.id.clone(), epoch, name, public);
@@ -86,11 +127,26 @@ pub async fn place_new(state: &AppState, room_id: String, name: String, public: 
     Ok(placement)
 }
 
-/// Where a room lives; re-places it first when its server died or left.
+/// Where a room lives; places it again first when it is dormant (its server died, left, or
+/// released it). A room the directory does not know is looked for in the store.
 pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiError> {
     // A couple of rounds: another lookup may re-place the room while this one waits.
     for _ in 0..3 {
-        let entry = state.directory.get(room_id).ok_or(ApiError::RoomNotFound)?;
+        let entry = match state.directory.get(room_id) {
+            Some(entry) => entry,
+            None => {
+                let store = state.store.as_ref().ok_or(ApiError::RoomNotFound)?;
+                let meta = store.room(room_id).await.map_err(|e| {
+                    warn!(room_id, error = %e, "cannot look the room up in the store");
+                    ApiError::StoreUnavailable
+                })?;
+                let meta = meta.ok_or(ApiError::RoomNotFound)?;
+                if state.directory.insert_dormant(meta.room_id, meta.name, meta.public) {
+                    info!(room_id, "dormant room found in the store");
+                }
+                continue;
+            }
+        };
         if !entry.is_orphaned()
             && let Some(server) = state.registry.get(&entry.server_id)
             && matches!(server.state(), ServerState::Ready | ServerState::Draining)
@@ -105,7 +161,7 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
             Replaced::Moved(entry) => {
                 inc(&state.metrics.replacements);
                 state.metrics.placement_latency.observe(started.elapsed());
-                info!(room_id, server_id = %server.id, epoch, from = %from, "orphaned room re-placed");
+                info!(room_id, server_id = %server.id, epoch, from = %from, "dormant room placed again");
                 return Ok(to_placement(room_id, &entry, server.url()));
             }
             Replaced::Current(_) => server.release_slot(),
@@ -159,7 +215,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..80 {
             let state = state.clone();
-            tasks.spawn(async move { place_new(&state, format!("r-{i}"), format!("r-{i}"), false).await });
+            tasks.spawn(async move { place_new(&state, format!("r-{i}"), format!("r-{i}"), false, None).await });
         }
         let mut placed = 0;
         let mut refused = 0;

@@ -157,6 +157,15 @@ pub fn session_command(config: &Config, bin: &Path, server_id: &str, scheduler_u
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // The same store as ours; the database URL may hold a password: environment only.
+    if let Some(kind) = config.store.store
+        && let Some(value) = clap::ValueEnum::to_possible_value(&kind)
+    {
+        cmd.arg("--store").arg(value.get_name());
+    }
+    if let Some(url) = &config.store.database_url {
+        cmd.env("BERTH_DATABASE_URL", url);
+    }
     die_with_parent(&mut cmd);
     cmd
 }

@@ -26,6 +26,9 @@ pub struct Inner {
     pub directory: Directory,
     pub metrics: Metrics,
     pub rate_limiter: RateLimiter,
+    /// Room metadata (so dormant rooms survive a restart of the whole cluster); `None` with
+    /// `--store none`.
+    pub store: Option<berth_store::Store>,
     /// Held around each placement decision and around flips out of `ready` (drain), so that a
     /// room is never placed on a server that is being drained.
     pub placement_lock: Mutex<()>,
@@ -42,6 +45,17 @@ pub struct Inner {
 impl AppState {
     /// Builds the state. `scheduler_url` is passed to spawned session servers.
     pub fn new(config: Config, secret: String, scheduler_url: String, shutdown: CancellationToken) -> AppState {
+        Self::with_store(config, secret, scheduler_url, shutdown, None)
+    }
+
+    /// [`AppState::new`] with the store that keeps room metadata.
+    pub fn with_store(
+        config: Config,
+        secret: String,
+        scheduler_url: String,
+        shutdown: CancellationToken,
+        store: Option<berth_store::Store>,
+    ) -> AppState {
         let rate_limiter = RateLimiter::new(config.create_rate);
         AppState(Arc::new(Inner {
             config,
@@ -51,6 +65,7 @@ impl AppState {
             directory: Directory::default(),
             metrics: Metrics::default(),
             rate_limiter,
+            store,
             placement_lock: Mutex::new(()),
             spawn_lock: Mutex::new(()),
             fleet_kick: Notify::new(),

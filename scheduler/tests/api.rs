@@ -241,7 +241,7 @@ async fn a_silent_server_dies_and_its_room_is_replaced_on_lookup() {
 }
 
 #[tokio::test]
-async fn release_forgets_the_room_but_a_stale_release_does_not() {
+async fn release_makes_the_room_dormant_but_a_stale_release_does_not() {
     let s = Scheduler::start(&[]).await;
     s.register(Some("s-one"), 5, vec![]).await;
     let p = s.create(json!({})).await.unwrap();
@@ -257,8 +257,30 @@ async fn release_forgets_the_room_but_a_stale_release_does_not() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert_eq!(s.lookup(&p.room_id).await.unwrap_err().1, "room_not_found");
     assert_eq!(s.server("s-one").await.unwrap().rooms, 0, "the slot is free again");
+    // Dormant, not forgotten: the next lookup places it again, under a new epoch.
+    let again = s.lookup(&p.room_id).await.unwrap();
+    assert!(again.epoch > p.epoch);
+    assert_eq!(s.server("s-one").await.unwrap().rooms, 1);
+    // Unknown ids are looked for in the store (here: the default SQLite one): still 404.
+    assert_eq!(s.lookup("r-neverexisted").await.unwrap_err().1, "room_not_found");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_scheduler_finds_rooms_in_the_store() {
+    let s = Scheduler::start(&[]).await;
+    s.register(Some("s-one"), 5, vec![]).await;
+    let p = s.create(json!({"name": "lounge", "public": true})).await.unwrap();
+    let data_dir = s.data_dir().to_path_buf();
+    // A second scheduler over the same data dir (the first one's store), with nothing placed.
+    let t = Scheduler::start(&[("--data-dir", data_dir.to_str().unwrap())]).await;
+    let listed: RoomDirectory = t.get("/v1/rooms?public=true").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.rooms.iter().map(|r| (r.room_id.as_str(), r.name.as_str())).collect::<Vec<_>>(), [(p.room_id.as_str(), "lounge")]);
+    t.register(Some("s-two"), 5, vec![]).await;
+    let found = t.lookup(&p.room_id).await.unwrap();
+    assert_eq!((found.name.as_str(), found.public, found.server_id.as_str()), ("lounge", true, "s-two"));
+    t.stop().await;
     s.stop().await;
 }
 

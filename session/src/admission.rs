@@ -9,7 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_protocol::claims::TicketClaims;
-use berth_protocol::frames::User;
+use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
 use berth_protocol::{ErrorBody, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -45,6 +45,12 @@ impl Refusal {
     }
     pub(crate) fn server_full(message: &str) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerFull, message)
+    }
+    pub(crate) fn store_unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, "the message store is unavailable; try again")
+    }
+    pub(crate) fn invalid_request(message: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
     pub(crate) fn scheduler_unavailable() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SchedulerUnavailable, "cannot reach the scheduler")
@@ -136,7 +142,9 @@ pub(crate) fn check_ticket(state: &AppState, token: Option<&str>) -> Result<Tick
 }
 
 /// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).
-pub(crate) async fn admit(state: &AppState, claims: TicketClaims) -> Result<Admitted, Refusal> {
+/// With `since`, its `welcome` resumes after that `seq` (reading the store when the room's
+/// memory does not reach back far enough).
+pub(crate) async fn admit(state: &AppState, claims: TicketClaims, since: Option<u64>) -> Result<Admitted, Refusal> {
     let shared = &state.0;
     if state.is_draining() {
         return Err(Refusal::draining());
@@ -144,13 +152,16 @@ pub(crate) async fn admit(state: &AppState, claims: TicketClaims) -> Result<Admi
     let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
         .ok_or_else(|| Refusal::server_full("the server is at its connection limit"))?;
     let user = User { user_id: claims.sub.clone(), username: claims.name.clone() };
-    for _ in 0..JOIN_ATTEMPTS {
+    let mut prefetched: Option<Vec<ChatMessage>> = None;
+    let mut attempts = 0;
+    while attempts < JOIN_ATTEMPTS {
         let room = state.room_for(&claims).await?;
         let conn = state.next_conn_id();
         let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();
         let membership = Membership { commands: room.commands(), conn, armed: true };
-        match room.join(conn, user.clone(), tx, kick_tx).await {
+        let joined = room.join(conn, user.clone(), tx, kick_tx, since, prefetched.take()).await;
+        let refusal = match joined {
             Ok(welcome) => {
                 shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Admitted {
@@ -164,12 +175,29 @@ pub(crate) async fn admit(state: &AppState, claims: TicketClaims) -> Result<Admi
                     task: shared.tracker.token(),
                 });
             }
-            Err(JoinError::Full(why)) => {
+            Err(JoinError::Full(why)) => Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why),
+            Err(JoinError::StoreUnavailable) => Refusal::store_unavailable(),
+            Err(JoinError::Fenced) => Refusal::wrong_server("a newer placement owns this room"),
+            Err(JoinError::NeedHistory { after, up_to }) => {
                 membership.disarm();
-                return Err(Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why));
+                let Some(durability) = &shared.durability else { return Err(Refusal::store_unavailable()) };
+                match durability.store.messages_between(&claims.room, after, up_to, MAX_RESUME_MESSAGES).await {
+                    Ok(stored) => prefetched = Some(stored),
+                    Err(e) => {
+                        tracing::warn!(room_id = %claims.room, error = %e, "cannot read history to resume");
+                        return Err(Refusal::store_unavailable());
+                    }
+                }
+                continue;
             }
-            Err(JoinError::Gone) => membership.disarm(),
-        }
+            Err(JoinError::Gone) => {
+                membership.disarm();
+                attempts += 1;
+                continue;
+            }
+        };
+        membership.disarm();
+        return Err(refusal);
     }
     Err(Refusal::server_full("the room is closing; try again"))
 }

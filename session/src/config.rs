@@ -96,6 +96,11 @@ pub struct Config {
     #[arg(long)]
     pub standalone: bool,
 
+    /// Where messages are made durable (`--store`, `--database-url`). A `--standalone` server
+    /// keeps history in memory only unless a store is named.
+    #[command(flatten)]
+    pub store: berth_store::StoreArgs,
+
     /// Test hook: a message with exactly this text makes its room panic. Off unless set.
     #[arg(long, hide = true)]
     pub debug_panic_text: Option<String>,

@@ -28,6 +28,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the message store: {0}")]
+    Store(#[from] berth_store::StoreError),
     #[error("cannot set up the scheduler client")]
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]

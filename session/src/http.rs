@@ -35,6 +35,8 @@ pub fn router(state: AppState) -> Router {
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+    /// Resume after this `seq` (`berth_protocol::frames::SINCE_PARAM`).
+    since: Option<String>,
 }
 
 async fn websocket(
@@ -45,7 +47,10 @@ async fn websocket(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    let query_token = query.ok().and_then(|Query(q)| q.token);
+    let (query_token, since) = match query {
+        Ok(Query(q)) => (q.token, q.since),
+        Err(_) => (None, None),
+    };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = token_from_request(query_token.as_deref(), authorization);
 
@@ -53,6 +58,11 @@ async fn websocket(
     let claims = match admission::check_ticket(&state, token) {
         Ok(claims) => claims,
         Err(refusal) => return refuse(&state, refusal, peer),
+    };
+    let since = match since.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(seq)) => Some(seq),
+        Some(Err(_)) => return refuse(&state, Refusal::invalid_request("since must be a message seq"), peer),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -66,7 +76,7 @@ async fn websocket(
         server_id = state.server_id().as_deref().unwrap_or(""),
         peer = peer.map(tracing::field::display),
     );
-    let admitted = match admission::admit(&state, claims).instrument(span.clone()).await {
+    let admitted = match admission::admit(&state, claims, since).instrument(span.clone()).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&state, refusal, peer),
     };
@@ -87,6 +97,7 @@ fn max_write_buffer(config: &crate::Config) -> usize {
     let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
     let welcome = config
         .history
+        .max(berth_protocol::frames::MAX_RESUME_MESSAGES)
         .saturating_mul(per_message)
         .saturating_add((config.members_per_room as usize).saturating_mul(1024));
     WRITE_BUFFER.saturating_add(welcome).saturating_add(64 * 1024).max(1 << 20)

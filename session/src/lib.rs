@@ -13,6 +13,8 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`http`]: the routes.
 //! - [`state`]: what everything shares, and how rooms are opened and supervised.
+//! - `writer`: the group-commit writer that makes messages durable in the `berth_store::Store`
+//!   before rooms deliver them.
 
 pub mod admission;
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod scheduler;
 mod server;
 pub mod state;
 pub mod ticket;
+mod writer;
 
 pub use config::Config;
 pub use error::Error;

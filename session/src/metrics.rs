@@ -10,7 +10,7 @@ use berth_protocol::ErrorCode;
 
 /// Codes counted by `berth_session_refusals_total`: HTTP refusals before the upgrade and
 /// `error` frames / policy closes after it.
-const REFUSAL_CODES: [ErrorCode; 10] = [
+const REFUSAL_CODES: [ErrorCode; 11] = [
     ErrorCode::InvalidTicket,
     ErrorCode::WrongServer,
     ErrorCode::RoomFull,
@@ -20,6 +20,7 @@ const REFUSAL_CODES: [ErrorCode; 10] = [
     ErrorCode::TextTooLong,
     ErrorCode::BadFrame,
     ErrorCode::RateLimited,
+    ErrorCode::StoreUnavailable,
     ErrorCode::Internal,
 ];
 
@@ -33,6 +34,12 @@ pub struct Metrics {
     pub(crate) messages_out: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) room_panics: AtomicU64,
+    /// Group-commit transactions, messages they stored, and rooms whose append failed.
+    pub(crate) store_batches: AtomicU64,
+    pub(crate) store_messages: AtomicU64,
+    pub(crate) store_failures: AtomicU64,
+    /// Live rooms handed over to another server by a drain.
+    pub(crate) handoffs: AtomicU64,
     refusals: [AtomicU64; REFUSAL_CODES.len()],
 }
 
@@ -62,6 +69,10 @@ impl Metrics {
         metric("berth_session_messages_out_total", "counter", "Frames queued to clients by rooms.", get(&self.messages_out));
         metric("berth_session_slow_consumers_total", "counter", "Connections dropped for not reading.", get(&self.slow_consumers));
         metric("berth_session_room_panics_total", "counter", "Rooms ended by a panic.", get(&self.room_panics));
+        metric("berth_session_store_batches_total", "counter", "Group-commit transactions written to the store.", get(&self.store_batches));
+        metric("berth_session_store_messages_total", "counter", "Messages made durable in the store.", get(&self.store_messages));
+        metric("berth_session_store_failures_total", "counter", "Room appends the store refused.", get(&self.store_failures));
+        metric("berth_session_handoffs_total", "counter", "Live rooms handed over by a drain.", get(&self.handoffs));
         let name = "berth_session_refusals_total";
         let _ = writeln!(out, "# HELP {name} Refused connections and frames, by error code.\n# TYPE {name} counter");
         for (code, n) in REFUSAL_CODES.iter().zip(&self.refusals) {

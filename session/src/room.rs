@@ -5,9 +5,29 @@
 //! serialized once; recipients get a clone of the same refcounted bytes. The room never awaits a
 //! member: it `try_send`s, and a member whose queue is full is dropped as a slow consumer.
 //!
+//! Durability. With a store, a room first loads its last `seq` and recent history (claiming the
+//! placement's fence), then answers joins. An accepted message gets the next `seq` at once and
+//! waits, serialized, in `pending`; the room submits its pending messages to the process's
+//! group-commit writer (one submission in flight at a time) and goes on serving. Only when the
+//! writer says a batch is durable are its messages broadcast, in `seq` order, and added to the
+//! history. If the store refuses the batch, every pending message is dropped *loudly*: its
+//! sender gets an `error` frame `store_unavailable`, and `seq` goes back to the last durable one
+//! (nobody saw the failed messages, so no gap is ever visible). Without a store (`--store none`)
+//! messages are broadcast at once.
+//!
+//! Resume. A join may carry `since`: its `welcome` then holds exactly the durable messages after
+//! it (at most [`MAX_RESUME_MESSAGES`], the newest), from the in-memory history when it reaches
+//! back far enough, else from the store (the room answers [`JoinError::NeedHistory`] and the
+//! admission reads the store and asks again with what it read).
+//!
+//! Hand-off. A draining server asks each room to hand over: the room refuses new sends with an
+//! `error` frame, lets its in-flight writes finish, reports its last durable `seq`, and is then
+//! revoked (members closed with 1012) once the scheduler has been told.
+//!
 //! A room ends when it has been empty for the idle timeout (or at once while the server drains),
-//! when the scheduler revokes it, when the server shuts down, or when it panics; in that last
-//! case its members' kick channels are dropped unsent, which their connections read as 1011.
+//! when the scheduler revokes it, when the server shuts down, when a newer placement fenced it
+//! off in the store, or when it panics; in that last case its members' kick channels are dropped
+//! unsent, which their connections read as 1011.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +35,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use berth_protocol::frames::{ChatMessage, ServerFrame, User};
+use berth_protocol::ErrorCode;
+use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, ServerFrame, User};
+use berth_store::{RoomAppend, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::rooms::Rooms;
+use crate::writer::{Ack, Writer};
 
 /// Id of one WebSocket connection within the process.
 pub(crate) type ConnId = u64;
@@ -31,33 +54,46 @@ pub(crate) type ConnId = u64;
 pub(crate) const MAX_CONNECTIONS_PER_USER: u8 = 8;
 /// Commands queued to a room before senders wait.
 const COMMAND_QUEUE: usize = 4096;
+/// Messages a room keeps waiting for the store before it refuses more (the store is behind).
+const MAX_PENDING: usize = 10_000;
 
 /// Why the room tells a connection to go (a dropped kick sender means the room failed: 1011).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kick {
     /// Its outbound queue was full: close 1008.
     SlowConsumer,
-    /// The room was revoked or the server is going away: close 1012.
+    /// The room was revoked, handed over, or the server is going away: close 1012.
     Restart,
 }
 
 /// Why a join was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum JoinError {
     /// 409 `room_full`, with the reason.
     Full(&'static str),
     /// The room ended before it took the join: open it again.
     Gone,
+    /// The resume needs stored messages `after < seq <= up_to` that the room no longer holds in
+    /// memory: read them and join again with them.
+    NeedHistory { after: u64, up_to: u64 },
+    /// The store could not load the room: 503 `store_unavailable`.
+    StoreUnavailable,
+    /// A newer placement owns the room: 421 `wrong_server`.
+    Fenced,
 }
 
 /// A connection asking in.
 pub(crate) struct JoinRequest {
-    conn: ConnId,
-    user: User,
-    outbound: mpsc::Sender<Utf8Bytes>,
-    kick: oneshot::Sender<Kick>,
+    pub conn: ConnId,
+    pub user: User,
+    pub outbound: mpsc::Sender<Utf8Bytes>,
+    pub kick: oneshot::Sender<Kick>,
+    /// Resume after this `seq`.
+    pub since: Option<u64>,
+    /// Stored messages read for a resume after [`JoinError::NeedHistory`], oldest first.
+    pub prefetched: Option<Vec<ChatMessage>>,
     /// Answered with the serialized `welcome`.
-    reply: oneshot::Sender<Result<Utf8Bytes, JoinError>>,
+    pub reply: oneshot::Sender<Result<Utf8Bytes, JoinError>>,
 }
 
 /// What connections and the server ask of a room.
@@ -67,6 +103,9 @@ pub(crate) enum Command {
     Send { conn: ConnId, text: String, client_id: Option<String> },
     /// Placed elsewhere by the scheduler: close every member with 1012 and end.
     Revoke,
+    /// The server drains: stop taking messages, finish the writes in flight, then answer with
+    /// the last durable `seq` (the room keeps its members until it is revoked).
+    HandOff(oneshot::Sender<u64>),
 }
 
 /// How a room task ended.
@@ -77,6 +116,10 @@ pub(crate) enum Exit {
     Revoked,
     /// The server closed everything.
     Shutdown,
+    /// The store could not load the room; it stays placed here and opens again on the next join.
+    Unavailable,
+    /// A newer placement claimed the room in the store: this one must not serve it.
+    Fenced,
 }
 
 /// Numbers the room publishes for heartbeats.
@@ -99,15 +142,18 @@ pub(crate) struct RoomHandle {
 impl RoomHandle {
     /// Asks the room to admit connection `conn` of `user`, whose frames go to `outbound` and
     /// whose eviction notice to `kick`; on success the answer is the `welcome` frame.
+    #[allow(clippy::too_many_arguments)]
     pub async fn join(
         &self,
         conn: ConnId,
         user: User,
         outbound: mpsc::Sender<Utf8Bytes>,
         kick: oneshot::Sender<Kick>,
+        since: Option<u64>,
+        prefetched: Option<Vec<ChatMessage>>,
     ) -> Result<Utf8Bytes, JoinError> {
         let (reply, reply_rx) = oneshot::channel();
-        let request = JoinRequest { conn, user, outbound, kick, reply };
+        let request = JoinRequest { conn, user, outbound, kick, since, prefetched, reply };
         if self.tx.send(Command::Join(request)).await.is_err() {
             return Err(JoinError::Gone);
         }
@@ -133,6 +179,14 @@ impl RoomHandle {
             });
         }
     }
+
+    /// Asks the room to stop taking messages and flush; answers with its last durable `seq`,
+    /// or `None` when the room ended first.
+    pub async fn hand_off(&self) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::HandOff(tx)).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// What every room of a server shares.
@@ -145,10 +199,19 @@ pub(crate) struct RoomSettings {
     pub panic_text: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
     pub rooms: Arc<Rooms>,
+    /// Where messages are made durable; `None` without a store.
+    pub durability: Option<Durability>,
     /// Cancelled when the server drains: empty rooms end at once.
     pub draining: CancellationToken,
     /// Cancelled when the server closes everything.
     pub close_all: CancellationToken,
+}
+
+/// The store (reads) and the group-commit writer (appends).
+#[derive(Clone)]
+pub(crate) struct Durability {
+    pub store: Store,
+    pub writer: Writer,
 }
 
 /// Creates a room and returns its handle and the future that runs it (for the caller to spawn).
@@ -159,6 +222,7 @@ pub(crate) fn new(
     settings: RoomSettings,
 ) -> (RoomHandle, impl Future<Output = Exit> + Send + 'static) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(RoomStats::default());
     let handle = RoomHandle { id: id.clone(), epoch, instance, tx, stats: stats.clone() };
     let room = Room {
@@ -169,11 +233,16 @@ pub(crate) fn new(
         users: HashMap::new(),
         history: VecDeque::with_capacity(settings.history.min(128)),
         seq: 0,
+        durable: 0,
+        pending: VecDeque::new(),
+        in_flight: 0,
+        ack_tx,
+        hand_off: None,
         stats,
         pending_kicks: Vec::new(),
         settings,
     };
-    (handle, room.run(rx))
+    (handle, room.run(rx, ack_rx))
 }
 
 struct Member {
@@ -187,6 +256,19 @@ struct Presence {
     connections: u8,
 }
 
+/// An accepted message waiting for the store.
+struct Pending {
+    msg: Arc<ChatMessage>,
+    /// Its `message` frame, serialized once.
+    frame: Utf8Bytes,
+    sender: ConnId,
+}
+
+/// A hand-off under way: refuse sends; answer once nothing is in flight.
+struct HandOff {
+    flushed: Option<oneshot::Sender<u64>>,
+}
+
 struct Room {
     id: Arc<str>,
     epoch: u64,
@@ -194,8 +276,18 @@ struct Room {
     members: HashMap<ConnId, Member>,
     /// Keyed by user id; a user counts once however many connections it has.
     users: HashMap<String, Presence>,
-    history: VecDeque<ChatMessage>,
+    /// The newest durable messages (at most `settings.history`).
+    history: VecDeque<Arc<ChatMessage>>,
+    /// The last `seq` handed out (durable or pending).
     seq: u64,
+    /// The last `seq` made durable and broadcast.
+    durable: u64,
+    /// Accepted messages not yet durable, in `seq` order.
+    pending: VecDeque<Pending>,
+    /// How many of `pending` (from the front) the writer is storing now; 0 when idle.
+    in_flight: usize,
+    ack_tx: mpsc::UnboundedSender<Ack>,
+    hand_off: Option<HandOff>,
     stats: Arc<RoomStats>,
     /// Members found slow during a broadcast, removed once it is over.
     pending_kicks: Vec<ConnId>,
@@ -210,13 +302,37 @@ struct WelcomeRef<'a> {
     room_id: &'a str,
     you: &'a User,
     members: Vec<&'a User>,
-    history: &'a VecDeque<ChatMessage>,
+    history: Vec<&'a ChatMessage>,
     seq: u64,
     server_id: &'a str,
+    epoch: Option<u64>,
+}
+
+fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+    let frame = ServerFrame::Error { code: code.as_str().to_owned(), message };
+    Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
+}
+
+/// What a sender learns when its message was not stored (the `clientId`, when it gave one, is
+/// named so that it can match the refusal to its send).
+fn not_stored(why: &str, client_id: Option<&str>) -> Utf8Bytes {
+    let id = client_id.map(|c| format!(" (clientId {c})")).unwrap_or_default();
+    error_frame(ErrorCode::StoreUnavailable, format!("message not stored{id}: {why}; nobody received it, send it again"))
 }
 
 impl Room {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Exit {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Ack>) -> Exit {
+        if let Err(exit) = self.load().await {
+            let refusal = if exit == Exit::Fenced { JoinError::Fenced } else { JoinError::StoreUnavailable };
+            self.settings.rooms.remove_instance(&self.id, self.instance);
+            rx.close();
+            while let Some(cmd) = rx.recv().await {
+                if let Command::Join(join) = cmd {
+                    let _ = join.reply.send(Err(refusal.clone()));
+                }
+            }
+            return exit;
+        }
         // Child tokens: each room waits on its own node, not on one lock shared by all rooms.
         let draining = self.settings.draining.child_token();
         let close_all = self.settings.close_all.child_token();
@@ -224,14 +340,25 @@ impl Room {
         let closed = close_all.cancelled();
         let idle = tokio::time::sleep(self.settings.idle);
         tokio::pin!(drain, closed, idle);
-        tracing::debug!(room_id = %self.id, epoch = self.epoch, "room opened");
+        tracing::debug!(room_id = %self.id, epoch = self.epoch, seq = self.seq, "room opened");
         loop {
             let empty = self.members.is_empty();
+            // An empty room may end only once nothing waits for the store.
+            let settled = empty && self.pending.is_empty();
             tokio::select! {
                 biased;
                 () = &mut closed => {
                     self.kick_all(Kick::Restart);
                     return Exit::Shutdown;
+                }
+                Some(ack) = acks.recv() => {
+                    if let Some(exit) = self.stored(ack) {
+                        self.settings.rooms.remove_instance(&self.id, self.instance);
+                        return exit;
+                    }
+                    if !empty && self.members.is_empty() {
+                        idle.as_mut().reset(Instant::now() + self.settings.idle);
+                    }
                 }
                 cmd = rx.recv() => match cmd {
                     Some(Command::Revoke) => {
@@ -247,8 +374,8 @@ impl Room {
                     // Every handle is gone: nobody can reach the room any more.
                     None => return Exit::Shutdown,
                 },
-                () = &mut idle, if empty => break,
-                () = &mut drain, if empty => break,
+                () = &mut idle, if settled => break,
+                () = &mut drain, if settled && self.hand_off.is_none() => break,
             }
         }
         // Disposal: leave the directory first so no new join finds this room, then turn away
@@ -256,47 +383,127 @@ impl Room {
         self.settings.rooms.remove_instance(&self.id, self.instance);
         rx.close();
         while let Some(cmd) = rx.recv().await {
-            if let Command::Join(join) = cmd {
-                let _ = join.reply.send(Err(JoinError::Gone));
+            match cmd {
+                Command::Join(join) => {
+                    let _ = join.reply.send(Err(JoinError::Gone));
+                }
+                Command::HandOff(flushed) => {
+                    let _ = flushed.send(self.durable);
+                }
+                _ => {}
             }
         }
         Exit::Disposed
     }
 
+    /// Loads the last `seq` and recent history from the store, claiming the placement's fence.
+    async fn load(&mut self) -> Result<(), Exit> {
+        let Some(durability) = &self.settings.durability else { return Ok(()) };
+        match durability.store.open_room(&self.id, self.epoch, self.settings.history).await {
+            Ok(opened) => {
+                self.seq = opened.last_seq;
+                self.durable = opened.last_seq;
+                self.history.extend(opened.recent.into_iter().map(Arc::new));
+                Ok(())
+            }
+            Err(StoreError::Fenced(_)) => {
+                tracing::warn!(room_id = %self.id, epoch = self.epoch, "a newer placement owns the room; not opening it");
+                Err(Exit::Fenced)
+            }
+            Err(e) => {
+                tracing::warn!(room_id = %self.id, error = %e, "cannot load the room from the store");
+                Err(Exit::Unavailable)
+            }
+        }
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Join(join) => {
-                let reply = self.join(join.conn, join.user, join.outbound, join.kick);
-                // A join whose asker went away is undone by that connection's `Leave`.
-                let _ = join.reply.send(reply);
+                let reply = self.join(join);
+                match reply {
+                    // A join whose asker went away is undone by that connection's `Leave`.
+                    Ok((welcome, reply)) => {
+                        let _ = reply.send(Ok(welcome));
+                    }
+                    Err((e, reply)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Leave(conn) => {
                 self.remove_member(conn, None);
                 self.settle();
             }
             Command::Send { conn, text, client_id } => self.message(conn, text, client_id),
+            Command::HandOff(flushed) => {
+                self.hand_off = Some(HandOff { flushed: Some(flushed) });
+                self.check_flushed();
+            }
             Command::Revoke => {}
         }
     }
 
+    /// The messages a resume after `since` gets, oldest first; `Err` when the store must be read
+    /// first.
+    fn resume<'a>(
+        &'a self,
+        since: u64,
+        prefetched: Option<&'a [ChatMessage]>,
+    ) -> Result<Vec<&'a ChatMessage>, JoinError> {
+        let from = since.max(self.durable.saturating_sub(MAX_RESUME_MESSAGES as u64));
+        if from >= self.durable {
+            return Ok(Vec::new());
+        }
+        let first_in_memory = self.history.front().map_or(self.durable + 1, |m| m.seq);
+        let memory = self.history.iter().filter(|m| m.seq > from).map(|m| &**m);
+        if first_in_memory <= from + 1 || self.settings.durability.is_none() {
+            return Ok(memory.collect());
+        }
+        match prefetched {
+            None => Err(JoinError::NeedHistory { after: from, up_to: first_in_memory - 1 }),
+            Some(stored) => {
+                // Read before this join: it ends where memory starts unless more than a whole
+                // history's worth of messages came in meanwhile (then the gap is left, logged).
+                let stored: Vec<&ChatMessage> =
+                    stored.iter().filter(|m| m.seq > from && m.seq < first_in_memory).collect();
+                if stored.last().map_or(from, |m| m.seq) + 1 < first_in_memory {
+                    tracing::warn!(room_id = %self.id, since, "resume left a gap: the room moved on while reading");
+                }
+                Ok(stored.into_iter().chain(memory).collect())
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
     fn join(
         &mut self,
-        conn: ConnId,
-        user: User,
-        outbound: mpsc::Sender<Utf8Bytes>,
-        kick: oneshot::Sender<Kick>,
-    ) -> Result<Utf8Bytes, JoinError> {
+        join: JoinRequest,
+    ) -> Result<
+        (Utf8Bytes, oneshot::Sender<Result<Utf8Bytes, JoinError>>),
+        (JoinError, oneshot::Sender<Result<Utf8Bytes, JoinError>>),
+    > {
+        let JoinRequest { conn, user, outbound, kick, since, prefetched, reply } = join;
+        if self.hand_off.is_some() {
+            return Err((JoinError::Gone, reply));
+        }
+        // Everything that may refuse comes before anything changes.
+        if let Some(since) = since
+            && let Err(e) = self.resume(since, prefetched.as_deref())
+        {
+            return Err((e, reply));
+        }
         let full = self.users.len() >= self.settings.members_per_room as usize;
         let (user, first) = match self.users.get_mut(&user.user_id) {
             Some(p) if p.connections >= MAX_CONNECTIONS_PER_USER => {
-                return Err(JoinError::Full("too many connections for this user in the room"));
+                return Err((JoinError::Full("too many connections for this user in the room"), reply));
             }
             Some(p) => {
                 p.connections += 1;
                 (p.user.clone(), false)
             }
             None if full => {
-                return Err(JoinError::Full("the room is full"));
+                return Err((JoinError::Full("the room is full"), reply));
             }
             None => {
                 let user = Arc::new(user);
@@ -306,20 +513,25 @@ impl Room {
             }
         };
         self.members.insert(conn, Member { user: user.clone(), tx: outbound, kick: Some(kick) });
+        let history = match since {
+            Some(since) => self.resume(since, prefetched.as_deref()).unwrap_or_default(),
+            None => self.history.iter().map(|m| &**m).collect(),
+        };
         let welcome = WelcomeRef {
             room_id: &self.id,
             you: &user,
             members: self.users.values().map(|p| &*p.user).collect(),
-            history: &self.history,
-            seq: self.seq,
+            history,
+            seq: self.durable,
             server_id: &self.settings.server_id,
+            epoch: Some(self.epoch),
         };
         let welcome = Utf8Bytes::from(serde_json::to_string(&welcome).expect("welcome serializes"));
         if first {
             self.broadcast(&ServerFrame::Joined { user: (*user).clone() }, Some(conn));
             self.settle();
         }
-        Ok(welcome)
+        Ok((welcome, reply))
     }
 
     fn message(&mut self, conn: ConnId, text: String, client_id: Option<String>) {
@@ -327,6 +539,21 @@ impl Room {
         let Some(member) = self.members.get(&conn) else { return };
         if self.settings.panic_text.as_deref().is_some_and(|p| p == text) {
             panic!("room {}: test panic requested", self.id);
+        }
+        if self.hand_off.is_some() {
+            let id = client_id.as_deref().map(|c| format!(" (clientId {c})")).unwrap_or_default();
+            let frame = error_frame(
+                ErrorCode::ServerDraining,
+                format!("message not accepted{id}: the room is moving to another server; send it again after reconnecting"),
+            );
+            self.settings.metrics.refused(ErrorCode::ServerDraining);
+            let _ = member.tx.try_send(frame);
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.settings.metrics.refused(ErrorCode::StoreUnavailable);
+            let _ = member.tx.try_send(not_stored("the store is behind", client_id.as_deref()));
+            return;
         }
         self.seq += 1;
         let frame = ServerFrame::Message(ChatMessage {
@@ -337,21 +564,99 @@ impl Room {
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             client_id,
         });
-        self.broadcast(&frame, None);
-        if let ServerFrame::Message(msg) = frame
-            && self.settings.history > 0
-        {
+        let bytes = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
+        let ServerFrame::Message(msg) = frame else { unreachable!("built as a message") };
+        let msg = Arc::new(msg);
+        if self.settings.durability.is_none() {
+            self.deliver(msg, bytes);
+            self.settle();
+            return;
+        }
+        self.pending.push_back(Pending { msg, frame: bytes, sender: conn });
+        if self.in_flight == 0 {
+            self.submit();
+        }
+    }
+
+    /// Hands every pending message to the writer.
+    fn submit(&mut self) {
+        let Some(durability) = &self.settings.durability else { return };
+        let messages: Vec<Arc<ChatMessage>> = self.pending.iter().map(|p| p.msg.clone()).collect();
+        self.in_flight = messages.len();
+        let append = RoomAppend { room_id: self.id.clone(), epoch: self.epoch, messages };
+        durability.writer.submit(append, &self.ack_tx);
+    }
+
+    /// The writer's answer for the messages in flight. `Some` when the room must end.
+    fn stored(&mut self, ack: Ack) -> Option<Exit> {
+        let done = std::mem::take(&mut self.in_flight);
+        match ack {
+            Ok(()) => {
+                for p in self.pending.drain(..done.min(self.pending.len())).collect::<Vec<_>>() {
+                    self.deliver(p.msg, p.frame);
+                }
+                self.settle();
+                if !self.pending.is_empty() {
+                    self.submit();
+                }
+                self.check_flushed();
+                None
+            }
+            Err(e) => {
+                // Nobody saw these: tell each sender, and number from the last durable one again.
+                let why = match &e {
+                    StoreError::Fenced(_) => "the room moved to another server".to_owned(),
+                    other => other.to_string(),
+                };
+                for p in std::mem::take(&mut self.pending) {
+                    self.settings.metrics.refused(ErrorCode::StoreUnavailable);
+                    if let Some(member) = self.members.get(&p.sender) {
+                        let _ = member.tx.try_send(not_stored(&why, p.msg.client_id.as_deref()));
+                    }
+                }
+                self.seq = self.durable;
+                self.check_flushed();
+                if matches!(e, StoreError::Fenced(_) | StoreError::Conflict(_)) {
+                    // Another placement owns the room now: its members must go there.
+                    tracing::warn!(room_id = %self.id, epoch = self.epoch, error = %e, "room superseded; closing it here");
+                    self.kick_all(Kick::Restart);
+                    return Some(Exit::Fenced);
+                }
+                None
+            }
+        }
+    }
+
+    /// A durable message: broadcast its frame and remember it.
+    fn deliver(&mut self, msg: Arc<ChatMessage>, frame: Utf8Bytes) {
+        self.broadcast_bytes(&frame, None);
+        self.durable = msg.seq;
+        if self.settings.history > 0 {
             if self.history.len() >= self.settings.history {
                 self.history.pop_front();
             }
             self.history.push_back(msg);
         }
-        self.settle();
+    }
+
+    /// Answers a hand-off once nothing waits for the store.
+    fn check_flushed(&mut self) {
+        if self.pending.is_empty()
+            && let Some(h) = &mut self.hand_off
+            && let Some(flushed) = h.flushed.take()
+        {
+            let _ = flushed.send(self.durable);
+        }
     }
 
     /// Serializes `frame` once and queues the same bytes to every member but `except`.
     fn broadcast(&mut self, frame: &ServerFrame, except: Option<ConnId>) {
         let bytes = Utf8Bytes::from(serde_json::to_string(frame).expect("frames serialize"));
+        self.broadcast_bytes(&bytes, except);
+    }
+
+    /// Queues `bytes` to every member but `except`.
+    fn broadcast_bytes(&mut self, bytes: &Utf8Bytes, except: Option<ConnId>) {
         let mut delivered = 0u64;
         for (&conn, member) in &self.members {
             if Some(conn) == except {
@@ -420,23 +725,23 @@ mod tests {
 
     #[test]
     fn welcome_ref_matches_the_protocol_type() {
-        let history: VecDeque<ChatMessage> = [ChatMessage {
+        let history: Vec<ChatMessage> = vec![ChatMessage {
             seq: 3,
             user_id: "u-1".into(),
             username: "a".into(),
             text: "hi".into(),
             ts: "2026-01-01T00:00:00.000Z".into(),
             client_id: None,
-        }]
-        .into();
+        }];
         let (you, other) = (user("u-1"), user("u-2"));
         let json = serde_json::to_string(&WelcomeRef {
             room_id: "r-1",
             you: &you,
             members: vec![&you, &other],
-            history: &history,
+            history: history.iter().collect(),
             seq: 3,
             server_id: "s-1",
+            epoch: Some(7),
         })
         .unwrap();
         let parsed: ServerFrame = serde_json::from_str(&json).unwrap();
@@ -446,9 +751,10 @@ mod tests {
                 room_id: "r-1".into(),
                 you: you.clone(),
                 members: vec![you, other],
-                history: history.into(),
+                history,
                 seq: 3,
                 server_id: "s-1".into(),
+                epoch: Some(7),
             }
         );
     }
@@ -459,6 +765,10 @@ mod tests {
     }
 
     fn start(members_per_room: u32, history: usize) -> TestRoom {
+        start_with(members_per_room, history, None, 1)
+    }
+
+    fn start_with(members_per_room: u32, history: usize, durability: Option<Durability>, epoch: u64) -> TestRoom {
         let settings = RoomSettings {
             server_id: "s-1".into(),
             members_per_room,
@@ -467,10 +777,11 @@ mod tests {
             panic_text: None,
             metrics: Arc::new(Metrics::default()),
             rooms: Arc::new(Rooms::default()),
+            durability,
             draining: CancellationToken::new(),
             close_all: CancellationToken::new(),
         };
-        let (handle, run) = new("r-1".into(), 1, 1, settings);
+        let (handle, run) = new("r-1".into(), epoch, 1, settings);
         TestRoom { handle, task: tokio::spawn(run) }
     }
 
@@ -481,9 +792,20 @@ mod tests {
     }
 
     async fn join(room: &TestRoom, conn: ConnId, u: User, queue: usize) -> Result<TestMember, JoinError> {
+        join_since(room, conn, u, queue, None, None).await
+    }
+
+    async fn join_since(
+        room: &TestRoom,
+        conn: ConnId,
+        u: User,
+        queue: usize,
+        since: Option<u64>,
+        prefetched: Option<Vec<ChatMessage>>,
+    ) -> Result<TestMember, JoinError> {
         let (tx, rx) = mpsc::channel(queue);
         let (kick_tx, kick) = oneshot::channel();
-        let welcome = room.handle.join(conn, u, tx, kick_tx).await?;
+        let welcome = room.handle.join(conn, u, tx, kick_tx, since, prefetched).await?;
         Ok(TestMember { rx, kick, welcome: serde_json::from_str(&welcome).unwrap() })
     }
 
@@ -500,7 +822,7 @@ mod tests {
     async fn sync(room: &TestRoom) {
         let (tx, _rx) = mpsc::channel(1);
         let (kick, _) = oneshot::channel();
-        let _ = room.handle.join(u64::MAX, user("sync"), tx, kick).await;
+        let _ = room.handle.join(u64::MAX, user("sync"), tx, kick, None, None).await;
         room.handle.commands().send(Command::Leave(u64::MAX)).await.unwrap();
     }
 
@@ -579,5 +901,130 @@ mod tests {
         assert_eq!(texts, ["m2", "m3", "m4"]);
         assert_eq!(late.welcome["seq"], 5);
         room.task.abort();
+    }
+
+    // --- durability
+
+    async fn sqlite() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("berth-room-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        (Store::sqlite(dir.join("berth.db")).await.unwrap(), dir)
+    }
+
+    fn durability(store: &Store) -> Durability {
+        let (writer, _task) = Writer::start(store.clone(), Arc::new(Metrics::default()), CancellationToken::new());
+        Durability { store: store.clone(), writer }
+    }
+
+    fn seqs(history: &serde_json::Value) -> Vec<u64> {
+        history.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+    }
+
+    /// Frames of `m` until a `message` with `seq`, returning the message seqs seen.
+    async fn messages_until(m: &mut TestMember, seq: u64) -> Vec<u64> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = next_async(m).await;
+            if frame["type"] == "message" {
+                let s = frame["seq"].as_u64().unwrap();
+                seen.push(s);
+                if s >= seq {
+                    return seen;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_are_stored_before_delivery_and_seq_continues_after_reopening() {
+        let (store, dir) = sqlite().await;
+        let room = start_with(10, 3, Some(durability(&store)), 5);
+        let mut a = join(&room, 1, user("u-a"), 64).await.unwrap();
+        for i in 0..5 {
+            send(&room, 1, &format!("m{i}")).await;
+        }
+        assert_eq!(messages_until(&mut a, 5).await, [1, 2, 3, 4, 5]);
+        // Everything delivered is in the store.
+        assert_eq!(store.messages_between("r-1", 0, 100, 100).await.unwrap().len(), 5);
+        room.task.abort();
+
+        // A later placement loads the history and continues the numbering; the old one is fenced.
+        let again = start_with(10, 3, Some(durability(&store)), 6);
+        let mut b = join(&again, 1, user("u-b"), 64).await.unwrap();
+        assert_eq!((b.welcome["seq"].as_u64(), seqs(&b.welcome["history"])), (Some(5), vec![3, 4, 5]));
+        assert_eq!(b.welcome["epoch"], 6);
+        send(&again, 1, "after").await;
+        assert_eq!(messages_until(&mut b, 6).await, [6]);
+        let stale = start_with(10, 3, Some(durability(&store)), 5);
+        assert_eq!(join(&stale, 1, user("u-c"), 8).await.err(), Some(JoinError::Fenced));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn resume_gets_exactly_the_messages_after_since_from_memory_or_the_store() {
+        let (store, dir) = sqlite().await;
+        let room = start_with(10, 3, Some(durability(&store)), 1);
+        let mut a = join(&room, 1, user("u-a"), 64).await.unwrap();
+        for i in 0..10 {
+            send(&room, 1, &format!("m{i}")).await;
+        }
+        messages_until(&mut a, 10).await;
+        // Memory covers 8..=10.
+        let b = join_since(&room, 2, user("u-b"), 16, Some(7), None).await.unwrap();
+        assert_eq!(seqs(&b.welcome["history"]), [8, 9, 10]);
+        let c = join_since(&room, 3, user("u-c"), 16, Some(10), None).await.unwrap();
+        assert!(seqs(&c.welcome["history"]).is_empty());
+        // Further back: the room asks for the stored part…
+        let need = join_since(&room, 4, user("u-d"), 16, Some(2), None).await.err();
+        assert_eq!(need, Some(JoinError::NeedHistory { after: 2, up_to: 7 }));
+        // …and joins with it, without a gap or a duplicate.
+        let stored = store.messages_between("r-1", 2, 7, MAX_RESUME_MESSAGES).await.unwrap();
+        let d = join_since(&room, 4, user("u-d"), 16, Some(2), Some(stored)).await.unwrap();
+        assert_eq!(seqs(&d.welcome["history"]), (3..=10).collect::<Vec<_>>());
+        assert_eq!(d.welcome["seq"], 10);
+        room.task.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_tells_the_sender_and_leaves_no_gap() {
+        let (store, dir) = sqlite().await;
+        let room = start_with(10, 10, Some(durability(&store)), 1);
+        let mut a = join(&room, 1, user("u-a"), 64).await.unwrap();
+        send(&room, 1, "kept").await;
+        assert_eq!(messages_until(&mut a, 1).await, [1]);
+        let blocker = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let cmd = Command::Send { conn: 1, text: "lost".into(), client_id: Some("c-9".into()) };
+        room.handle.commands().send(cmd).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(30), a.rx.recv()).await.unwrap().unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some("store_unavailable")));
+        assert!(frame["message"].as_str().unwrap().contains("c-9"), "{frame}");
+        blocker.execute_batch("ROLLBACK").unwrap();
+        // The numbering goes on from the last stored message.
+        send(&room, 1, "next").await;
+        let frame = next_async(&mut a).await;
+        assert_eq!((frame["seq"].as_u64(), frame["text"].as_str()), (Some(2), Some("next")));
+        room.task.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_refuses_sends_and_reports_the_last_stored_seq() {
+        let (store, dir) = sqlite().await;
+        let room = start_with(10, 10, Some(durability(&store)), 1);
+        let mut a = join(&room, 1, user("u-a"), 64).await.unwrap();
+        for i in 0..3 {
+            send(&room, 1, &format!("m{i}")).await;
+        }
+        assert_eq!(room.handle.hand_off().await, Some(3));
+        assert_eq!(messages_until(&mut a, 3).await, [1, 2, 3]);
+        send(&room, 1, "too late").await;
+        let frame = next_async(&mut a).await;
+        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some("server_draining")));
+        room.handle.revoke();
+        assert_eq!((&mut a.kick).await.unwrap(), Kick::Restart);
+        assert_eq!(room.task.await.unwrap(), Exit::Revoked);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

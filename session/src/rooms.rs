@@ -71,6 +71,11 @@ impl Rooms {
         self.len() == 0
     }
 
+    /// Every open room.
+    pub fn all(&self) -> Vec<RoomHandle> {
+        self.lock().values().cloned().collect()
+    }
+
     /// What heartbeats and registrations report.
     pub fn hosted(&self) -> Vec<HostedRoom> {
         self.lock()

@@ -35,7 +35,12 @@ pub async fn serve_with_force(
     force: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, addr)?;
+    let store = config.store.open(&config.data_dir, config.standalone).await?;
+    match &store {
+        Some(store) => tracing::info!(store = %store.describe(), "message store open"),
+        None => tracing::info!("no message store: history lives and dies with each room"),
+    }
+    let state = AppState::with_store(config, addr, store)?;
     let shared = state.0.clone();
 
     let http_stop = CancellationToken::new();
@@ -71,8 +76,15 @@ pub async fn serve_with_force(
     }
     state.request_drain();
 
-    // Rooms end by themselves once empty while draining; wait for that, within the bound.
     let deadline = tokio::time::Instant::now() + shared.config.drain_timeout();
+    // With a store and a scheduler, live rooms are handed over to other servers at once.
+    if shared.durability.is_some() && shared.scheduler.is_some() && !force.is_cancelled() {
+        tokio::select! {
+            () = state.hand_over_rooms(deadline) => {}
+            () = force.cancelled() => {}
+        }
+    }
+    // Rooms end by themselves once empty while draining; wait for that, within the bound.
     while !shared.rooms.is_empty() {
         tokio::select! {
             () = tokio::time::sleep(DRAIN_POLL) => {}
@@ -87,6 +99,15 @@ pub async fn serve_with_force(
     shared.tracker.close();
     if tokio::time::timeout(CLOSE_TIMEOUT, shared.tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close in time");
+    }
+
+    // The rooms are gone: let the writer finish what they queued, then stop it.
+    shared.writer_stop.cancel();
+    let writer = shared.writer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(writer) = writer
+        && tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err()
+    {
+        tracing::warn!("the store writer did not finish in time");
     }
 
     agent_stop.cancel();

@@ -18,10 +18,11 @@ use crate::admission::Refusal;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::room::{self, Exit, RoomHandle, RoomSettings};
+use crate::room::{self, Durability, Exit, RoomHandle, RoomSettings};
 use crate::rooms::Rooms;
 use crate::scheduler::SchedulerClient;
 use crate::ticket::TicketVerifier;
+use crate::writer::Writer;
 
 /// Shared state of one session server; cheap to clone.
 #[derive(Clone)]
@@ -39,6 +40,11 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// `None` in `--standalone` mode.
     pub scheduler: Option<SchedulerClient>,
+    /// The store and its group-commit writer; `None` with `--store none`.
+    pub durability: Option<Durability>,
+    /// Stops the writer once the rooms are gone.
+    pub writer_stop: CancellationToken,
+    pub writer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Cancelled when the server starts draining (signal or scheduler request).
     pub draining: CancellationToken,
     /// Cancelled when whatever remains must close now (1012).
@@ -63,9 +69,15 @@ fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
 }
 
 impl AppState {
-    /// Builds the state of a server listening on `local_addr`: reads the ticket public key and,
-    /// unless `--standalone`, the cluster secret.
+    /// Builds the state of a server listening on `local_addr` without a store: reads the ticket
+    /// public key and, unless `--standalone`, the cluster secret.
     pub fn new(config: Config, local_addr: SocketAddr) -> Result<Self, Error> {
+        Self::with_store(config, local_addr, None)
+    }
+
+    /// [`AppState::new`] with the store messages are made durable in (it starts the store's
+    /// group-commit writer, so call it inside a runtime).
+    pub fn with_store(config: Config, local_addr: SocketAddr, store: Option<berth_store::Store>) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let key_path = config.public_key_path();
         let pem = std::fs::read(&key_path).map_err(|source| Error::PublicKeyRead { path: key_path.clone(), source })?;
@@ -99,14 +111,26 @@ impl AppState {
                 format!("more than {} messages per second; message dropped", config.message_rate),
             ),
         };
+        let metrics = Arc::<Metrics>::default();
+        let writer_stop = CancellationToken::new();
+        let (durability, writer_task) = match store {
+            Some(store) => {
+                let (writer, task) = Writer::start(store.clone(), metrics.clone(), writer_stop.clone());
+                (Some(Durability { store, writer }), Some(task))
+            }
+            None => (None, None),
+        };
         Ok(AppState(Arc::new(Shared {
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
             verifier,
             rooms: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             scheduler,
+            durability,
+            writer_stop,
+            writer_task: std::sync::Mutex::new(writer_task),
             draining: CancellationToken::new(),
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -195,6 +219,7 @@ impl AppState {
             panic_text: shared.panic_text.clone(),
             metrics: shared.metrics.clone(),
             rooms: shared.rooms.clone(),
+            durability: shared.durability.clone(),
             draining: shared.draining.clone(),
             close_all: shared.close_all.clone(),
         };
@@ -211,17 +236,19 @@ impl AppState {
                 match task.await {
                     Ok(Exit::Disposed) => {
                         tracing::info!("room disposed");
-                        state.release(&id, epoch).await;
+                        state.release(&id, epoch, false).await;
                     }
                     Ok(Exit::Revoked) => tracing::info!("room revoked; members closed with 1012"),
                     Ok(Exit::Shutdown) => tracing::debug!("room closed"),
+                    Ok(Exit::Unavailable) => tracing::warn!("room not opened: the store is unavailable"),
+                    Ok(Exit::Fenced) => tracing::warn!("room closed: a newer placement owns it"),
                     Err(e) => {
                         state.0.rooms.remove_instance(&id, instance);
                         if e.is_panic() {
                             state.0.metrics.room_panics.fetch_add(1, Ordering::Relaxed);
                             tracing::error!("room panicked; members closed with 1011");
                         }
-                        state.release(&id, epoch).await;
+                        state.release(&id, epoch, false).await;
                     }
                 }
             }
@@ -230,10 +257,39 @@ impl AppState {
         handle
     }
 
-    /// Tells the scheduler this server no longer hosts `room_id`.
-    async fn release(&self, room_id: &str, epoch: u64) {
+    /// Hands every open room over to whichever server the scheduler places it on next (a drain
+    /// with a store): each room stops taking messages and flushes its writes, leaves this
+    /// server's directory, is released to the scheduler (dormant: its next lookup places it
+    /// elsewhere), and only then closes its members with 1012, so that they reconnect, look it
+    /// up, and resume on the new owner. Bounded by `deadline` per room.
+    pub(crate) async fn hand_over_rooms(&self, deadline: tokio::time::Instant) {
+        let mut handoffs = tokio::task::JoinSet::new();
+        for room in self.0.rooms.all() {
+            let state = self.clone();
+            handoffs.spawn(async move { state.hand_over(room, deadline).await });
+        }
+        while handoffs.join_next().await.is_some() {}
+    }
+
+    async fn hand_over(&self, room: RoomHandle, deadline: tokio::time::Instant) {
+        match tokio::time::timeout_at(deadline, room.hand_off()).await {
+            Ok(Some(seq)) => tracing::info!(room_id = %room.id, seq, "room flushed; handing it over"),
+            // It ended by itself (disposed, revoked): nothing to hand over.
+            Ok(None) => return,
+            Err(_) => tracing::warn!(room_id = %room.id, "room did not flush in time; handing it over anyway"),
+        }
+        if self.0.rooms.remove_instance(&room.id, room.instance) {
+            self.release(&room.id, room.epoch, true).await;
+            self.0.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+        }
+        room.revoke();
+    }
+
+    /// Tells the scheduler this server no longer hosts `room_id` (`handoff`: a drain hands it
+    /// over live).
+    async fn release(&self, room_id: &str, epoch: u64, handoff: bool) {
         let (Some(scheduler), Some(server_id)) = (&self.0.scheduler, self.server_id()) else { return };
-        let body = ReleaseRoom { server_id: server_id.to_string(), epoch };
+        let body = ReleaseRoom { server_id: server_id.to_string(), epoch, handoff };
         if let Err(e) = scheduler.release(room_id, &body).await {
             tracing::warn!(room_id, error = %e, "cannot tell the scheduler the room was released");
         }

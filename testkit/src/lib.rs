@@ -29,6 +29,10 @@ pub struct ClusterOptions {
     pub scheduler_args: Vec<String>,
     /// Extra flags for the backend.
     pub backend_args: Vec<String>,
+    /// PostgreSQL URL of the message store (`--database-url` for the scheduler, which passes it
+    /// on to the session servers it spawns, and for the backend). `None`: the default SQLite
+    /// store in the cluster's data dir.
+    pub database_url: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +44,7 @@ impl Default for ClusterOptions {
             warm_servers: 0,
             scheduler_args: Vec::new(),
             backend_args: Vec::new(),
+            database_url: None,
         }
     }
 }
@@ -126,6 +131,9 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(url) = &options.database_url {
+            scheduler_args.extend(["--database-url".to_owned(), url.clone()]);
+        }
         scheduler_args.extend(options.scheduler_args.iter().cloned());
         let scheduler = Scheduler::start(scheduler_listener, scheduler_args.clone(), shutdown.child_token());
 
@@ -147,6 +155,9 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(url) = &options.database_url {
+            args.extend(["--database-url".to_owned(), url.clone()]);
+        }
         args.extend(options.backend_args.iter().cloned());
         let config = berth_backend::Config::parse_from(args);
         let token = shutdown.clone();

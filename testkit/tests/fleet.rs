@@ -66,14 +66,17 @@ async fn idle_rooms_are_disposed_and_idle_servers_stopped() {
     let (conn, _) = RoomConnection::connect(&room.url, &room.token).await.unwrap();
     conn.close().await.unwrap();
 
-    // Empty for a second: the room is disposed and its lookup answers 404.
+    // Empty for a second: the room is disposed (dormant: its slot is free, it is not forgotten).
     eventually(WAIT, || async {
-        matches!(backend.lookup_room(&alice, &room.room_id).await, Err(e) if e.status() == Some(404))
+        cluster.servers().await.iter().find(|s| s.id == room.server_id).is_none_or(|s| s.rooms == 0)
     })
     .await;
     // The server, now empty, is drained and stopped; its process is gone.
     eventually(WAIT, || async { cluster.servers().await.iter().all(|s| s.id != room.server_id) }).await;
     eventually(WAIT, || async move { !process_alive(pid) }).await;
+    // Looking the dormant room up places it again, on a new server.
+    let again = backend.lookup_room(&alice, &room.room_id).await.unwrap();
+    assert_ne!(again.server_id, room.server_id);
     cluster.stop().await;
 }
 

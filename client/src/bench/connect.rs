@@ -31,10 +31,29 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub(crate) struct Peek<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     pub text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     pub code: Option<Cow<'a, str>>,
+}
+
+/// A string borrowed from the frame when it has no escapes (serde would copy it into an
+/// `Option<Cow>` otherwise: one allocation per delivered message).
+fn borrowed_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+    }
+    d.deserialize_str(Visitor).map(Some)
 }
 
 /// Where to connect: the URL with its ticket, and its address resolved once.
@@ -98,22 +117,25 @@ impl Endpoint {
             .write_buffer_size(0)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (mut ws, _) =
-            match tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await
-            {
-                Ok(ok) => ok,
-                Err(tungstenite::Error::Http(resp)) => {
-                    let retry = crate::error::retry_after(resp.headers());
-                    let body = resp.body().as_deref().unwrap_or_default();
-                    return Err(ClientError::from_http_answer(
-                        resp.status().as_u16(),
-                        retry,
-                        body,
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let (mut ws, _) = match tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            stream,
+            Some(config),
+        )
+        .await
+        {
+            Ok(ok) => ok,
+            Err(tungstenite::Error::Http(resp)) => {
+                let retry = crate::error::retry_after(resp.headers());
+                let body = resp.body().as_deref().unwrap_or_default();
+                return Err(ClientError::from_http_answer(
+                    resp.status().as_u16(),
+                    retry,
+                    body,
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         loop {
             return match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Peek>(&text) {
@@ -150,6 +172,7 @@ fn io_error(e: std::io::Error) -> ClientError {
 /// error for I/O (`connection refused`, `too many open files`), else the error's kind.
 pub(crate) fn error_kind(stage: &str, e: &ClientError) -> String {
     match e {
+        ClientError::Api { code, .. } if code.starts_with("http_") => format!("{stage}: {code}"),
         ClientError::Api { status, code, .. } => format!("{stage}: {code} ({status})"),
         ClientError::Timeout => format!("{stage}: timeout"),
         ClientError::Closed { code: Some(c), .. } => format!("{stage}: closed {c}"),
@@ -204,7 +227,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.kind.as_ref(), p.text), ("welcome", None));
-        let p: Peek = serde_json::from_str(r#"{"type":"error","code":"rate_limited","message":"m"}"#).unwrap();
+        let p: Peek =
+            serde_json::from_str(r#"{"type":"error","code":"rate_limited","message":"m"}"#)
+                .unwrap();
         assert_eq!(p.code.as_deref(), Some("rate_limited"));
         // Escapes still parse (owned).
         let p: Peek = serde_json::from_str(r#"{"type":"message","text":"a\"b"}"#).unwrap();
@@ -222,16 +247,29 @@ mod tests {
         assert_eq!(error_kind("connect", &api), "connect: invalid_ticket (401)");
         let io = io_error(std::io::Error::from_raw_os_error(111));
         assert_eq!(error_kind("connect", &io), "connect: connection refused");
-        assert_eq!(error_kind("lookup", &ClientError::Timeout), "lookup: timeout");
+        assert_eq!(
+            error_kind("lookup", &ClientError::Timeout),
+            "lookup: timeout"
+        );
     }
 
     #[tokio::test]
     async fn endpoint_adds_the_ticket_and_refuses_wss() {
-        let e = Endpoint::resolve("ws://127.0.0.1:9/ws?x=1", "t k").await.unwrap();
+        let e = Endpoint::resolve("ws://127.0.0.1:9/ws?x=1", "t k")
+            .await
+            .unwrap();
         assert_eq!(e.url.as_str(), "ws://127.0.0.1:9/ws?x=1&token=t+k");
         assert_eq!(e.addr, "127.0.0.1:9".parse().unwrap());
-        assert!(Endpoint::resolve("wss://127.0.0.1:9/ws", "t").await.is_err());
-        assert!(Endpoint::resolve("http://127.0.0.1:9/ws", "t").await.is_err());
+        assert!(
+            Endpoint::resolve("wss://127.0.0.1:9/ws", "t")
+                .await
+                .is_err()
+        );
+        assert!(
+            Endpoint::resolve("http://127.0.0.1:9/ws", "t")
+                .await
+                .is_err()
+        );
         // Nothing listens on port 9 (discard) here: refused, labelled by the OS message.
         match e.open(None).await {
             Err(err) => assert!(error_kind("connect", &err).starts_with("connect: ")),

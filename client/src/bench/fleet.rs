@@ -8,7 +8,10 @@ use super::options::Fleet;
 use crate::error::{ClientError, retry_after};
 
 /// Session servers the scheduler knows and that are not dead (starting, ready or draining).
-pub(crate) async fn server_count(http: &reqwest::Client, fleet: &Fleet) -> Result<u32, ClientError> {
+pub(crate) async fn server_count(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+) -> Result<u32, ClientError> {
     let url = format!("{}/v1/servers", fleet.scheduler_url.trim_end_matches('/'));
     let resp = http
         .get(url)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -24,6 +24,19 @@ const FLUSH_AFTER: Duration = Duration::from_millis(250);
 const TICKET_FRESH: Duration = Duration::from_secs(30);
 /// How long closing a connection at the end may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames handled per wake-up before the member looks at its timers and the phase again.
+const BATCH: usize = 64;
+/// The key before a message's text, as servers write it.
+pub(crate) const TEXT_KEY: &str = r#""text":""#;
+
+/// What a read asks of the member's loop.
+enum Received {
+    Nothing,
+    /// Latency samples are buffered: flush them in a while.
+    ArmFlush,
+    /// The connection is over.
+    Stop,
+}
 
 /// Who this member is.
 #[derive(Debug, Clone)]
@@ -256,92 +269,141 @@ impl Member<'_> {
                         send_timer.as_mut().reset(s.next);
                     }
                 }
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        if self.on_text(&text) {
-                            flush_timer.as_mut().reset(Instant::now() + FLUSH_AFTER);
+                frame = ws.next() => {
+                    // Then whatever else is already buffered, without going round the select.
+                    let mut next = Some(frame);
+                    let mut batch = 0;
+                    while let Some(frame) = next.take() {
+                        match self.on_frame(&mut ws, frame).await {
+                            Received::Stop => return,
+                            Received::ArmFlush => flush_timer.as_mut().reset(Instant::now() + FLUSH_AFTER),
+                            Received::Nothing => {}
+                        }
+                        batch += 1;
+                        if batch < BATCH {
+                            next = ws.next().now_or_never();
                         }
                     }
-                    Some(Ok(Message::Ping(_))) => {
-                        // tungstenite queued the pong: send it now, not with the next write.
-                        if let Err(e) = ws.flush().await {
-                            self.shared.errors.add(error_kind("closed", &ClientError::from(e)));
-                            return;
-                        }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        self.shared.errors.add(match frame {
-                            Some(f) => format!("closed: {}", u16::from(f.code)),
-                            None => "closed: without a code".into(),
-                        });
-                        return;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        let kind = match &e {
-                            tokio_tungstenite::tungstenite::Error::Io(io) => format!("closed: {}", io_label(io)),
-                            _ => error_kind("closed", &ClientError::from(e)),
-                        };
-                        self.shared.errors.add(kind);
-                        return;
-                    }
-                    None => {
-                        self.shared.errors.add("closed: connection ended");
-                        return;
-                    }
-                },
+                }
                 () = &mut flush_timer, if self.flush_armed => self.flush(),
             }
         }
     }
 
-    /// Handles a text frame; true when it armed the flush timer.
-    fn on_text(&mut self, text: &str) -> bool {
-        // Presence frames are the bulk of a filling room: skip parsing them.
-        if text.starts_with(r#"{"type":"joined""#) || text.starts_with(r#"{"type":"left""#) {
-            return false;
+    /// Handles one read from the connection.
+    async fn on_frame(
+        &mut self,
+        ws: &mut Ws,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Received {
+        match frame {
+            Some(Ok(Message::Text(text))) => self.on_text(&text),
+            Some(Ok(Message::Ping(_))) => {
+                // tungstenite queued the pong: send it now, not with the next write.
+                if let Err(e) = ws.flush().await {
+                    self.shared
+                        .errors
+                        .add(error_kind("closed", &ClientError::from(e)));
+                    return Received::Stop;
+                }
+                Received::Nothing
+            }
+            Some(Ok(Message::Close(frame))) => {
+                self.shared.errors.add(match frame {
+                    Some(f) => format!("closed: {}", u16::from(f.code)),
+                    None => "closed: without a code".into(),
+                });
+                Received::Stop
+            }
+            Some(Ok(_)) => Received::Nothing,
+            Some(Err(e)) => {
+                let kind = match &e {
+                    tokio_tungstenite::tungstenite::Error::Io(io) => {
+                        format!("closed: {}", io_label(io))
+                    }
+                    _ => error_kind("closed", &ClientError::from(e)),
+                };
+                self.shared.errors.add(kind);
+                Received::Stop
+            }
+            None => {
+                self.shared.errors.add("closed: connection ended");
+                Received::Stop
+            }
         }
+    }
+
+    /// Handles a text frame. Servers write frames compactly with `type` first (serde's tagged
+    /// enums, `JSON.stringify`), so the common frames are recognised by their start and a
+    /// stamp by its `"text":"b:<run>:` without parsing the JSON; anything else is parsed.
+    fn on_text(&mut self, text: &str) -> Received {
+        if let Some(rest) = text.strip_prefix(r#"{"type":""#) {
+            // Presence frames are the bulk of a filling room.
+            if rest.starts_with(r#"joined""#) || rest.starts_with(r#"left""#) {
+                return Received::Nothing;
+            }
+            if rest.starts_with(r#"message""#) {
+                let stamp = rest.find(&self.shared.text_marker).and_then(|i| {
+                    stamp::parse(&rest[i + TEXT_KEY.len()..], &self.shared.run_prefix)
+                });
+                return match stamp {
+                    Some(stamp) => self.on_message(Some(stamp)),
+                    // Not ours, or written differently: parse it.
+                    None => self.on_parsed(text),
+                };
+            }
+        }
+        self.on_parsed(text)
+    }
+
+    fn on_parsed(&mut self, text: &str) -> Received {
         let peek = match serde_json::from_str::<Peek>(text) {
             Ok(p) => p,
             Err(_) => {
                 self.shared.errors.add("frame: not a server frame");
-                return false;
+                return Received::Nothing;
             }
         };
         match peek.kind.as_ref() {
             "message" => {
-                self.shared
-                    .counters
-                    .slot(self.plan.index)
-                    .delivered
-                    .fetch_add(1, Relaxed);
-                let Some((step, sent)) = peek
+                let stamp = peek
                     .text
                     .as_deref()
-                    .and_then(|t| stamp::parse(t, &self.shared.run_prefix))
-                else {
-                    return false;
-                };
-                let us = self.shared.nanos().saturating_sub(sent) / 1000;
-                self.samples.push((step, u32::try_from(us).unwrap_or(u32::MAX)));
-                if self.samples.len() >= FLUSH_SAMPLES {
-                    self.flush();
-                    false
-                } else if !self.flush_armed {
-                    self.flush_armed = true;
-                    true
-                } else {
-                    false
-                }
+                    .and_then(|t| stamp::parse(t, &self.shared.run_prefix));
+                self.on_message(stamp)
             }
             "error" => {
                 self.shared.errors.add(format!(
                     "error frame: {}",
                     peek.code.as_deref().unwrap_or("no code")
                 ));
-                false
+                Received::Nothing
             }
-            _ => false,
+            _ => Received::Nothing,
+        }
+    }
+
+    /// Counts a delivered message and times it when it carries this run's stamp.
+    fn on_message(&mut self, stamp: Option<(u8, u64)>) -> Received {
+        self.shared
+            .counters
+            .slot(self.plan.index)
+            .delivered
+            .fetch_add(1, Relaxed);
+        let Some((step, sent)) = stamp else {
+            return Received::Nothing;
+        };
+        let us = self.shared.nanos().saturating_sub(sent) / 1000;
+        self.samples
+            .push((step, u32::try_from(us).unwrap_or(u32::MAX)));
+        if self.samples.len() >= FLUSH_SAMPLES {
+            self.flush();
+            Received::Nothing
+        } else if !self.flush_armed {
+            self.flush_armed = true;
+            Received::ArmFlush
+        } else {
+            Received::Nothing
         }
     }
 

@@ -91,6 +91,12 @@ pub struct BenchOptions {
     /// Local addresses the connections are opened from, round robin (e.g. 127.0.0.2, …), to
     /// get past the ~28,000 ports of one loopback address pair. Empty: the system picks.
     pub bind_ips: Vec<IpAddr>,
+    /// Stop the rate sweep after the first step that saturated: its deliveries did not all
+    /// arrive within `drain`, or members were lost.
+    pub until_saturated: bool,
+    /// The server's process id, when it runs on this machine: each step then reports its CPU
+    /// use and resident memory.
+    pub server_pid: Option<u32>,
     /// Print the one-line status to stderr while running.
     pub progress: bool,
 }
@@ -113,6 +119,8 @@ impl Default for BenchOptions {
             create_concurrency: 16,
             connect_concurrency: 256,
             bind_ips: Vec::new(),
+            until_saturated: false,
+            server_pid: None,
             progress: false,
         }
     }
@@ -136,9 +144,7 @@ impl BenchOptions {
             return bad("--rooms must be at least 1".into());
         }
         if self.total_members() > MAX_MEMBERS {
-            return bad(format!(
-                "--rooms x --members must be at most {MAX_MEMBERS}"
-            ));
+            return bad(format!("--rooms x --members must be at most {MAX_MEMBERS}"));
         }
         if self.members == 0 && matches!(self.target, Target::Direct(_)) {
             return bad("--members 0 (create rooms only) needs the backend, not --direct".into());

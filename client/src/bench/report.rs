@@ -73,13 +73,18 @@ pub struct StepReport {
     pub target_sends_per_sec: f64,
     pub sent: u64,
     pub sends_per_sec: f64,
-    /// Sends that went out later than a tenth of their interval behind schedule.
+    /// Sends that went out more than a tenth of their interval behind schedule.
     pub late_sends: u64,
+    /// late_sends ÷ sent, in percent.
+    pub late_percent: f64,
     /// Largest lag behind the send schedule, in ms.
     pub max_send_lag_ms: f64,
-    /// How far the generator fell behind its target send rate, in percent; `None` when it kept
-    /// up (under 1% short and under 10% of sends late).
+    /// How far the generator fell behind its target send rate (sends planned but not made by
+    /// the end of the step), in percent; `None` when it was less than 1% short.
     pub fell_behind_percent: Option<f64>,
+    /// The generator could not keep its pace: it fell behind, or more than 10% of its sends
+    /// were late. Its figures are then a floor, not the server's limit.
+    pub generator_behind: bool,
     /// Deliveries the sent messages should have made (sent × members present at each send).
     pub expected_deliveries: u64,
     /// `message` frames received by all members.
@@ -96,6 +101,13 @@ pub struct StepReport {
     pub latency: Option<LatencySummary>,
     /// CPU time the generator used during the step, in percent of one core.
     pub generator_cpu_percent: Option<f64>,
+    /// CPU time the server (`--server-pid`) used during the step, in percent of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// The server's resident memory at the end of the step, in MiB.
+    pub server_rss_mib: Option<f64>,
+    /// How busy each core of the machine was during the step (interrupts included), in
+    /// percent; empty where `/proc/stat` cannot be read.
+    pub core_busy_percent: Vec<f64>,
 }
 
 /// Percentiles of a histogram, in milliseconds.
@@ -165,12 +177,20 @@ impl BenchReport {
         for (i, s) in self.steps.iter().enumerate() {
             if let Some(p) = s.fell_behind_percent {
                 out.push(format!(
-                    "warning: step {} ({}/s per member): the load generator fell behind its target send rate by {}% ({} of {} sends late, max lag {} ms); the figures are a floor",
+                    "warning: step {} ({}/s per member): the load generator fell behind its target send rate by {}% (sent {} of {} planned; max lag {} ms); the figures are a floor",
                     i + 1,
                     num(s.rate_per_member),
                     num(p),
-                    s.late_sends,
                     s.sent,
+                    num(s.target_sends_per_sec * self.step_secs),
+                    num(s.max_send_lag_ms)
+                ));
+            } else if s.generator_behind {
+                out.push(format!(
+                    "warning: step {} ({}/s per member): the load generator kept its send rate but {}% of its sends were late (max lag {} ms)",
+                    i + 1,
+                    num(s.rate_per_member),
+                    num(s.late_percent),
                     num(s.max_send_lag_ms)
                 ));
             }
@@ -239,9 +259,10 @@ impl BenchReport {
                     st.sent,
                     num(st.sends_per_sec),
                     num(st.target_sends_per_sec),
-                    match st.fell_behind_percent {
-                        Some(b) => format!(", FELL BEHIND by {}%", num(b)),
-                        None => String::new(),
+                    match (st.fell_behind_percent, st.generator_behind) {
+                        (Some(b), _) => format!(", FELL BEHIND by {}%", num(b)),
+                        (None, true) => format!(", {}% late", num(st.late_percent)),
+                        (None, false) => String::new(),
                     }
                 ),
             );
@@ -258,8 +279,31 @@ impl BenchReport {
                 ),
             );
             row(&format!("{p} latency"), summary(&st.latency));
-            if let Some(cpu) = st.generator_cpu_percent {
-                row(&format!("{p} generator cpu"), format!("{}% of a core", num(cpu)));
+            let cpu = |c: Option<f64>| c.map(|c| format!("{}%", num(c)));
+            let usage = [
+                cpu(st.generator_cpu_percent).map(|c| format!("generator {c}")),
+                cpu(st.server_cpu_percent).map(|c| format!("server {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+            if !usage.is_empty() {
+                row(
+                    &format!("{p} cpu"),
+                    format!("{} of a core", usage.join(", ")),
+                );
+            }
+            if !st.core_busy_percent.is_empty() {
+                let cores: Vec<String> = st
+                    .core_busy_percent
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("cpu{i} {}%", num(*b)))
+                    .collect();
+                row(&format!("{p} cores busy"), cores.join(", "));
+            }
+            if let Some(rss) = st.server_rss_mib {
+                row(&format!("{p} server rss"), format!("{} MiB", num(rss)));
             }
         }
         row(
@@ -296,10 +340,17 @@ impl BenchReport {
             ),
         );
         if self.interrupted {
-            row("interrupted", "yes (figures cover the part that ran)".into());
+            row(
+                "interrupted",
+                "yes (figures cover the part that ran)".into(),
+            );
         }
 
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         let _ = writeln!(out, "{:width$}  value", "metric");
         let _ = writeln!(out, "{:-<width$}  {:-<5}", "", "");
@@ -314,7 +365,9 @@ impl BenchReport {
 }
 
 fn summary(s: &Option<LatencySummary>) -> String {
-    s.as_ref().map(LatencySummary::line).unwrap_or_else(|| "n/a".into())
+    s.as_ref()
+        .map(LatencySummary::line)
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// A figure with about three significant digits, without noise.

@@ -58,7 +58,13 @@ mod tests {
     #[test]
     fn foreign_texts_are_not_stamps() {
         let p = run_prefix(7);
-        for text in ["hello", "b:00000007:", "b:00000007:x:1:", "b:00000007:1:2", "b:00000007:300:1:"] {
+        for text in [
+            "hello",
+            "b:00000007:",
+            "b:00000007:x:1:",
+            "b:00000007:1:2",
+            "b:00000007:300:1:",
+        ] {
             assert_eq!(parse(text, &p), None, "{text}");
         }
     }

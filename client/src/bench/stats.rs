@@ -180,10 +180,6 @@ impl Errors {
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         lock(&self.0).clone()
     }
-
-    pub fn total(&self) -> u64 {
-        lock(&self.0).values().sum()
-    }
 }
 
 /// A poisoned lock only means a member panicked mid-record: the numbers are still usable.

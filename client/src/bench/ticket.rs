@@ -80,8 +80,13 @@ mod tests {
         let key = jsonwebtoken::DecodingKey::from_ed_pem(PUBLIC.as_bytes()).unwrap();
         let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
         v.set_audience(&["s-bench"]);
-        let claims = jsonwebtoken::decode::<TicketClaims>(&token, &key, &v).unwrap().claims;
-        assert_eq!((claims.sub.as_str(), claims.room.as_str()), ("u-1", "bench-room-0"));
+        let claims = jsonwebtoken::decode::<TicketClaims>(&token, &key, &v)
+            .unwrap()
+            .claims;
+        assert_eq!(
+            (claims.sub.as_str(), claims.room.as_str()),
+            ("u-1", "bench-room-0")
+        );
         assert!(claims.exp > berth_protocol::now_secs() + 3000);
         assert!(!format!("{minter:?}").contains("PRIVATE"));
 

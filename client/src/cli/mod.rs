@@ -1,7 +1,8 @@
 //! The `berth` command: talk to a backend from a terminal.
 //!
 //! `berth rooms`, `berth create`, `berth lookup ID` print the backend's JSON answers;
-//! `berth chat` joins (or creates) a room and chats line by line, reconnecting as needed.
+//! `berth chat` joins (or creates) a room and chats line by line, reconnecting as needed;
+//! `berth bench` generates load and reports what it measured ([`crate::bench`]).
 //! Errors print as `error: <code>: <message>` and exit with status 1.
 
 mod chat;
@@ -21,7 +22,7 @@ use crate::{Backend, ClientError, DEFAULT_BACKEND_URL, Session};
 #[command(
     name = "berth",
     version,
-    about = "Berth client: list, create and join rooms, chat from a terminal."
+    about = "Berth client: list, create and join rooms, chat from a terminal, generate load."
 )]
 pub struct Cli {
     /// The backend's base URL.
@@ -67,6 +68,9 @@ pub enum Command {
         #[arg(long, conflicts_with = "room")]
         public: bool,
     },
+    /// Generate load: create rooms, connect members, send messages on a schedule, and report
+    /// create, connect and delivery latency, throughput and errors.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Parses flags, runs the command, prints errors as `error: <code>: <message>`.
@@ -123,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let session = login(&backend, cli.username.as_deref()).await?;
             chat::run(backend, session, room, CreateRoomRequest { name, public }).await
         }
+        Command::Bench(args) => crate::bench::command::run(*args, &cli.backend).await,
     }
 }
 

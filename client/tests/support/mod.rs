@@ -260,6 +260,7 @@ async fn connection(mut socket: WebSocket, state: FakeSession, you: User) {
             history: s.messages.clone(),
             seq,
             server_id: SERVER_ID.into(),
+            epoch: None,
         };
         let replay = s.messages.last().cloned().filter(|_| s.replay_on_join);
         (welcome, replay)

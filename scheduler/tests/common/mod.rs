@@ -76,6 +76,11 @@ impl Scheduler {
         Scheduler { addr, http, shutdown, handle, data_dir }
     }
 
+    /// This scheduler's data dir (its SQLite store lives there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
