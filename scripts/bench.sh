@@ -4,13 +4,13 @@
 # machine. Every figure is printed for both, with their ratio (Berth ÷ Node; for latencies and
 # memory, lower is better).
 #
-#   scripts/bench.sh [fanout|connections|placement|all]      # default: all (~10 minutes)
+#   scripts/bench.sh [fanout|connections|placement|all]      # default: all (~15 minutes)
 #
 # The server under test runs on one core and the load generator (`berth bench`) on the other
 # (taskset), so that on a 2-core machine neither takes the other's CPU. Knobs (environment):
 #   BENCH_SERVER_CPU=1  BENCH_GEN_CPU=0   the two cores
-#   BENCH_STEP_SECS=4                     seconds per rate step of a saturation sweep
-#   BENCH_HALF_SECS=10                    seconds of the run at half the saturation rate
+#   BENCH_STEP_SECS=3                     seconds per rate step of a saturation sweep
+#   BENCH_HALF_SECS=6                     seconds of the runs at half the saturation rate
 #   BENCH_CONNECTIONS=19800               idle connections to hold (each process may open 20,000 files)
 #   BENCH_GENERATORS=2                    load-generator processes for the connection benchmark
 #   BENCH_PLACEMENT_ROOMS=1000            rooms created by the placement benchmark
@@ -30,8 +30,8 @@ esac
 
 SERVER_CPU="${BENCH_SERVER_CPU:-1}"
 GEN_CPU="${BENCH_GEN_CPU:-0}"
-STEP_SECS="${BENCH_STEP_SECS:-4}"
-HALF_SECS="${BENCH_HALF_SECS:-10}"
+STEP_SECS="${BENCH_STEP_SECS:-3}"
+HALF_SECS="${BENCH_HALF_SECS:-6}"
 CONNECTIONS="${BENCH_CONNECTIONS:-19800}"
 GENERATORS="${BENCH_GENERATORS:-2}"
 PLACEMENT_ROOMS="${BENCH_PLACEMENT_ROOMS:-1000}"
@@ -51,7 +51,7 @@ say() { echo "$*" | tee -a "$summary"; }
 step() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
-for tool in taskset jq ss node npm openssl; do
+for tool in taskset jq ss curl node npm openssl; do
   command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
@@ -177,32 +177,48 @@ gen() {
 
 # --- fan-out ---------------------------------------------------------------------------------
 
+# Reads the first step's delivery rate and latencies of report $2 into <$1>_del[$3], <$1>_p50[$3]…
+read_latency() {
+  local prefix="$1" f="$2" kind="$3"
+  eval "${prefix}_del[$kind]=$(jq '.steps[0].delivered_per_sec // null' "$f" 2>/dev/null || echo null)"
+  eval "${prefix}_p50[$kind]=$(jq '.steps[0].latency.p50_ms // null' "$f" 2>/dev/null || echo null)"
+  eval "${prefix}_p99[$kind]=$(jq '.steps[0].latency.p99_ms // null' "$f" 2>/dev/null || echo null)"
+  eval "${prefix}_p999[$kind]=$(jq '.steps[0].latency.p999_ms // null' "$f" 2>/dev/null || echo null)"
+  eval "${prefix}_max[$kind]=$(jq '.steps[0].latency.max_ms // null' "$f" 2>/dev/null || echo null)"
+}
+
 # One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep,
 # $6 ramp-up. For each server: sweep the rates until a step saturates (deliveries not all in
 # within the drain time, or members dropped); the highest delivered/s is the saturation figure.
 # Then a fresh run at half that delivery rate measures latency.
 fanout_shape() {
-  local name="$1" rooms="$2" members="$3" senders="$4" rates="$5" ramp="$6"
+  local name="$1" rooms="$2" members="$3" senders="$4" rates="$5" ramp="$6" ctimeout="$7"
   local offset=0
-  declare -A sat half_p50 half_p99 half_p999 half_max half_rate sat_note half_del
+  declare -A sat half_rate sat_note half_del half_p50 half_p99 half_p999 half_max \
+    same_del same_p50 same_p99 same_p999 same_max connected fill_secs
   for kind in berth node; do
     step "fan-out $name: $kind sweep"
     wait_quiet
     start_server "$kind"
     offset=$((offset + 1000))
     gen "fanout-$name-$kind-sweep" --rooms "$rooms" --members "$members" --senders "$senders" \
-      --rate "$rates" --duration "${STEP_SECS}s" --drain 4s --ramp-up "$ramp" --until-saturated \
-      --room-offset "$offset"
+      --rate "$rates" --duration "${STEP_SECS}s" --drain 3s --ramp-up "$ramp" --until-saturated \
+      --connect-timeout "$ctimeout" --room-offset "$offset"
     local f="$out/fanout-$name-$kind-sweep.json"
-    sat[$kind]="$(jq '[.steps[].delivered_per_sec] | max // 0' "$f")"
+    connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
+    fill_secs[$kind]="$(jq '.setup.connect_secs' "$f" 2>/dev/null || echo null)"
+    sat[$kind]="$(jq '[.steps[].delivered_per_sec] | max // 0' "$f" 2>/dev/null || echo 0)"
     # What limited it: the saturated step's CPU use on each side, and errors.
     sat_note[$kind]="$(jq -r --argjson m "$members" '
-      (.steps | max_by(.delivered_per_sec)) as $s
-      | "\(.steps | length) steps up to \(.steps | map(.target_sends_per_sec * $m) | max | floor) deliveries/s offered"
-        + (if (.steps | last | .drained) and (.members_connected_at_end == .setup.members_connected)
-           then ", none saturated" else ", the last one saturated" end)
-        + "; at the best step: server cpu \($s.server_cpu_percent // 0 | floor)%, generator cpu \($s.generator_cpu_percent // 0 | floor)%"
-        + (if $s.generator_behind then ", generator behind its send schedule" else "" end)
+      def cores: (.core_busy_percent // []) | map(floor | tostring + "%") | join(" ");
+      def usage: "server \(.server_cpu_percent // 0 | floor)% and generator \(.generator_cpu_percent // 0 | floor)% of a core, cores busy \(cores)";
+      ((.steps | map(select(.drained)) | last) // null) as $ok
+      | (.steps | last) as $last
+      | (if $ok then "kept up to \($ok.delivered_per_sec | floor)/s (\($ok | usage))" else "no step kept up" end)
+        + (if ($last.drained and .members_connected_at_end == .setup.members_connected)
+           then "; never saturated (generator-bound)"
+           else "; saturated at \($last.target_sends_per_sec * $m | floor)/s offered: \($last.delivered_per_sec | floor)/s delivered, \($last.delivery_ratio * 100 | floor)% in time (\($last | usage))" end)
+        + (if ([.steps[].generator_behind] | any) then "; generator behind its send schedule in \([.steps[] | select(.generator_behind)] | length) step(s)" else "" end)
         + (if (.errors | length) > 0 then "; errors \(.errors | tostring)" else "" end)' \
       "$f" 2>/dev/null || echo "n/a")"
     stop_server
@@ -216,26 +232,44 @@ fanout_shape() {
     start_server "$kind"
     offset=$((offset + 1000))
     gen "fanout-$name-$kind-half" --rooms "$rooms" --members "$members" --senders "$senders" \
-      --rate "$rate" --duration "${HALF_SECS}s" --drain 5s --ramp-up "$ramp" --room-offset "$offset"
-    f="$out/fanout-$name-$kind-half.json"
-    half_p50[$kind]="$(jq '.steps[0].latency.p50_ms // null' "$f")"
-    half_p99[$kind]="$(jq '.steps[0].latency.p99_ms // null' "$f")"
-    half_p999[$kind]="$(jq '.steps[0].latency.p999_ms // null' "$f")"
-    half_max[$kind]="$(jq '.steps[0].latency.max_ms // null' "$f")"
-    half_del[$kind]="$(jq '.steps[0].delivered_per_sec // null' "$f")"
+      --rate "$rate" --duration "${HALF_SECS}s" --drain 5s --ramp-up "$ramp" \
+      --connect-timeout "$ctimeout" --room-offset "$offset"
+    read_latency half "$out/fanout-$name-$kind-half.json" "$kind"
     stop_server
   done
+
+  # Berth again at the peer's half load: latency at the same load.
+  step "fan-out $name: berth at the peer's half load (${half_rate[node]} msg/s per sender)"
+  wait_quiet
+  start_server berth
+  offset=$((offset + 1000))
+  gen "fanout-$name-berth-same" --rooms "$rooms" --members "$members" --senders "$senders" \
+    --rate "${half_rate[node]}" --duration "${HALF_SECS}s" --drain 5s --ramp-up "$ramp" \
+    --connect-timeout "$ctimeout" --room-offset "$offset"
+  read_latency same "$out/fanout-$name-berth-same.json" berth
+  stop_server
+  for k in del p50 p99 p999 max; do eval "same_$k[node]=\${half_$k[node]}"; done
+
   say ""
   say "fan-out $name: $rooms room(s) x $members members, $senders sending per room, 100 B messages"
-  say "  command: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 4s --ramp-up $ramp --until-saturated"
+  say "  command: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 3s --ramp-up $ramp --until-saturated"
   printf '  %-34s %14s %14s %8s\n' "" "berth" "node" "ratio" | tee -a "$summary"
   row() { printf '  %-34s %14s %14s %8s\n' "$1" "$(fmt "$2")" "$(fmt "$3")" "$(ratio "$2" "$3")" | tee -a "$summary"; }
+  row "members connected" "${connected[berth]}" "${connected[node]}"
+  row "time to connect them, ramp-up ${ramp} (s)" "${fill_secs[berth]}" "${fill_secs[node]}"
   row "deliveries/s at saturation" "${sat[berth]}" "${sat[node]}"
-  row "deliveries/s at half load" "${half_del[berth]}" "${half_del[node]}"
-  row "latency p50 at half load (ms)" "${half_p50[berth]}" "${half_p50[node]}"
-  row "latency p99 at half load (ms)" "${half_p99[berth]}" "${half_p99[node]}"
-  row "latency p99.9 at half load (ms)" "${half_p999[berth]}" "${half_p999[node]}"
-  row "latency max at half load (ms)" "${half_max[berth]}" "${half_max[node]}"
+  say "  at half of each one's saturation:"
+  row "  deliveries/s" "${half_del[berth]}" "${half_del[node]}"
+  row "  latency p50 (ms)" "${half_p50[berth]}" "${half_p50[node]}"
+  row "  latency p99 (ms)" "${half_p99[berth]}" "${half_p99[node]}"
+  row "  latency p99.9 (ms)" "${half_p999[berth]}" "${half_p999[node]}"
+  row "  latency max (ms)" "${half_max[berth]}" "${half_max[node]}"
+  say "  at the same load (half of the peer's saturation):"
+  row "  deliveries/s" "${same_del[berth]}" "${same_del[node]}"
+  row "  latency p50 (ms)" "${same_p50[berth]}" "${same_p50[node]}"
+  row "  latency p99 (ms)" "${same_p99[berth]}" "${same_p99[node]}"
+  row "  latency p99.9 (ms)" "${same_p999[berth]}" "${same_p999[node]}"
+  row "  latency max (ms)" "${same_max[berth]}" "${same_max[node]}"
   say "  berth: ${sat_note[berth]}"
   say "  node:  ${sat_note[node]}"
 }
@@ -244,9 +278,10 @@ fanout() {
   # Rates per sender double each step; a step is $STEP_SECS seconds.
   for shape in $SHAPES; do
     case "$shape" in
-      1x1000) fanout_shape "1x1000" 1 1000 100 "1,2,4,8,16,32" 2s ;;
-      1x5000) fanout_shape "1x5000" 1 5000 100 "0.25,0.5,1,2,4,8" 5s ;;
-      100x10) fanout_shape "100x10" 100 10 10 "1,2,4,8,16,32,64,128" 2s ;;
+      1x1000) fanout_shape "1x1000" 1 1000 100 "0.5,1,2,4,8,16,32" 2s 60s ;;
+      # Filling a room of 5,000 sends 12.5 million `joined` frames: give slow servers time.
+      1x5000) fanout_shape "1x5000" 1 5000 100 "0.1,0.25,0.5,1,2,4,8" 5s 300s ;;
+      100x10) fanout_shape "100x10" 100 10 10 "1,2,4,8,16,32,64,128" 2s 60s ;;
       *) die "unknown fan-out shape $shape" ;;
     esac
   done
@@ -260,7 +295,7 @@ fanout() {
 connections() {
   local per_gen=$(((CONNECTIONS + GENERATORS - 1) / GENERATORS))
   local rooms_per_gen=$(((per_gen + 99) / 100))
-  local hold=$((25 + CONNECTIONS / 2000))
+  local hold=$((20 + CONNECTIONS / 2000))
   declare -A held rss_base rss_loaded per_conn gen_connected
   for kind in berth node; do
     step "connections: $kind, $CONNECTIONS idle members from $GENERATORS processes"

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
 
+    /// Bound on one connection's TCP connect, upgrade and welcome.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+
     /// Local addresses to connect from, round robin: a list (127.0.0.1,127.0.0.2) or a count N
     /// for 127.0.0.1 to 127.0.0.N. Each address pair has only ~28,000 ports.
     #[arg(long)]
@@ -184,6 +188,7 @@ impl BenchArgs {
             drain: self.drain,
             create_concurrency: self.create_concurrency,
             connect_concurrency: self.connect_concurrency,
+            connect_timeout: self.connect_timeout,
             bind_ips: self.bind_ips.map(|b| b.0).unwrap_or_default(),
             until_saturated: self.until_saturated,
             server_pid: self.server_pid,

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Url;
@@ -14,7 +15,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::connection::CONNECT_TIMEOUT;
 use crate::error::ClientError;
 
 /// A bench connection.
@@ -92,10 +92,10 @@ impl Endpoint {
         Ok(Endpoint { url, addr })
     }
 
-    /// Opens the connection from `bind` (port chosen by the system) and reads the `welcome`.
-    /// Bounded by [`CONNECT_TIMEOUT`].
-    pub async fn open(&self, bind: Option<IpAddr>) -> Result<Ws, ClientError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.open_unbounded(bind))
+    /// Opens the connection from `bind` (port chosen by the system) and reads the `welcome`,
+    /// within `timeout`.
+    pub async fn open(&self, bind: Option<IpAddr>, timeout: Duration) -> Result<Ws, ClientError> {
+        tokio::time::timeout(timeout, self.open_unbounded(bind))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
@@ -271,7 +271,7 @@ mod tests {
                 .is_err()
         );
         // Nothing listens on port 9 (discard) here: refused, labelled by the OS message.
-        match e.open(None).await {
+        match e.open(None, Duration::from_secs(10)).await {
             Err(err) => assert!(error_kind("connect", &err).starts_with("connect: ")),
             Ok(_) => panic!("connected to port 9"),
         }

@@ -189,7 +189,7 @@ async fn connect(shared: &Shared, plan: &MemberPlan) -> Result<Ws, String> {
     };
     let started = Instant::now();
     let ws = endpoint
-        .open(plan.bind)
+        .open(plan.bind, shared.connect_timeout)
         .await
         .map_err(|e| error_kind("connect", &e))?;
     shared.connect_latency.record(started.elapsed());

@@ -88,6 +88,10 @@ pub struct BenchOptions {
     pub create_concurrency: usize,
     /// Connection attempts in flight at once.
     pub connect_concurrency: usize,
+    /// Bound on one connection's TCP connect, upgrade and `welcome` (filling a big room makes
+    /// the server broadcast a `joined` to everyone present for each newcomer, which can take a
+    /// slow server minutes).
+    pub connect_timeout: Duration,
     /// Local addresses the connections are opened from, round robin (e.g. 127.0.0.2, …), to
     /// get past the ~28,000 ports of one loopback address pair. Empty: the system picks.
     pub bind_ips: Vec<IpAddr>,
@@ -118,6 +122,7 @@ impl Default for BenchOptions {
             drain: Duration::from_secs(5),
             create_concurrency: 16,
             connect_concurrency: 256,
+            connect_timeout: crate::connection::CONNECT_TIMEOUT,
             bind_ips: Vec::new(),
             until_saturated: false,
             server_pid: None,
@@ -173,8 +178,14 @@ impl BenchOptions {
         if self.duration.is_zero() || self.duration > Duration::from_secs(86_400) {
             return bad("--duration must be between 1 ms and 24 h".into());
         }
-        if self.ramp_up > Duration::from_secs(3_600) || self.drain > Duration::from_secs(3_600) {
-            return bad("--ramp-up and --drain must be at most 1 h".into());
+        if self.ramp_up > Duration::from_secs(3_600)
+            || self.drain > Duration::from_secs(3_600)
+            || self.connect_timeout > Duration::from_secs(3_600)
+        {
+            return bad("--ramp-up, --drain and --connect-timeout must be at most 1 h".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("--connect-timeout must be positive".into());
         }
         if self.create_concurrency == 0 || self.connect_concurrency == 0 {
             return bad("concurrency limits must be at least 1".into());

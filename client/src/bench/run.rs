@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub settled: AtomicU64,
     pub failed: AtomicU64,
     pub connect_permits: Semaphore,
+    /// Bound on one connection's TCP connect, upgrade and `welcome`.
+    pub connect_timeout: Duration,
 }
 
 impl Shared {
@@ -210,6 +212,7 @@ pub(crate) async fn run(
         settled: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         connect_permits: Semaphore::new(options.connect_concurrency),
+        connect_timeout: options.connect_timeout,
     });
 
     // Members, their connects spread over the ramp-up.
