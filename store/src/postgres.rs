@@ -24,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SCHEMA_LOCK: i64 = 0x0062_6572_7468; // "berth"
 
 const SCHEMA: &str = "
+SET LOCAL client_min_messages = warning; -- no NOTICE for tables that already exist
 CREATE TABLE IF NOT EXISTS berth_rooms (
     room_id       TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
