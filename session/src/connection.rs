@@ -5,17 +5,30 @@
 //! Writes are coalesced: a frame from the outbound queue is fed, then every frame already queued
 //! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write races the
 //! room's kick notice, so a client that stopped reading cannot pin its connection.
+//!
+//! The `welcome` is written to the raw socket before tungstenite takes it over: tungstenite's
+//! write buffer keeps the capacity of the largest frame it ever wrote, and the welcome (every
+//! member, recent history) is by far the largest, so through tungstenite each connection would
+//! hold a welcome-sized buffer for its whole life.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
+use bytes::Buf as _;
 use futures_util::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::admission::Admitted;
+use crate::http::Socket;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Command, Kick};
 use crate::state::AppState;
@@ -46,10 +59,15 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
 }
 
 /// Runs an admitted connection until it ends, then closes it and leaves the room.
-pub(crate) async fn run(mut ws: WebSocket, admitted: Admitted, state: AppState) {
+pub(crate) async fn run(mut io: TokioIo<Upgraded>, config: WebSocketConfig, admitted: Admitted, state: AppState) {
     let Admitted { conn, room, welcome, mut outbound, kick, membership, slot, task } = admitted;
     let mut signal = Kicked(kick);
-    let end = serve(&mut ws, &mut signal, &state, conn, welcome, &mut outbound, room.commands()).await;
+    let welcomed = signal.guard(write_text_frame(&mut io, welcome)).await;
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let end = match welcomed {
+        Ok(()) => serve(&mut ws, &mut signal, &state, conn, &mut outbound, room.commands()).await,
+        Err(end) => end,
+    };
     tracing::debug!(?end, "connection ending");
     match end {
         End::Gone => {
@@ -60,6 +78,26 @@ pub(crate) async fn run(mut ws: WebSocket, admitted: Admitted, state: AppState) 
     drop(membership); // leave the room
     drop(slot);
     drop(task);
+}
+
+/// Writes `text` as one unmasked, final text frame (RFC 6455 section 5.2) straight to `io`.
+async fn write_text_frame(io: &mut TokioIo<Upgraded>, text: Utf8Bytes) -> std::io::Result<()> {
+    let payload = bytes::Bytes::from(text);
+    let len = payload.len();
+    let mut header = Vec::with_capacity(10);
+    header.push(0x81); // FIN, text
+    if len < 126 {
+        header.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        header.push(126);
+        header.extend_from_slice(&len.to_be_bytes());
+    } else {
+        header.push(127);
+        header.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mut frame = bytes::Bytes::from(header).chain(payload);
+    io.write_all_buf(&mut frame).await?;
+    io.flush().await
 }
 
 /// The room's notice that this connection must go, which every wait and write races. (Server
@@ -92,19 +130,15 @@ impl Kicked {
 }
 
 async fn serve(
-    ws: &mut WebSocket,
+    ws: &mut Socket,
     kicked: &mut Kicked,
     state: &AppState,
     conn: u64,
-    welcome: Utf8Bytes,
     outbound: &mut mpsc::Receiver<Utf8Bytes>,
     commands: mpsc::Sender<Command>,
 ) -> End {
     let shared = &state.0;
     let config = &shared.config;
-    if let Err(end) = kicked.guard(ws.send(Message::Text(welcome))).await {
-        return end;
-    }
     let period = config.ping_interval();
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -137,7 +171,7 @@ async fn serve(
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => Some(text),
                     Some(Ok(Message::Binary(_))) => None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
                     Some(Err(e)) => return read_error(e),
                 };
@@ -193,10 +227,9 @@ async fn serve(
 }
 
 /// An oversize frame is abuse (1008); any other read error means the socket is unusable.
-fn read_error(e: axum::Error) -> End {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast::<WsError>() {
-        Ok(e) if matches!(*e, WsError::Capacity(_)) => End::Close(close::POLICY, "frame too large"),
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Capacity(_) => End::Close(close::POLICY, "frame too large"),
         _ => End::Gone,
     }
 }
@@ -218,9 +251,9 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), E
 }
 
 /// Sends a close frame and waits (briefly) for the client's answer, so the client reads the code.
-async fn close_with(ws: &mut WebSocket, code: u16, reason: &'static str) {
+async fn close_with(ws: &mut Socket, code: u16, reason: &'static str) {
     let deadline = Instant::now() + CLOSE_GRACE;
-    let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+    let frame = Message::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }));
     if tokio::time::timeout_at(deadline, ws.send(frame)).await.is_err() {
         return;
     }

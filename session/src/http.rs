@@ -3,13 +3,16 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
+use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument as _;
 
 use crate::admission::{self, Refusal};
@@ -17,9 +20,11 @@ use crate::connection;
 use crate::state::AppState;
 use crate::ticket::token_from_request;
 
-/// Bytes read from the socket per call (tungstenite's default, 128 KiB per connection, wastes
-/// memory with thousands of mostly idle connections).
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes read from the socket per call. Every connection holds this much for its life
+/// (tungstenite's default, 128 KiB, wastes memory with thousands of mostly idle connections;
+/// 4 KiB cost 14 KiB per idle connection all told, 1 KiB 8 KiB). Client frames are small; a
+/// larger one (up to `--max-frame-bytes`) grows the buffer on demand.
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (flushes write earlier).
 const WRITE_BUFFER: usize = 8 * 1024;
 
@@ -44,7 +49,7 @@ async fn websocket(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let (query_token, since) = match query {
@@ -64,7 +69,7 @@ async fn websocket(
         Some(Ok(seq)) => Some(seq),
         Some(Err(_)) => return refuse(&state, Refusal::invalid_request("since must be a message seq"), peer),
     };
-    let upgrade = match upgrade {
+    let (accept, on_upgrade) = match handshake(&headers, &mut request) {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
@@ -82,13 +87,69 @@ async fn websocket(
     };
     let config = &state.0.config;
     let max_frame = config.max_frame_bytes;
-    upgrade
+    let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max_write_buffer(config))
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| connection::run(socket, admitted, state).instrument(span))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    tokio::spawn(
+        async move {
+            let io = match on_upgrade.await {
+                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            connection::run(io, ws_config, admitted, state).await;
+        }
+        .instrument(span),
+    );
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .expect("a valid 101 response")
+}
+
+/// The upgraded socket, as the connection sees it.
+pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Checks an HTTP/1.1 WebSocket upgrade request (RFC 6455 section 4.2.1): the
+/// `Sec-WebSocket-Accept` value and the pending upgrade, or the status and reason refusing it.
+///
+/// The upgrade is done here rather than by axum's `WebSocketUpgrade` so that the connection gets
+/// the raw socket first: it writes the `welcome` (the largest frame it ever sends) straight to it,
+/// because tungstenite's write buffer would keep that frame's capacity for the connection's life.
+fn handshake(headers: &HeaderMap, request: &mut Request) -> Result<(HeaderValue, OnUpgrade), (StatusCode, &'static str)> {
+    if request.method() != Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "request method must be GET"));
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        let mut values = headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok());
+        values.any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"));
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
+    };
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header value");
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or((StatusCode::UPGRADE_REQUIRED, "the connection cannot be upgraded"))?;
+    Ok((accept, on_upgrade))
 }
 
 /// Bound on a connection's write buffer: room for the largest frame the server may send (a

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, ServerFrame, User};
 use berth_store::{RoomAppend, Store, StoreError};

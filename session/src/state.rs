@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use berth_protocol::ErrorCode;
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::cluster::ReleaseRoom;
