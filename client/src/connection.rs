@@ -140,22 +140,7 @@ impl RoomConnection {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (ws, _) =
-            match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                .await
-            {
-                Ok(ok) => ok,
-                Err(tungstenite::Error::Http(resp)) => {
-                    let retry = crate::error::retry_after(resp.headers());
-                    let body = resp.body().as_deref().unwrap_or_default();
-                    return Err(ClientError::from_http_answer(
-                        resp.status().as_u16(),
-                        retry,
-                        body,
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
         let mut conn = RoomConnection { ws, closed: None };
         match conn.recv().await? {
             RoomEvent::Frame(frame) => match Welcome::try_from(frame) {

@@ -112,9 +112,18 @@ impl From<reqwest::Error> for ClientError {
     }
 }
 
+/// A refusal before the upgrade becomes [`ClientError::Api`] (status, code and `Retry-After`
+/// from the answer); every other WebSocket failure stays a [`ClientError::WebSocket`].
 impl From<tungstenite::Error> for ClientError {
     fn from(e: tungstenite::Error) -> Self {
-        ClientError::WebSocket(Box::new(e))
+        match e {
+            tungstenite::Error::Http(resp) => {
+                let retry = retry_after(resp.headers());
+                let body = resp.body().as_deref().unwrap_or_default();
+                ClientError::from_http_answer(resp.status().as_u16(), retry, body)
+            }
+            e => ClientError::WebSocket(Box::new(e)),
+        }
     }
 }
 

@@ -117,25 +117,8 @@ impl Endpoint {
             .write_buffer_size(0)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (mut ws, _) = match tokio_tungstenite::client_async_with_config(
-            self.url.as_str(),
-            stream,
-            Some(config),
-        )
-        .await
-        {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let retry = crate::error::retry_after(resp.headers());
-                let body = resp.body().as_deref().unwrap_or_default();
-                return Err(ClientError::from_http_answer(
-                    resp.status().as_u16(),
-                    retry,
-                    body,
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await?;
         loop {
             return match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Peek>(&text) {
