@@ -172,7 +172,7 @@ impl Cluster {
             scheduler_url,
             secret,
             data_dir,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: http_client(),
             scheduler_addr,
             scheduler_args,
             scheduler: Some(scheduler),
@@ -242,6 +242,8 @@ impl Cluster {
         if let Some(old) = self.scheduler.take() {
             old.stop().await;
         }
+        // Pooled keep-alive connections point at the stopped scheduler: start a fresh pool.
+        self.http = http_client();
         let listener = TcpListener::bind(self.scheduler_addr).await.unwrap();
         self.scheduler = Some(Scheduler::start(listener, self.scheduler_args.clone(), self.shutdown.child_token()));
     }
@@ -371,6 +373,10 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// A fresh directory under the system temp dir.
