@@ -149,12 +149,9 @@ pub async fn room_messages(
     let Query(query) = query.map_err(|r| ApiError::invalid_request(r.body_text()))?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<u64>()
-                .ok()
-                .filter(|&b| b >= 1)
-                .ok_or_else(|| ApiError::invalid_request("before must be a message seq (1 or more)"))?,
-        ),
+        Some(s) => Some(s.parse::<u64>().ok().filter(|&b| b >= 1).ok_or_else(|| {
+            ApiError::invalid_request("before must be a message seq (1 or more)")
+        })?),
     };
     let limit = match query.limit.as_deref() {
         None | Some("") => DEFAULT_PAGE_LIMIT,
@@ -162,7 +159,9 @@ pub async fn room_messages(
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=MAX_PAGE_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!("limit must be 1-{MAX_PAGE_LIMIT}"))
+            })?,
     };
     let store = state.store().ok_or_else(|| {
         ApiError::new(
@@ -184,7 +183,10 @@ pub async fn room_messages(
         .await
         .map_err(unavailable)?;
     // No message at all: tell an unknown room from an empty one.
-    if page.messages.is_empty() && before.is_none() && store.room(&room_id).await.map_err(unavailable)?.is_none() {
+    if page.messages.is_empty()
+        && before.is_none()
+        && store.room(&room_id).await.map_err(unavailable)?.is_none()
+    {
         return Err(ApiError::room_not_found());
     }
     Ok(Json(MessagePage {

@@ -66,7 +66,11 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let store = config.store.open(&config.data_dir, false).await.map_err(Error::Store)?;
+    let store = config
+        .store
+        .open(&config.data_dir, false)
+        .await
+        .map_err(Error::Store)?;
     if let Some(store) = &store {
         tracing::info!(store = %store.describe(), "message store open");
     }

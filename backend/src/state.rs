@@ -32,7 +32,10 @@ impl AppState {
     }
 
     /// [`AppState::new`] with the store history pages are read from.
-    pub fn with_store(config: &Config, store: Option<berth_store::Store>) -> Result<AppState, Error> {
+    pub fn with_store(
+        config: &Config,
+        store: Option<berth_store::Store>,
+    ) -> Result<AppState, Error> {
         let keys = keys::load_or_generate(&config.ticket_private_key_path())?;
         tracing::info!(
             private_key = %keys.private_path.display(),

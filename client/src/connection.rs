@@ -140,7 +140,8 @@ impl RoomConnection {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
         let mut conn = RoomConnection { ws, closed: None };
         match conn.recv().await? {
             RoomEvent::Frame(frame) => match Welcome::try_from(frame) {

@@ -82,7 +82,12 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code: code.as_str().to_owned(), message: message.into() } }
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.as_str().to_owned(),
+                message: message.into(),
+            },
+        }
     }
 }
 
@@ -92,10 +97,22 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_strings() {
-        for code in [ErrorCode::RoomNotFound, ErrorCode::NoCapacity, ErrorCode::TextTooLong, ErrorCode::WrongServer, ErrorCode::StoreUnavailable] {
-            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        for code in [
+            ErrorCode::RoomNotFound,
+            ErrorCode::NoCapacity,
+            ErrorCode::TextTooLong,
+            ErrorCode::WrongServer,
+            ErrorCode::StoreUnavailable,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
         }
         let body = serde_json::to_value(ErrorBody::new(ErrorCode::RoomFull, "full")).unwrap();
-        assert_eq!(body, serde_json::json!({"error": {"code": "room_full", "message": "full"}}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "room_full", "message": "full"}})
+        );
     }
 }

@@ -122,9 +122,22 @@ mod tests {
     #[test]
     fn send_frame_parses_with_and_without_client_id() {
         let f: ClientFrame = serde_json::from_str(r#"{"type":"send","text":"yo"}"#).unwrap();
-        assert_eq!(f, ClientFrame::Send { text: "yo".into(), client_id: None });
-        let f: ClientFrame = serde_json::from_str(r#"{"type":"send","text":"yo","clientId":"x"}"#).unwrap();
-        assert_eq!(f, ClientFrame::Send { text: "yo".into(), client_id: Some("x".into()) });
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                text: "yo".into(),
+                client_id: None
+            }
+        );
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"send","text":"yo","clientId":"x"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                text: "yo".into(),
+                client_id: Some("x".into())
+            }
+        );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout","text":"yo"}"#).is_err());
     }
 
@@ -132,7 +145,10 @@ mod tests {
     fn welcome_uses_camel_case() {
         let v = serde_json::to_value(ServerFrame::Welcome {
             room_id: "r-1".into(),
-            you: User { user_id: "u-1".into(), username: "a".into() },
+            you: User {
+                user_id: "u-1".into(),
+                username: "a".into(),
+            },
             members: vec![],
             history: vec![],
             seq: 0,
@@ -148,6 +164,9 @@ mod tests {
         // Older servers send no epoch.
         let old = json!({"type": "welcome", "roomId": "r", "you": {"userId": "u", "username": "a"},
                          "members": [], "history": [], "seq": 0});
-        assert!(matches!(serde_json::from_value(old).unwrap(), ServerFrame::Welcome { epoch: None, .. }));
+        assert!(matches!(
+            serde_json::from_value(old).unwrap(),
+            ServerFrame::Welcome { epoch: None, .. }
+        ));
     }
 }

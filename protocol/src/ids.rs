@@ -43,7 +43,9 @@ pub fn is_valid_server_id(id: &str) -> bool {
 fn is_valid_token_id(id: &str, max: usize) -> bool {
     !id.is_empty()
         && id.len() <= max
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether `name` is an acceptable username: 1–32 of letters, digits, `_` and `-`.

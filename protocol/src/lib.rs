@@ -51,7 +51,9 @@ pub mod secret {
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         match opts.open(path) {
             Ok(mut file) => {
-                let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+                let secret: String = (0..32)
+                    .map(|_| format!("{:02x}", rand::random::<u8>()))
+                    .collect();
                 file.write_all(secret.as_bytes())?;
                 file.sync_all()?;
                 Ok(secret)
@@ -67,7 +69,10 @@ pub mod secret {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is empty", path.display())))
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is empty", path.display()),
+                ))
             }
             Err(e) => Err(e),
         }

@@ -11,8 +11,8 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use berth_protocol::api::MAX_ROOM_NAME_CHARS;
 use berth_protocol::cluster::{
-    Heartbeat, HeartbeatAck, HostedRoom, PlaceRoomRequest, Placement, RegisterServer, Registered, ReleaseRoom,
-    RoomDirectory, ServerList, ServerState,
+    Heartbeat, HeartbeatAck, HostedRoom, PlaceRoomRequest, Placement, RegisterServer, Registered,
+    ReleaseRoom, RoomDirectory, ServerList, ServerState,
 };
 use berth_protocol::ids;
 use serde::Deserialize;
@@ -49,7 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route("/servers/{id}/drain", post(drain_server))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_secret));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -66,10 +69,15 @@ async fn require_secret(State(state): State<AppState>, request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) => {
+            next.run(request).await
+        }
         _ => {
             debug!(path = %request.uri().path(), "refused a call without the cluster secret");
             ApiError::Unauthorized.into_response()
@@ -92,7 +100,14 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state.registry, &state.directory);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -105,18 +120,37 @@ async fn method_not_allowed() -> ApiError {
 
 /// Parses a JSON body, answering every refusal with the error body.
 fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    let bytes = body.map_err(|r| ApiError::Rejected {
+        status: r.status(),
+        message: r.body_text(),
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
 
-fn path_id(path: Result<Path<String>, PathRejection>, valid: fn(&str) -> bool, what: &str) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
-    if valid(&id) { Ok(id) } else { Err(ApiError::InvalidRequest(format!("invalid {what} id"))) }
+fn path_id(
+    path: Result<Path<String>, PathRejection>,
+    valid: fn(&str) -> bool,
+    what: &str,
+) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|r| ApiError::Rejected {
+        status: r.status(),
+        message: r.body_text(),
+    })?;
+    if valid(&id) {
+        Ok(id)
+    } else {
+        Err(ApiError::InvalidRequest(format!("invalid {what} id")))
+    }
 }
 
 fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
     match name {
-        Some(n) if n.is_empty() || n.chars().count() > MAX_ROOM_NAME_CHARS || n.chars().any(char::is_control) => {
+        Some(n)
+            if n.is_empty()
+                || n.chars().count() > MAX_ROOM_NAME_CHARS
+                || n.chars().any(char::is_control) =>
+        {
             Err(ApiError::InvalidRequest(format!(
                 "room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters"
             )))
@@ -127,10 +161,15 @@ fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
 
 fn validate_hosted(rooms: &[HostedRoom]) -> Result<(), ApiError> {
     if rooms.len() > MAX_REPORTED_ROOMS {
-        return Err(ApiError::InvalidRequest(format!("at most {MAX_REPORTED_ROOMS} rooms per report")));
+        return Err(ApiError::InvalidRequest(format!(
+            "at most {MAX_REPORTED_ROOMS} rooms per report"
+        )));
     }
     if let Some(bad) = rooms.iter().find(|r| !ids::is_valid_room_id(&r.room_id)) {
-        return Err(ApiError::InvalidRequest(format!("invalid room id in report ({} bytes)", bad.room_id.len())));
+        return Err(ApiError::InvalidRequest(format!(
+            "invalid room id in report ({} bytes)",
+            bad.room_id.len()
+        )));
     }
     Ok(())
 }
@@ -146,7 +185,9 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
         && req.url.len() > "wss://".len()
         && !req.url.chars().any(|c| c.is_whitespace() || c.is_control());
     if !url_ok {
-        return Err(ApiError::InvalidRequest("url must be a ws:// or wss:// URL".into()));
+        return Err(ApiError::InvalidRequest(
+            "url must be a ws:// or wss:// URL".into(),
+        ));
     }
     if !(1..=MAX_CAPACITY_ROOMS).contains(&req.capacity.rooms)
         || !(1..=MAX_MEMBERS_PER_ROOM).contains(&req.capacity.members_per_room)
@@ -167,13 +208,18 @@ async fn create_room(
     };
     let name = validate_name(req.name)?;
     if let Some(user) = &req.created_by {
-        if user.is_empty() || user.len() > MAX_CREATED_BY_BYTES || user.chars().any(char::is_control) {
+        if user.is_empty()
+            || user.len() > MAX_CREATED_BY_BYTES
+            || user.chars().any(char::is_control)
+        {
             return Err(ApiError::InvalidRequest("invalid createdBy".into()));
         }
         if let Err(wait) = state.rate_limiter.check(user) {
             crate::metrics::inc(&state.metrics.rate_limited);
             info!(user_id = %user, "room creates rate limited");
-            return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            });
         }
     }
     let room_id = ids::new_room_id();
@@ -192,8 +238,13 @@ async fn list_rooms(
     State(state): State<AppState>,
     query: Result<Query<ListRooms>, QueryRejection>,
 ) -> Result<Json<RoomDirectory>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::Rejected { status: r.status(), message: r.body_text() })?;
-    Ok(Json(RoomDirectory { rooms: state.directory.list(query.public) }))
+    let Query(query) = query.map_err(|r| ApiError::Rejected {
+        status: r.status(),
+        message: r.body_text(),
+    })?;
+    Ok(Json(RoomDirectory {
+        rooms: state.directory.list(query.public),
+    }))
 }
 
 /// `GET /v1/rooms/{id}`: re-places an orphaned room.
@@ -216,7 +267,10 @@ async fn release_room(
     if !ids::is_valid_server_id(&req.server_id) {
         return Err(ApiError::InvalidRequest("invalid server id".into()));
     }
-    if state.directory.release(&room_id, &req.server_id, req.epoch, &state.registry) {
+    if state
+        .directory
+        .release(&room_id, &req.server_id, req.epoch, &state.registry)
+    {
         info!(room_id, server_id = %req.server_id, epoch = req.epoch, handoff = req.handoff, "room released; dormant until its next lookup");
     } else {
         debug!(room_id, server_id = %req.server_id, epoch = req.epoch, "stale release ignored");
@@ -234,12 +288,16 @@ async fn register_server(
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
             Some(server) => server,
-            None => {
-                state.registry.insert_if_absent(Server::outside(id.clone(), req.url.clone(), req.capacity, req.pid))
-            }
+            None => state.registry.insert_if_absent(Server::outside(
+                id.clone(),
+                req.url.clone(),
+                req.capacity,
+                req.pid,
+            )),
         },
         None => loop {
-            let outside = Server::outside(ids::new_server_id(), req.url.clone(), req.capacity, req.pid);
+            let outside =
+                Server::outside(ids::new_server_id(), req.url.clone(), req.capacity, req.pid);
             if let Some(server) = state.registry.try_insert(outside) {
                 break server;
             }
@@ -258,26 +316,41 @@ async fn register_server(
     // A report knows no names: take them from the store (after a scheduler restart).
     if let Some(store) = &state.store {
         for room in &req.rooms {
-            if state.directory.get(&room.room_id).is_some_and(|e| e.name == room.room_id && !e.public)
+            if state
+                .directory
+                .get(&room.room_id)
+                .is_some_and(|e| e.name == room.room_id && !e.public)
                 && let Ok(Some(meta)) = store.room(&room.room_id).await
             {
-                state.directory.set_meta(&room.room_id, meta.name, meta.public);
+                state
+                    .directory
+                    .set_meta(&room.room_id, meta.name, meta.public);
             }
         }
     }
     let draining = req.draining || server.drain_requested();
     {
         let _decision = lock(&state.placement_lock);
-        server.set_state(if draining { ServerState::Draining } else { ServerState::Ready });
+        server.set_state(if draining {
+            ServerState::Draining
+        } else {
+            ServerState::Ready
+        });
     }
     if previous == ServerState::Starting && server.managed {
-        state.metrics.spawn_latency.observe(server.started.elapsed());
+        state
+            .metrics
+            .spawn_latency
+            .observe(server.started.elapsed());
         info!(server_id = %server.id, rooms = req.rooms.len(), startup_ms = u64::try_from(server.started.elapsed().as_millis()).unwrap_or(u64::MAX), "spawned session server registered");
     } else {
         info!(server_id = %server.id, managed = server.managed, rooms = req.rooms.len(), draining, previous = previous.as_str(), "session server registered");
     }
     state.fleet_kick.notify_one();
-    Ok(Json(Registered { server_id: server.id.clone(), heartbeat_interval_ms: state.config.heartbeat_interval_ms }))
+    Ok(Json(Registered {
+        server_id: server.id.clone(),
+        heartbeat_interval_ms: state.config.heartbeat_interval_ms,
+    }))
 }
 
 /// `PUT /v1/servers/{id}/heartbeat`.
@@ -300,11 +373,22 @@ async fn heartbeat(
         server.set_state(ServerState::Draining);
         info!(server_id, "session server is draining");
     }
-    let revoked_rooms = state.directory.heartbeat(&server, &hb.rooms, state.config.unreported_room_ttl());
+    let revoked_rooms =
+        state
+            .directory
+            .heartbeat(&server, &hb.rooms, state.config.unreported_room_ttl());
     if !revoked_rooms.is_empty() {
-        info!(server_id, revoked = revoked_rooms.len(), "revoking rooms placed elsewhere");
+        info!(
+            server_id,
+            revoked = revoked_rooms.len(),
+            "revoking rooms placed elsewhere"
+        );
     }
-    Ok(Json(HeartbeatAck { state: server.state(), drain: server.drain_requested(), revoked_rooms }))
+    Ok(Json(HeartbeatAck {
+        state: server.state(),
+        drain: server.drain_requested(),
+        revoked_rooms,
+    }))
 }
 
 /// `POST /v1/servers/{id}/drain`: no new rooms; the next heartbeat answer asks it to drain.
@@ -313,8 +397,11 @@ async fn drain_server(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
-    let server =
-        state.registry.get(&server_id).filter(|s| s.state() != ServerState::Dead).ok_or(ApiError::UnknownServer)?;
+    let server = state
+        .registry
+        .get(&server_id)
+        .filter(|s| s.state() != ServerState::Dead)
+        .ok_or(ApiError::UnknownServer)?;
     {
         let _decision = lock(&state.placement_lock);
         server.request_drain();
@@ -333,7 +420,10 @@ async fn remove_server(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
-    let server = state.registry.get(&server_id).ok_or(ApiError::UnknownServer)?;
+    let server = state
+        .registry
+        .get(&server_id)
+        .ok_or(ApiError::UnknownServer)?;
     spawner::retire(&state, &server);
     info!(server_id, "session server left");
     state.fleet_kick.notify_one();
@@ -344,7 +434,9 @@ async fn remove_server(
 async fn list_servers(State(state): State<AppState>) -> Json<ServerList> {
     let mut servers = state.registry.snapshot();
     servers.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
-    Json(ServerList { servers: servers.iter().map(|s| s.info()).collect() })
+    Json(ServerList {
+        servers: servers.iter().map(|s| s.info()).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -363,7 +455,10 @@ mod tests {
     fn names_are_bounded() {
         assert!(validate_name(None).unwrap().is_none());
         assert!(validate_name(Some("lobby".into())).is_ok());
-        assert!(validate_name(Some("é".repeat(64))).is_ok(), "64 characters, more bytes");
+        assert!(
+            validate_name(Some("é".repeat(64))).is_ok(),
+            "64 characters, more bytes"
+        );
         assert!(validate_name(Some("a".repeat(65))).is_err());
         assert!(validate_name(Some(String::new())).is_err());
         assert!(validate_name(Some("a\nb".into())).is_err());

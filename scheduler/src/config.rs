@@ -97,8 +97,15 @@ pub struct Config {
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|e| format!("not a number of seconds: {e}"))?;
-    if v.is_finite() && (0.0..=1e9).contains(&v) { Ok(v) } else { Err("seconds must be between 0 and 1e9".to_owned()) }
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
+    if v.is_finite() && (0.0..=1e9).contains(&v) {
+        Ok(v)
+    } else {
+        Err("seconds must be between 0 and 1e9".to_owned())
+    }
 }
 
 impl Config {
@@ -109,7 +116,9 @@ impl Config {
 
     /// The ticket public key spawned servers are told to use.
     pub fn ticket_public_key_path(&self) -> PathBuf {
-        self.ticket_public_key.clone().unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
+        self.ticket_public_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
     }
 
     pub fn spawn_timeout(&self) -> Duration {
@@ -172,7 +181,10 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("data_dir", &self.data_dir)
             .field("rooms_per_server", &self.rooms_per_server)
             .field("members_per_room", &self.members_per_room)
@@ -208,7 +220,10 @@ mod tests {
         assert_eq!(c.spawn_timeout(), Duration::from_secs(10));
         assert_eq!(c.server_idle(), Duration::from_secs(120));
         assert_eq!(c.create_rate, 10);
-        assert_eq!(c.ticket_public_key_path(), PathBuf::from("./.berth/ticket.pub.pem"));
+        assert_eq!(
+            c.ticket_public_key_path(),
+            PathBuf::from("./.berth/ticket.pub.pem")
+        );
     }
 
     #[test]

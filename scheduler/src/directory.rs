@@ -100,7 +100,10 @@ impl Default for Directory {
 
 impl Directory {
     pub fn new(initial_epoch: u64) -> Directory {
-        Directory { rooms: DashMap::new(), epoch: AtomicU64::new(initial_epoch) }
+        Directory {
+            rooms: DashMap::new(),
+            epoch: AtomicU64::new(initial_epoch),
+        }
     }
 
     /// A fresh epoch, greater than every epoch handed out or observed before.
@@ -137,7 +140,9 @@ impl Directory {
     /// Makes the room dormant if it is still the placement `server_id`/`epoch` (a stale release
     /// is ignored), freeing its slot. Returns whether it was the current placement.
     pub fn release(&self, room_id: &str, server_id: &str, epoch: u64, registry: &Registry) -> bool {
-        let Some(mut entry) = self.rooms.get_mut(room_id) else { return false };
+        let Some(mut entry) = self.rooms.get_mut(room_id) else {
+            return false;
+        };
         if entry.server_id != server_id || entry.epoch != epoch {
             return false;
         }
@@ -189,7 +194,13 @@ impl Directory {
     /// Moves `room_id` to `server` under `epoch` if it still needs a new home (orphaned, or its
     /// server is no longer live). The caller reserved a slot on `server` and must give it back
     /// unless the answer is [`Replaced::Moved`].
-    pub fn replace(&self, room_id: &str, server: &Server, epoch: u64, registry: &Registry) -> Replaced {
+    pub fn replace(
+        &self,
+        room_id: &str,
+        server: &Server,
+        epoch: u64,
+        registry: &Registry,
+    ) -> Replaced {
         let Some(mut entry) = self.rooms.get_mut(room_id) else {
             return Replaced::Gone;
         };
@@ -219,7 +230,8 @@ impl Directory {
             self.observe_epoch(room.epoch);
             match self.rooms.entry(room.room_id.clone()) {
                 Entry::Vacant(v) => {
-                    let mut entry = RoomEntry::new(server.id.clone(), room.epoch, room.room_id.clone(), false);
+                    let mut entry =
+                        RoomEntry::new(server.id.clone(), room.epoch, room.room_id.clone(), false);
                     entry.members = room.members;
                     entry.last_reported = Some(now);
                     v.insert(entry);
@@ -260,13 +272,22 @@ impl Directory {
     /// Takes in a heartbeat's room list. Returns the reported rooms the server must stop
     /// serving (placed elsewhere, under a newer epoch, or forgotten). Placements on this server
     /// it has not reported for `forget_after` are forgotten, freeing their slots.
-    pub fn heartbeat(&self, server: &Server, hosted: &[HostedRoom], forget_after: Duration) -> Vec<String> {
+    pub fn heartbeat(
+        &self,
+        server: &Server,
+        hosted: &[HostedRoom],
+        forget_after: Duration,
+    ) -> Vec<String> {
         let now = Instant::now();
         let mut revoked = Vec::new();
         for room in hosted {
             match self.rooms.get_mut(&room.room_id) {
                 // Released (handed over or disposed) meanwhile: the report is stale.
-                Some(entry) if entry.server_id == server.id && entry.epoch == room.epoch && entry.released => {
+                Some(entry)
+                    if entry.server_id == server.id
+                        && entry.epoch == room.epoch
+                        && entry.released =>
+                {
                     revoked.push(room.room_id.clone());
                 }
                 Some(mut entry) if entry.server_id == server.id && entry.epoch == room.epoch => {
@@ -301,11 +322,17 @@ impl Directory {
     pub fn expire_orphans(&self, after: Duration) -> usize {
         let now = Instant::now();
         let before = self.rooms.len();
-        self.rooms.retain(|_, e| e.orphaned_at.is_none_or(|t| now.saturating_duration_since(t) < after));
+        self.rooms.retain(|_, e| {
+            e.orphaned_at
+                .is_none_or(|t| now.saturating_duration_since(t) < after)
+        });
         let dormant = self.orphaned_count();
         if dormant > MAX_DORMANT {
-            let mut oldest: Vec<(Instant, String)> =
-                self.rooms.iter().filter_map(|e| e.orphaned_at.map(|t| (t, e.key().clone()))).collect();
+            let mut oldest: Vec<(Instant, String)> = self
+                .rooms
+                .iter()
+                .filter_map(|e| e.orphaned_at.map(|t| (t, e.key().clone())))
+                .collect();
             oldest.sort();
             for (_, id) in oldest.into_iter().take(dormant - MAX_DORMANT) {
                 self.rooms.remove_if(&id, |_, e| e.is_orphaned());
@@ -329,7 +356,11 @@ impl Directory {
                 members: e.members,
             })
             .collect();
-        rooms.sort_by(|a, b| b.epoch.cmp(&a.epoch).then_with(|| a.room_id.cmp(&b.room_id)));
+        rooms.sort_by(|a, b| {
+            b.epoch
+                .cmp(&a.epoch)
+                .then_with(|| a.room_id.cmp(&b.room_id))
+        });
         rooms
     }
 }
@@ -343,7 +374,10 @@ mod tests {
         registry.insert_if_absent(Server::outside(
             id.into(),
             format!("ws://{id}/ws"),
-            Capacity { rooms: 10, members_per_room: 10 },
+            Capacity {
+                rooms: 10,
+                members_per_room: 10,
+            },
             None,
         ))
     }
@@ -351,7 +385,10 @@ mod tests {
     fn place(dir: &Directory, s: &Server, room: &str) -> u64 {
         assert!(s.try_reserve());
         let epoch = dir.next_epoch();
-        dir.insert_placed(room.into(), RoomEntry::new(s.id.clone(), epoch, room.into(), false));
+        dir.insert_placed(
+            room.into(),
+            RoomEntry::new(s.id.clone(), epoch, room.into(), false),
+        );
         epoch
     }
 
@@ -380,14 +417,23 @@ mod tests {
         // Dormant, not forgotten; a report of it from its old server is stale.
         let entry = dir.get("r-1").unwrap();
         assert!(entry.is_orphaned() && entry.released);
-        let report = HostedRoom { room_id: "r-1".into(), epoch, members: 1 };
-        assert_eq!(dir.heartbeat(&s, std::slice::from_ref(&report), Duration::from_secs(60)), vec!["r-1".to_owned()]);
+        let report = HostedRoom {
+            room_id: "r-1".into(),
+            epoch,
+            members: 1,
+        };
+        assert_eq!(
+            dir.heartbeat(&s, std::slice::from_ref(&report), Duration::from_secs(60)),
+            vec!["r-1".to_owned()]
+        );
         dir.adopt(&s, &[report], &registry);
         assert!(dir.get("r-1").unwrap().is_orphaned());
         assert_eq!(s.rooms(), 0);
         // The next placement takes it.
         assert!(s.try_reserve());
-        assert!(matches!(dir.replace("r-1", &s, dir.next_epoch(), &registry), Replaced::Moved(e) if !e.released));
+        assert!(
+            matches!(dir.replace("r-1", &s, dir.next_epoch(), &registry), Replaced::Moved(e) if !e.released)
+        );
     }
 
     #[test]
@@ -411,10 +457,15 @@ mod tests {
         assert_eq!(a.rooms(), 0);
         assert!(b.try_reserve());
         let epoch = dir.next_epoch();
-        let Replaced::Moved(e) = dir.replace("r-1", &b, epoch, &registry) else { panic!("not moved") };
+        let Replaced::Moved(e) = dir.replace("r-1", &b, epoch, &registry) else {
+            panic!("not moved")
+        };
         assert_eq!((e.server_id.as_str(), e.epoch > first), ("s-b", true));
         // A second re-placement finds it settled.
-        assert!(matches!(dir.replace("r-1", &a, dir.next_epoch(), &registry), Replaced::Current(_)));
+        assert!(matches!(
+            dir.replace("r-1", &a, dir.next_epoch(), &registry),
+            Replaced::Current(_)
+        ));
         assert_eq!(b.rooms(), 1);
     }
 
@@ -425,13 +476,26 @@ mod tests {
         let b = server(&registry, "s-b");
         let dir = Directory::default();
         let epoch = place(&dir, &a, "r-1");
-        let report = |id: &str, epoch| HostedRoom { room_id: id.into(), epoch, members: 3 };
+        let report = |id: &str, epoch| HostedRoom {
+            room_id: id.into(),
+            epoch,
+            members: 3,
+        };
         let ttl = Duration::from_secs(60);
         assert!(dir.heartbeat(&a, &[report("r-1", epoch)], ttl).is_empty());
         assert_eq!(dir.get("r-1").unwrap().members, 3);
-        assert_eq!(dir.heartbeat(&b, &[report("r-1", epoch)], ttl), vec!["r-1".to_owned()]);
-        assert_eq!(dir.heartbeat(&a, &[report("r-1", epoch - 1)], ttl), vec!["r-1".to_owned()]);
-        assert_eq!(dir.heartbeat(&a, &[report("r-unknown", 1)], ttl), vec!["r-unknown".to_owned()]);
+        assert_eq!(
+            dir.heartbeat(&b, &[report("r-1", epoch)], ttl),
+            vec!["r-1".to_owned()]
+        );
+        assert_eq!(
+            dir.heartbeat(&a, &[report("r-1", epoch - 1)], ttl),
+            vec!["r-1".to_owned()]
+        );
+        assert_eq!(
+            dir.heartbeat(&a, &[report("r-unknown", 1)], ttl),
+            vec!["r-unknown".to_owned()]
+        );
     }
 
     #[test]
@@ -454,12 +518,36 @@ mod tests {
         let b = server(&registry, "s-b");
         let dir = Directory::default();
         let epoch = place(&dir, &a, "r-1");
-        dir.adopt(&b, &[HostedRoom { room_id: "r-1".into(), epoch: epoch - 1, members: 0 }], &registry);
+        dir.adopt(
+            &b,
+            &[HostedRoom {
+                room_id: "r-1".into(),
+                epoch: epoch - 1,
+                members: 0,
+            }],
+            &registry,
+        );
         assert_eq!(dir.get("r-1").unwrap().server_id, "s-a");
-        dir.adopt(&b, &[HostedRoom { room_id: "r-1".into(), epoch: epoch + 10, members: 0 }], &registry);
+        dir.adopt(
+            &b,
+            &[HostedRoom {
+                room_id: "r-1".into(),
+                epoch: epoch + 10,
+                members: 0,
+            }],
+            &registry,
+        );
         assert_eq!(dir.get("r-1").unwrap().server_id, "s-b");
         assert_eq!((a.rooms(), b.rooms()), (0, 1));
-        dir.adopt(&b, &[HostedRoom { room_id: "r-2".into(), epoch: u64::MAX / 2, members: 1 }], &registry);
+        dir.adopt(
+            &b,
+            &[HostedRoom {
+                room_id: "r-2".into(),
+                epoch: u64::MAX / 2,
+                members: 1,
+            }],
+            &registry,
+        );
         assert!(dir.next_epoch() > u64::MAX / 2);
         assert_eq!(b.rooms(), 2);
     }

@@ -46,7 +46,10 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
-    NoCapacity { message: String, retry_after_secs: u64 },
+    NoCapacity {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("too many room creates, retry in {retry_after_secs}s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the scheduler is shutting down")]
@@ -64,19 +67,27 @@ impl ApiError {
             ApiError::RoomNotFound => (StatusCode::NOT_FOUND, ErrorCode::RoomNotFound),
             ApiError::UnknownServer => (StatusCode::NOT_FOUND, ErrorCode::UnknownServer),
             ApiError::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::InvalidRequest),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::InvalidRequest)
+            }
             ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoCapacity),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
-            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SchedulerUnavailable),
-            ApiError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable),
+            ApiError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::SchedulerUnavailable,
+            ),
+            ApiError::StoreUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
+            }
         }
     }
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::NoCapacity { retry_after_secs, .. } | ApiError::RateLimited { retry_after_secs } => {
-                Some((*retry_after_secs).max(1))
+            ApiError::NoCapacity {
+                retry_after_secs, ..
             }
+            | ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ApiError::ShuttingDown | ApiError::StoreUnavailable => Some(1),
             _ => None,
         }
@@ -88,10 +99,14 @@ impl IntoResponse for ApiError {
         let (status, code) = self.parts();
         let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
         if let Some(secs) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -64,8 +64,9 @@ pub fn reap(state: &AppState) {
                 }
             }
             ServerState::Dead => {
-                if server.dead_since().is_some_and(|t| now.saturating_duration_since(t) > state.config.dead_retention())
-                {
+                if server.dead_since().is_some_and(|t| {
+                    now.saturating_duration_since(t) > state.config.dead_retention()
+                }) {
                     state.registry.remove_if_same(&server);
                 }
             }
@@ -107,8 +108,13 @@ pub fn scale_down(state: &AppState) {
         })
         .fold(0, u32::saturating_add);
     for server in servers {
-        let Some(empty_since) = server.track_empty(now) else { continue };
-        if !server.managed || !server.accepts_rooms() || now.saturating_duration_since(empty_since) < idle {
+        let Some(empty_since) = server.track_empty(now) else {
+            continue;
+        };
+        if !server.managed
+            || !server.accepts_rooms()
+            || now.saturating_duration_since(empty_since) < idle
+        {
             continue;
         }
         if free.saturating_sub(server.capacity()) < target {

@@ -44,12 +44,20 @@ pub use state::AppState;
 
 /// Serves the scheduler on `listener` until `shutdown` is cancelled, then stops every spawned
 /// session server (SIGTERM, then SIGKILL after `shutdown_timeout_ms`) and returns.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(Error::LocalAddr)?;
     let secret = resolve_secret(&config)?;
     // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
     let shutdown = shutdown.child_token();
-    let store = config.store.open(&config.data_dir, false).await.map_err(Error::Store)?;
+    let store = config
+        .store
+        .open(&config.data_dir, false)
+        .await
+        .map_err(Error::Store)?;
     match &store {
         Some(store) => info!(store = %store.describe(), "room store open"),
         None => info!("no room store: dormant rooms are forgotten when the scheduler stops"),
@@ -66,8 +74,8 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     state.tasks.spawn(fleet::run(state.clone()));
 
     let grace = state.config.shutdown_timeout() + std::time::Duration::from_secs(1);
-    let server =
-        axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = tokio::select! {
         result = server.into_future() => result,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -79,7 +87,10 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     // Stop the fleet loop and the supervisors (which SIGTERM, then SIGKILL, their children).
     shutdown.cancel();
     state.tasks.close();
-    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
         warn!("background tasks did not stop in time");
     }
     info!("scheduler stopped");
@@ -92,10 +103,15 @@ fn resolve_secret(config: &Config) -> Result<String, Error> {
         Some(secret) => secret.trim().to_owned(),
         None => {
             let path = config.cluster_secret_path();
-            berth_protocol::secret::load_or_create(&path).map_err(|source| Error::Secret { path, source })?
+            berth_protocol::secret::load_or_create(&path)
+                .map_err(|source| Error::Secret { path, source })?
         }
     };
-    if secret.is_empty() { Err(Error::EmptySecret) } else { Ok(secret) }
+    if secret.is_empty() {
+        Err(Error::EmptySecret)
+    } else {
+        Ok(secret)
+    }
 }
 
 /// How spawned children reach us: the bound address, with a wildcard turned into loopback.
@@ -114,8 +130,14 @@ mod tests {
 
     #[test]
     fn scheduler_url_uses_a_reachable_address() {
-        assert_eq!(scheduler_url("127.0.0.1:7070".parse().unwrap()), "http://127.0.0.1:7070");
-        assert_eq!(scheduler_url("0.0.0.0:81".parse().unwrap()), "http://127.0.0.1:81");
+        assert_eq!(
+            scheduler_url("127.0.0.1:7070".parse().unwrap()),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            scheduler_url("0.0.0.0:81".parse().unwrap()),
+            "http://127.0.0.1:81"
+        );
         assert_eq!(scheduler_url("[::]:82".parse().unwrap()), "http://[::1]:82");
     }
 }

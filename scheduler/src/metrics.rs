@@ -10,7 +10,9 @@ use crate::directory::Directory;
 use crate::registry::Registry;
 
 /// Upper bounds (seconds) of the placement latency buckets.
-const PLACEMENT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0];
+const PLACEMENT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Upper bounds (seconds) of the spawn latency buckets.
 const SPAWN_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -35,10 +37,17 @@ impl Histogram {
 
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn count(&self) -> u64 {
@@ -50,7 +59,10 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
-            let le = self.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let le = self
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -101,13 +113,36 @@ impl Metrics {
             out,
             "# HELP berth_scheduler_servers Session servers by state.\n# TYPE berth_scheduler_servers gauge"
         );
-        for state in [ServerState::Starting, ServerState::Ready, ServerState::Draining, ServerState::Dead] {
+        for state in [
+            ServerState::Starting,
+            ServerState::Ready,
+            ServerState::Draining,
+            ServerState::Dead,
+        ] {
             let n = servers.iter().filter(|s| s.state() == state).count();
-            let _ = writeln!(out, "berth_scheduler_servers{{state=\"{}\"}} {n}", state.as_str());
+            let _ = writeln!(
+                out,
+                "berth_scheduler_servers{{state=\"{}\"}} {n}",
+                state.as_str()
+            );
         }
-        let slots: u64 = servers.iter().filter(|s| s.accepts_rooms()).map(|s| u64::from(s.free_slots())).sum();
-        gauge(&mut out, "berth_scheduler_free_room_slots", "Free room slots on ready servers.", slots);
-        gauge(&mut out, "berth_scheduler_rooms", "Rooms in the directory.", directory.len() as u64);
+        let slots: u64 = servers
+            .iter()
+            .filter(|s| s.accepts_rooms())
+            .map(|s| u64::from(s.free_slots()))
+            .sum();
+        gauge(
+            &mut out,
+            "berth_scheduler_free_room_slots",
+            "Free room slots on ready servers.",
+            slots,
+        );
+        gauge(
+            &mut out,
+            "berth_scheduler_rooms",
+            "Rooms in the directory.",
+            directory.len() as u64,
+        );
         gauge(
             &mut out,
             "berth_scheduler_orphaned_rooms",
@@ -115,16 +150,36 @@ impl Metrics {
             directory.orphaned_count() as u64,
         );
         let counters = [
-            ("berth_scheduler_placements_total", "Rooms placed (new rooms).", &self.placements),
-            ("berth_scheduler_replacements_total", "Orphaned rooms re-placed on lookup.", &self.replacements),
-            ("berth_scheduler_spawns_total", "Session-server processes started.", &self.spawns),
+            (
+                "berth_scheduler_placements_total",
+                "Rooms placed (new rooms).",
+                &self.placements,
+            ),
+            (
+                "berth_scheduler_replacements_total",
+                "Orphaned rooms re-placed on lookup.",
+                &self.replacements,
+            ),
+            (
+                "berth_scheduler_spawns_total",
+                "Session-server processes started.",
+                &self.spawns,
+            ),
             (
                 "berth_scheduler_spawn_failures_total",
                 "Spawns that failed to start, register in time, or exited before registering.",
                 &self.spawn_failures,
             ),
-            ("berth_scheduler_no_capacity_total", "Creates or lookups answered 503 no_capacity.", &self.no_capacity),
-            ("berth_scheduler_rate_limited_total", "Creates answered 429 rate_limited.", &self.rate_limited),
+            (
+                "berth_scheduler_no_capacity_total",
+                "Creates or lookups answered 503 no_capacity.",
+                &self.no_capacity,
+            ),
+            (
+                "berth_scheduler_rate_limited_total",
+                "Creates answered 429 rate_limited.",
+                &self.rate_limited,
+            ),
             (
                 "berth_scheduler_servers_declared_dead_total",
                 "Servers declared dead after missing heartbeats.",
@@ -153,7 +208,10 @@ impl Metrics {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
 
 #[cfg(test)]
@@ -168,7 +226,10 @@ mod tests {
         m.placement_latency.observe(Duration::from_secs(60));
         inc(&m.placements);
         let text = m.render(&Registry::default(), &Directory::default());
-        assert!(text.contains("berth_scheduler_placement_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
+        assert!(
+            text.contains("berth_scheduler_placement_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("berth_scheduler_placement_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("berth_scheduler_placement_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("berth_scheduler_placement_seconds_count 3\n"));

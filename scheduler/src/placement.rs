@@ -27,9 +27,17 @@ const WAIT_MARGIN: Duration = Duration::from_millis(500);
 /// Reserves a slot on the fullest ready server that still has one.
 pub fn try_reserve(state: &AppState) -> Option<Arc<Server>> {
     let _decision = lock(&state.placement_lock);
-    let mut candidates: Vec<Arc<Server>> =
-        state.registry.snapshot().into_iter().filter(|s| s.accepts_rooms() && s.free_slots() > 0).collect();
-    candidates.sort_by(|a, b| a.free_slots().cmp(&b.free_slots()).then_with(|| a.id.cmp(&b.id)));
+    let mut candidates: Vec<Arc<Server>> = state
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.accepts_rooms() && s.free_slots() > 0)
+        .collect();
+    candidates.sort_by(|a, b| {
+        a.free_slots()
+            .cmp(&b.free_slots())
+            .then_with(|| a.id.cmp(&b.id))
+    });
     candidates.into_iter().find(|s| s.try_reserve())
 }
 
@@ -70,7 +78,10 @@ async fn reserve_slot(state: &AppState) -> Result<Arc<Server>, ApiError> {
 
 /// The 503 answer when no slot can be had.
 pub fn no_capacity(state: &AppState, message: &str) -> ApiError {
-    ApiError::NoCapacity { message: message.to_owned(), retry_after_secs: state.config.retry_after_secs() }
+    ApiError::NoCapacity {
+        message: message.to_owned(),
+        retry_after_secs: state.config.retry_after_secs(),
+    }
 }
 
 /// Most public rooms loaded from the store at start (so the listing shows them while dormant).
@@ -83,7 +94,11 @@ pub async fn load_dormant(state: &AppState) {
         Ok(rooms) => {
             let loaded = rooms
                 .into_iter()
-                .filter(|m| state.directory.insert_dormant(m.room_id.clone(), m.name.clone(), m.public))
+                .filter(|m| {
+                    state
+                        .directory
+                        .insert_dormant(m.room_id.clone(), m.name.clone(), m.public)
+                })
                 .count();
             if loaded > 0 {
                 info!(loaded, "public rooms loaded from the store (dormant)");
@@ -141,7 +156,10 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
                     ApiError::StoreUnavailable
                 })?;
                 let meta = meta.ok_or(ApiError::RoomNotFound)?;
-                if state.directory.insert_dormant(meta.room_id, meta.name, meta.public) {
+                if state
+                    .directory
+                    .insert_dormant(meta.room_id, meta.name, meta.public)
+                {
                     info!(room_id, "dormant room found in the store");
                 }
                 continue;
@@ -157,7 +175,10 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
         let started = Instant::now();
         let server = reserve_slot(state).await?;
         let epoch = state.directory.next_epoch();
-        match state.directory.replace(room_id, &server, epoch, &state.registry) {
+        match state
+            .directory
+            .replace(room_id, &server, epoch, &state.registry)
+        {
             Replaced::Moved(entry) => {
                 inc(&state.metrics.replacements);
                 state.metrics.placement_latency.observe(started.elapsed());
@@ -171,7 +192,10 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
             }
         }
     }
-    Err(no_capacity(state, "the room's placement keeps changing; retry"))
+    Err(no_capacity(
+        state,
+        "the room's placement keeps changing; retry",
+    ))
 }
 
 fn to_placement(room_id: &str, entry: &RoomEntry, url: String) -> Placement {
@@ -195,15 +219,29 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     fn state() -> AppState {
-        let config = Config::parse_from(["berth-scheduler", "--max-servers", "0", "--cluster-secret", "s"]);
-        AppState::new(config, "s".into(), "http://127.0.0.1:1".into(), CancellationToken::new())
+        let config = Config::parse_from([
+            "berth-scheduler",
+            "--max-servers",
+            "0",
+            "--cluster-secret",
+            "s",
+        ]);
+        AppState::new(
+            config,
+            "s".into(),
+            "http://127.0.0.1:1".into(),
+            CancellationToken::new(),
+        )
     }
 
     fn add_server(state: &AppState, id: &str, rooms: u32) -> Arc<Server> {
         state.registry.insert_if_absent(Server::outside(
             id.into(),
             format!("ws://{id}/ws"),
-            Capacity { rooms, members_per_room: 10 },
+            Capacity {
+                rooms,
+                members_per_room: 10,
+            },
             None,
         ))
     }
@@ -211,11 +249,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_placements_never_exceed_capacity() {
         let state = state();
-        let servers: Vec<_> = (0..4).map(|i| add_server(&state, &format!("s-{i}"), 7)).collect();
+        let servers: Vec<_> = (0..4)
+            .map(|i| add_server(&state, &format!("s-{i}"), 7))
+            .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..80 {
             let state = state.clone();
-            tasks.spawn(async move { place_new(&state, format!("r-{i}"), format!("r-{i}"), false, None).await });
+            tasks.spawn(async move {
+                place_new(&state, format!("r-{i}"), format!("r-{i}"), false, None).await
+            });
         }
         let mut placed = 0;
         let mut refused = 0;
@@ -232,7 +274,12 @@ mod tests {
         }
         // And the directory agrees with the counters.
         for s in &servers {
-            let n = state.directory.list(None).iter().filter(|r| r.server_id == s.id).count();
+            let n = state
+                .directory
+                .list(None)
+                .iter()
+                .filter(|r| r.server_id == s.id)
+                .count();
             assert_eq!(n, 7);
         }
     }
@@ -249,6 +296,10 @@ mod tests {
         assert_eq!((a.rooms(), b.rooms()), (1, 3));
         b.request_drain();
         b.release_slot();
-        assert_eq!(try_reserve(&state).unwrap().id, "s-a", "a draining server gets no rooms");
+        assert_eq!(
+            try_reserve(&state).unwrap().id,
+            "s-a",
+            "a draining server gets no rooms"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_minute == 0` disables the limit.
     pub fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter { per_minute, buckets: DashMap::new() }
+        RateLimiter {
+            per_minute,
+            buckets: DashMap::new(),
+        }
     }
 
     fn refill_per_sec(&self) -> f64 {
@@ -47,7 +50,10 @@ impl RateLimiter {
             self.prune_at(now);
         }
         let burst = f64::from(self.per_minute);
-        let mut bucket = self.buckets.entry(key.to_owned()).or_insert(Bucket { tokens: burst, updated: now });
+        let mut bucket = self.buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
         let tokens = self.refilled(&bucket, now);
         bucket.updated = now;
         if tokens >= 1.0 {
@@ -55,7 +61,9 @@ impl RateLimiter {
             Ok(())
         } else {
             bucket.tokens = tokens;
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.refill_per_sec()))
+            Err(Duration::from_secs_f64(
+                (1.0 - tokens) / self.refill_per_sec(),
+            ))
         }
     }
 
@@ -90,8 +98,14 @@ mod tests {
             assert!(rl.check_at("u-1", t0).is_ok());
         }
         let wait = rl.check_at("u-1", t0).unwrap_err();
-        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20), "{wait:?}");
-        assert!(rl.check_at("u-2", t0).is_ok(), "users have their own buckets");
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(
+            rl.check_at("u-2", t0).is_ok(),
+            "users have their own buckets"
+        );
         assert!(rl.check_at("u-1", t0 + Duration::from_secs(21)).is_ok());
         assert!(rl.check_at("u-1", t0 + Duration::from_secs(21)).is_err());
     }

@@ -55,7 +55,14 @@ struct Live {
 impl Server {
     /// A server this scheduler is about to spawn.
     pub fn starting(id: String, capacity: Capacity) -> Server {
-        Server::new(id, true, ServerState::Starting, String::new(), capacity, None)
+        Server::new(
+            id,
+            true,
+            ServerState::Starting,
+            String::new(),
+            capacity,
+            None,
+        )
     }
 
     /// A server that registered without being spawned by this scheduler.
@@ -63,7 +70,14 @@ impl Server {
         Server::new(id, false, ServerState::Ready, url, capacity, pid)
     }
 
-    fn new(id: String, managed: bool, state: ServerState, url: String, capacity: Capacity, pid: Option<u32>) -> Server {
+    fn new(
+        id: String,
+        managed: bool,
+        state: ServerState,
+        url: String,
+        capacity: Capacity,
+        pid: Option<u32>,
+    ) -> Server {
         let now = Instant::now();
         Server {
             id,
@@ -99,7 +113,8 @@ impl Server {
             changed
         });
         let mut live = lock(&self.live);
-        live.dead_since = (state == ServerState::Dead).then(|| live.dead_since.unwrap_or_else(Instant::now));
+        live.dead_since =
+            (state == ServerState::Dead).then(|| live.dead_since.unwrap_or_else(Instant::now));
     }
 
     /// Watches the state (a create waiting for this server to register).
@@ -114,7 +129,10 @@ impl Server {
 
     /// Starting, ready or draining: counts against `max_servers`.
     pub fn is_active(&self) -> bool {
-        matches!(self.state(), ServerState::Starting | ServerState::Ready | ServerState::Draining)
+        matches!(
+            self.state(),
+            ServerState::Starting | ServerState::Ready | ServerState::Draining
+        )
     }
 
     pub fn rooms(&self) -> u32 {
@@ -132,12 +150,18 @@ impl Server {
     /// Takes one room slot if one is free. Never lets `rooms` exceed the capacity.
     pub fn try_reserve(&self) -> bool {
         let cap = self.capacity();
-        self.rooms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap).then_some(n + 1)).is_ok()
+        self.rooms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Gives a slot back (a released room, a reservation that was not used, an orphaned room).
     pub fn release_slot(&self) {
-        let _ = self.rooms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let _ = self
+            .rooms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     /// Counts a room the server reports hosting (adoption): a fact, so not bounded.
@@ -148,16 +172,23 @@ impl Server {
     /// Counts one more create waiting for this starting server, if its slots still cover it.
     pub fn try_claim(&self) -> bool {
         let cap = self.capacity();
-        self.claims.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap).then_some(n + 1)).is_ok()
+        self.claims
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     pub fn unclaim(&self) {
-        let _ = self.claims.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let _ = self
+            .claims
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     /// Free slots not yet counted on by waiting creates (for a starting server).
     pub fn unclaimed_slots(&self) -> u32 {
-        self.capacity().saturating_sub(self.claims.load(Ordering::SeqCst))
+        self.capacity()
+            .saturating_sub(self.claims.load(Ordering::SeqCst))
     }
 
     pub fn drain_requested(&self) -> bool {
@@ -226,7 +257,11 @@ impl Server {
     pub fn track_empty(&self, now: Instant) -> Option<Instant> {
         let empty = self.rooms() == 0;
         let mut live = lock(&self.live);
-        live.empty_since = if empty { Some(live.empty_since.unwrap_or(now)) } else { None };
+        live.empty_since = if empty {
+            Some(live.empty_since.unwrap_or(now))
+        } else {
+            None
+        };
         live.empty_since
     }
 
@@ -240,11 +275,15 @@ impl Server {
             state,
             rooms: self.rooms(),
             connections: live.connections,
-            capacity: Capacity { rooms: self.capacity(), members_per_room: live.members_per_room },
+            capacity: Capacity {
+                rooms: self.capacity(),
+                members_per_room: live.members_per_room,
+            },
             managed: self.managed,
             pid: live.pid,
             age_secs: self.started.elapsed().as_secs(),
-            last_heartbeat_ms_ago: u64::try_from(live.last_heartbeat.elapsed().as_millis()).unwrap_or(u64::MAX),
+            last_heartbeat_ms_ago: u64::try_from(live.last_heartbeat.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -262,20 +301,29 @@ impl Registry {
 
     /// Inserts `server` unless its id is taken; returns the entry now under that id.
     pub fn insert_if_absent(&self, server: Server) -> Arc<Server> {
-        Arc::clone(self.servers.entry(server.id.clone()).or_insert_with(|| Arc::new(server)).value())
+        Arc::clone(
+            self.servers
+                .entry(server.id.clone())
+                .or_insert_with(|| Arc::new(server))
+                .value(),
+        )
     }
 
     /// Inserts `server` if its id is free; None when the id is taken.
     pub fn try_insert(&self, server: Server) -> Option<Arc<Server>> {
         match self.servers.entry(server.id.clone()) {
             dashmap::mapref::entry::Entry::Occupied(_) => None,
-            dashmap::mapref::entry::Entry::Vacant(v) => Some(Arc::clone(v.insert(Arc::new(server)).value())),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                Some(Arc::clone(v.insert(Arc::new(server)).value()))
+            }
         }
     }
 
     /// Removes the entry if it is still this very server (not a newer one under the same id).
     pub fn remove_if_same(&self, server: &Arc<Server>) -> bool {
-        self.servers.remove_if(&server.id, |_, s| Arc::ptr_eq(s, server)).is_some()
+        self.servers
+            .remove_if(&server.id, |_, s| Arc::ptr_eq(s, server))
+            .is_some()
     }
 
     /// Every server, cloned out so no map lock is held while the caller works.
@@ -290,7 +338,8 @@ impl Registry {
 
     /// Whether `id` names a server that can host rooms now (not dead, not gone).
     pub fn is_live(&self, id: &str) -> bool {
-        self.get(id).is_some_and(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
+        self.get(id)
+            .is_some_and(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
     }
 
     pub fn len(&self) -> usize {
@@ -308,7 +357,15 @@ mod tests {
 
     #[test]
     fn reservations_never_exceed_capacity() {
-        let s = Server::outside("s-1".into(), "ws://x/ws".into(), Capacity { rooms: 2, members_per_room: 5 }, None);
+        let s = Server::outside(
+            "s-1".into(),
+            "ws://x/ws".into(),
+            Capacity {
+                rooms: 2,
+                members_per_room: 5,
+            },
+            None,
+        );
         assert!(s.try_reserve());
         assert!(s.try_reserve());
         assert!(!s.try_reserve());
@@ -321,7 +378,13 @@ mod tests {
 
     #[test]
     fn dead_since_follows_the_state() {
-        let s = Server::starting("s-2".into(), Capacity { rooms: 1, members_per_room: 1 });
+        let s = Server::starting(
+            "s-2".into(),
+            Capacity {
+                rooms: 1,
+                members_per_room: 1,
+            },
+        );
         assert!(s.dead_since().is_none());
         s.set_state(ServerState::Dead);
         assert!(s.dead_since().is_some());

@@ -42,16 +42,26 @@ pub fn claim_capacity(state: &AppState) -> Result<Claim, ApiError> {
     let server = {
         let _decision = lock(&state.spawn_lock);
         let servers = state.registry.snapshot();
-        if let Some(s) =
-            servers.iter().find(|s| s.state() == ServerState::Starting && !s.drain_requested() && s.try_claim())
+        if let Some(s) = servers
+            .iter()
+            .find(|s| s.state() == ServerState::Starting && !s.drain_requested() && s.try_claim())
         {
-            return Ok(Claim { server: Arc::clone(s) });
+            return Ok(Claim {
+                server: Arc::clone(s),
+            });
         }
         let active = servers.iter().filter(|s| s.is_active()).count();
         if active >= state.config.max_servers as usize {
             inc(&state.metrics.no_capacity);
-            warn!(active, max_servers = state.config.max_servers, "no free room slot and the fleet is at its cap");
-            return Err(no_capacity(state, "every session server is full and the fleet is at its cap"));
+            warn!(
+                active,
+                max_servers = state.config.max_servers,
+                "no free room slot and the fleet is at its cap"
+            );
+            return Err(no_capacity(
+                state,
+                "every session server is full and the fleet is at its cap",
+            ));
         }
         let server = new_starting(state);
         // A fresh server has at least one slot.
@@ -96,12 +106,16 @@ pub fn top_up(state: &AppState, target: u32) -> usize {
 
 /// Inserts a new `starting` entry under a fresh id. Call with `spawn_lock` held.
 fn new_starting(state: &AppState) -> Arc<Server> {
-    let capacity = Capacity { rooms: state.config.rooms_per_server, members_per_room: state.config.members_per_room };
+    let capacity = Capacity {
+        rooms: state.config.rooms_per_server,
+        members_per_room: state.config.members_per_room,
+    };
     loop {
         // An id collision (rare) just draws again.
-        if let Some(server) =
-            state.registry.try_insert(Server::starting(berth_protocol::ids::new_server_id(), capacity))
-        {
+        if let Some(server) = state.registry.try_insert(Server::starting(
+            berth_protocol::ids::new_server_id(),
+            capacity,
+        )) {
             return server;
         }
     }
@@ -123,13 +137,22 @@ pub fn session_bin(config: &Config) -> PathBuf {
 /// every interface once `--session-host` names this machine to others.
 fn session_listen_addr(session_host: &str) -> &'static str {
     let loopback = session_host == "localhost"
-        || session_host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || session_host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }
 }
 
 /// The command line of a spawned session server (docs/architecture.md, "Scheduler ↔ session
 /// server"). The cluster secret goes in the environment only, never in the arguments.
-pub fn session_command(config: &Config, bin: &Path, server_id: &str, scheduler_url: &str, secret: &str) -> Command {
+pub fn session_command(
+    config: &Config,
+    bin: &Path,
+    server_id: &str,
+    scheduler_url: &str,
+    secret: &str,
+) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--listen")
         .arg(session_listen_addr(&config.session_host))
@@ -174,7 +197,13 @@ pub fn session_command(config: &Config, bin: &Path, server_id: &str, scheduler_u
 /// entry is retired at once (waiters see it dead and answer 503).
 fn start(state: &AppState, server: &Arc<Server>) {
     let bin = session_bin(&state.config);
-    let mut cmd = session_command(&state.config, &bin, &server.id, &state.scheduler_url, &state.secret);
+    let mut cmd = session_command(
+        &state.config,
+        &bin,
+        &server.id,
+        &state.scheduler_url,
+        &state.secret,
+    );
     if state.shutdown.is_cancelled() {
         warn!(server_id = %server.id, "not spawning: the scheduler is shutting down");
         retire(state, server);
@@ -255,7 +284,9 @@ async fn supervise(state: AppState, server: Arc<Server>, mut child: Child) {
             error!(server_id = %server.id, %status, "session server exited before registering");
         }
         End::Exited => warn!(server_id = %server.id, %status, "session server exited"),
-        End::Killed => warn!(server_id = %server.id, %status, "killed a session server declared dead"),
+        End::Killed => {
+            warn!(server_id = %server.id, %status, "killed a session server declared dead")
+        }
         End::Shutdown => info!(server_id = %server.id, %status, "session server stopped"),
     }
 }
@@ -324,7 +355,11 @@ fn send_sigterm(pid: u32) -> io::Result<()> {
     // group or "every process") and names our own child that has not been reaped yet (the caller
     // got it from `Child::id`, which is None after reaping), so it cannot name another process.
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(not(unix))]
@@ -353,10 +388,19 @@ mod tests {
             "13",
         ]);
         let secret = "s3cr3t-value";
-        let cmd = session_command(&config, Path::new("/opt/berth-session"), "s-abc", "http://127.0.0.1:7070", secret);
+        let cmd = session_command(
+            &config,
+            Path::new("/opt/berth-session"),
+            "s-abc",
+            "http://127.0.0.1:7070",
+            secret,
+        );
         let std = cmd.as_std();
         assert_eq!(std.get_program(), "/opt/berth-session");
-        let args: Vec<String> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let joined = args.join(" ");
         for expected in [
             "--listen 0.0.0.0:0",
@@ -370,11 +414,18 @@ mod tests {
             "--room-idle-secs 11",
             "--drain-timeout-secs 13",
         ] {
-            assert!(joined.contains(expected), "missing `{expected}` in `{joined}`");
+            assert!(
+                joined.contains(expected),
+                "missing `{expected}` in `{joined}`"
+            );
         }
         assert!(!joined.contains(secret));
         let env: Vec<_> = std.get_envs().collect();
-        assert!(env.iter().any(|(k, v)| *k == "BERTH_CLUSTER_SECRET" && *v == Some(std::ffi::OsStr::new(secret))));
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == "BERTH_CLUSTER_SECRET"
+                    && *v == Some(std::ffi::OsStr::new(secret)))
+        );
     }
 
     #[test]
@@ -391,6 +442,11 @@ mod tests {
         let config = Config::parse_from(["berth-scheduler"]);
         let bin = session_bin(&config);
         assert_eq!(bin.parent(), std::env::current_exe().unwrap().parent());
-        assert!(bin.file_name().unwrap().to_string_lossy().starts_with("berth-session"));
+        assert!(
+            bin.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("berth-session")
+        );
     }
 }

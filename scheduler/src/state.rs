@@ -44,7 +44,12 @@ pub struct Inner {
 
 impl AppState {
     /// Builds the state. `scheduler_url` is passed to spawned session servers.
-    pub fn new(config: Config, secret: String, scheduler_url: String, shutdown: CancellationToken) -> AppState {
+    pub fn new(
+        config: Config,
+        secret: String,
+        scheduler_url: String,
+        shutdown: CancellationToken,
+    ) -> AppState {
         Self::with_store(config, secret, scheduler_url, shutdown, None)
     }
 

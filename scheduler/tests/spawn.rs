@@ -23,8 +23,13 @@ struct Fake {
 }
 
 fn tools_present() -> bool {
-    let ok = ["/bin/bash", "/usr/bin/env"].iter().all(|p| Path::new(p).exists())
-        && std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = ["/bin/bash", "/usr/bin/env"]
+        .iter()
+        .all(|p| Path::new(p).exists())
+        && std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("skipped: bash or curl is not available");
     }
@@ -92,7 +97,12 @@ fn recorded_pids(bin: &Path) -> Vec<u32> {
     std::fs::read_dir(bin.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("args.").and_then(|p| p.parse().ok()))
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("args.")
+                .and_then(|p| p.parse().ok())
+        })
         .collect()
 }
 
@@ -101,7 +111,10 @@ async fn concurrent_creates_share_spawns_and_stopping_leaves_no_child() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "0.3", ignore_term: false });
+    let bin = fake_session(Fake {
+        register_delay: "0.3",
+        ignore_term: false,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "10"),
@@ -118,18 +131,31 @@ async fn concurrent_creates_share_spawns_and_stopping_leaves_no_child() {
     }
     let mut servers = HashSet::new();
     while let Some(result) = tasks.join_next().await {
-        let placement = result.unwrap().unwrap_or_else(|e| panic!("create failed: {e:?}"));
+        let placement = result
+            .unwrap()
+            .unwrap_or_else(|e| panic!("create failed: {e:?}"));
         servers.insert(placement.server_id);
     }
-    assert_eq!(servers.len(), 3, "12 creates need exactly 3 servers of 5 slots");
-    assert_eq!(s.metric("berth_scheduler_spawns_total").await, 3, "waiting creates share spawns");
+    assert_eq!(
+        servers.len(),
+        3,
+        "12 creates need exactly 3 servers of 5 slots"
+    );
+    assert_eq!(
+        s.metric("berth_scheduler_spawns_total").await,
+        3,
+        "waiting creates share spawns"
+    );
     assert_eq!(s.metric("berth_scheduler_spawn_seconds_count").await, 3);
     let infos = s.servers().await;
     assert_eq!(infos.len(), 3);
     let mut pids = Vec::new();
     for info in &infos {
         assert!(info.managed && info.state == ServerState::Ready, "{info:?}");
-        assert_eq!((info.capacity.rooms, info.capacity.members_per_room), (5, 7));
+        assert_eq!(
+            (info.capacity.rooms, info.capacity.members_per_room),
+            (5, 7)
+        );
         let pid = info.pid.expect("a managed server has a pid");
         assert!(process_exists(pid));
         pids.push(pid);
@@ -137,9 +163,18 @@ async fn concurrent_creates_share_spawns_and_stopping_leaves_no_child() {
     let args = recorded_args(&bin);
     assert_eq!(args.len(), 3);
     for a in &args {
-        assert!(a.contains("--managed\n") && a.contains("--listen\n127.0.0.1:0\n"), "{a}");
-        assert!(a.contains(&format!("--scheduler-url\nhttp://{}\n", s.addr)), "{a}");
-        assert!(!a.contains(common::SECRET), "the secret must not be on the command line");
+        assert!(
+            a.contains("--managed\n") && a.contains("--listen\n127.0.0.1:0\n"),
+            "{a}"
+        );
+        assert!(
+            a.contains(&format!("--scheduler-url\nhttp://{}\n", s.addr)),
+            "{a}"
+        );
+        assert!(
+            !a.contains(common::SECRET),
+            "the secret must not be on the command line"
+        );
     }
 
     std::sync::Arc::into_inner(s).unwrap().stop().await;
@@ -153,7 +188,10 @@ async fn the_warm_buffer_spawns_ahead_of_creates() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "0", ignore_term: false });
+    let bin = fake_session(Fake {
+        register_delay: "0",
+        ignore_term: false,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "5"),
@@ -161,17 +199,23 @@ async fn the_warm_buffer_spawns_ahead_of_creates() {
         ("--rooms-per-server", "3"),
     ])
     .await;
-    let first = eventually("a warm server at startup", Duration::from_secs(20), || async {
-        let servers = s.servers().await;
-        (servers.len() == 1 && servers[0].state == ServerState::Ready).then(|| servers[0].clone())
-    })
+    let first = eventually(
+        "a warm server at startup",
+        Duration::from_secs(20),
+        || async {
+            let servers = s.servers().await;
+            (servers.len() == 1 && servers[0].state == ServerState::Ready)
+                .then(|| servers[0].clone())
+        },
+    )
     .await;
     let p = s.create(json!({})).await.unwrap();
     assert_eq!(p.server_id, first.id, "the create did not wait for a spawn");
     // Two free slots left < three wanted: one more server.
     let servers = eventually("a second warm server", Duration::from_secs(20), || async {
         let servers = s.servers().await;
-        (servers.len() == 2 && servers.iter().all(|i| i.state == ServerState::Ready)).then_some(servers)
+        (servers.len() == 2 && servers.iter().all(|i| i.state == ServerState::Ready))
+            .then_some(servers)
     })
     .await;
     // And no more than that.
@@ -189,7 +233,10 @@ async fn a_child_ignoring_sigterm_is_killed_after_the_shutdown_timeout() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "0", ignore_term: true });
+    let bin = fake_session(Fake {
+        register_delay: "0",
+        ignore_term: true,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "1"),
@@ -199,14 +246,21 @@ async fn a_child_ignoring_sigterm_is_killed_after_the_shutdown_timeout() {
     let p = s.create(json!({})).await.unwrap();
     let pid = s.server(&p.server_id).await.unwrap().pid.unwrap();
     // Give bash time to reach the `exec sleep` with SIGTERM ignored.
-    eventually("the child to exec sleep", Duration::from_secs(10), || async {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        cmdline.starts_with(b"sleep").then_some(())
-    })
+    eventually(
+        "the child to exec sleep",
+        Duration::from_secs(10),
+        || async {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.starts_with(b"sleep").then_some(())
+        },
+    )
     .await;
     let started = Instant::now();
     s.stop().await;
-    assert!(started.elapsed() >= Duration::from_millis(300), "SIGTERM alone cannot have stopped it");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "SIGTERM alone cannot have stopped it"
+    );
     assert!(!process_exists(pid), "child {pid} outlived the scheduler");
 }
 
@@ -215,7 +269,10 @@ async fn a_child_that_never_registers_is_killed_at_the_spawn_timeout() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "never", ignore_term: false });
+    let bin = fake_session(Fake {
+        register_delay: "never",
+        ignore_term: false,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "1"),
@@ -223,18 +280,25 @@ async fn a_child_that_never_registers_is_killed_at_the_spawn_timeout() {
     ])
     .await;
     let (status, code, retry_after) = s.create(json!({})).await.unwrap_err();
-    assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_capacity")
+    );
     assert!(retry_after.is_some());
-    eventually("the starting entry to go", Duration::from_secs(10), || async {
-        s.servers().await.is_empty().then_some(())
-    })
+    eventually(
+        "the starting entry to go",
+        Duration::from_secs(10),
+        || async { s.servers().await.is_empty().then_some(()) },
+    )
     .await;
     assert_eq!(s.metric("berth_scheduler_spawn_failures_total").await, 1);
     // The child (its pid names its argument file) was killed.
     let pids = recorded_pids(&bin);
     assert_eq!(pids.len(), 1);
-    eventually("the child to be gone", Duration::from_secs(10), || async { (!process_exists(pids[0])).then_some(()) })
-        .await;
+    eventually("the child to be gone", Duration::from_secs(10), || async {
+        (!process_exists(pids[0])).then_some(())
+    })
+    .await;
     s.stop().await;
 }
 
@@ -243,7 +307,10 @@ async fn a_silent_managed_child_is_killed_and_its_room_moves_to_a_new_one() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "0", ignore_term: false });
+    let bin = fake_session(Fake {
+        register_delay: "0",
+        ignore_term: false,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "2"),
@@ -253,9 +320,11 @@ async fn a_silent_managed_child_is_killed_and_its_room_moves_to_a_new_one() {
     // The fake never heartbeats: it is declared dead, killed, and forgotten.
     let p = s.create(json!({})).await.unwrap();
     let pid = s.server(&p.server_id).await.unwrap().pid.unwrap();
-    eventually("the silent child to be killed", Duration::from_secs(15), || async {
-        (!process_exists(pid) && s.server(&p.server_id).await.is_none()).then_some(())
-    })
+    eventually(
+        "the silent child to be killed",
+        Duration::from_secs(15),
+        || async { (!process_exists(pid) && s.server(&p.server_id).await.is_none()).then_some(()) },
+    )
     .await;
     // Its room goes to a fresh server on lookup.
     let moved = s.lookup(&p.room_id).await.unwrap();
@@ -269,7 +338,10 @@ async fn an_idle_managed_server_is_drained() {
     if !tools_present() {
         return;
     }
-    let bin = fake_session(Fake { register_delay: "0", ignore_term: false });
+    let bin = fake_session(Fake {
+        register_delay: "0",
+        ignore_term: false,
+    });
     let s = Scheduler::start(&[
         ("--session-bin", bin.to_str().unwrap()),
         ("--max-servers", "2"),
@@ -279,7 +351,14 @@ async fn an_idle_managed_server_is_drained() {
     let p = s.create(json!({})).await.unwrap();
     // Not while it hosts a room.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let ack = s.heartbeat(&p.server_id, vec![common::hosted(&p.room_id, p.epoch)], false).await.unwrap();
+    let ack = s
+        .heartbeat(
+            &p.server_id,
+            vec![common::hosted(&p.room_id, p.epoch)],
+            false,
+        )
+        .await
+        .unwrap();
     assert_eq!((ack.state, ack.drain), (ServerState::Ready, false));
     let res = s
         .post(&format!("/v1/rooms/{}/release", p.room_id))
@@ -288,10 +367,14 @@ async fn an_idle_managed_server_is_drained() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let ack = eventually("the idle server to be asked to drain", Duration::from_secs(10), || async {
-        let ack = s.heartbeat(&p.server_id, vec![], false).await.unwrap();
-        ack.drain.then_some(ack)
-    })
+    let ack = eventually(
+        "the idle server to be asked to drain",
+        Duration::from_secs(10),
+        || async {
+            let ack = s.heartbeat(&p.server_id, vec![], false).await.unwrap();
+            ack.drain.then_some(ack)
+        },
+    )
     .await;
     assert_eq!(ack.state, ServerState::Draining);
     s.stop().await;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
 use berth_protocol::{ErrorBody, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::metrics::Metrics;
@@ -32,35 +32,61 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into() }
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub(crate) fn wrong_server(message: &str) -> Self {
-        Self::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::WrongServer, message)
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::WrongServer,
+            message,
+        )
     }
     pub(crate) fn stale_epoch() -> Self {
         Self::wrong_server("the ticket is for another placement of this room")
     }
     pub(crate) fn draining() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerDraining, "the server is draining")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerDraining,
+            "the server is draining",
+        )
     }
     pub(crate) fn server_full(message: &str) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerFull, message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerFull,
+            message,
+        )
     }
     pub(crate) fn store_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, "the message store is unavailable; try again")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "the message store is unavailable; try again",
+        )
     }
     pub(crate) fn invalid_request(message: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
     pub(crate) fn scheduler_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SchedulerUnavailable, "cannot reach the scheduler")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SchedulerUnavailable,
+            "cannot reach the scheduler",
+        )
     }
 }
 
 impl From<TicketError> for Refusal {
     fn from(e: TicketError) -> Self {
         match e {
-            TicketError::Invalid(why) => Self::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidTicket, why),
+            TicketError::Invalid(why) => {
+                Self::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidTicket, why)
+            }
             TicketError::WrongServer => Self::wrong_server("the ticket is for another server"),
         }
     }
@@ -112,7 +138,9 @@ impl Drop for Membership {
             return;
         }
         // Queued behind this connection's earlier commands, so its last sends are not lost.
-        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.commands.try_send(Command::Leave(self.conn)) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) =
+            self.commands.try_send(Command::Leave(self.conn))
+        {
             let commands = self.commands.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -138,20 +166,30 @@ pub(crate) struct Admitted {
 /// Verifies the ticket (the first check, before anything else is looked at).
 pub(crate) fn check_ticket(state: &AppState, token: Option<&str>) -> Result<TicketClaims, Refusal> {
     let server_id = state.server_id();
-    Ok(state.0.verifier.verify(token.unwrap_or(""), server_id.as_deref())?)
+    Ok(state
+        .0
+        .verifier
+        .verify(token.unwrap_or(""), server_id.as_deref())?)
 }
 
 /// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).
 /// With `since`, its `welcome` resumes after that `seq` (reading the store when the room's
 /// memory does not reach back far enough).
-pub(crate) async fn admit(state: &AppState, claims: TicketClaims, since: Option<u64>) -> Result<Admitted, Refusal> {
+pub(crate) async fn admit(
+    state: &AppState,
+    claims: TicketClaims,
+    since: Option<u64>,
+) -> Result<Admitted, Refusal> {
     let shared = &state.0;
     if state.is_draining() {
         return Err(Refusal::draining());
     }
     let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
         .ok_or_else(|| Refusal::server_full("the server is at its connection limit"))?;
-    let user = User { user_id: claims.sub.clone(), username: claims.name.clone() };
+    let user = User {
+        user_id: claims.sub.clone(),
+        username: claims.name.clone(),
+    };
     let mut prefetched: Option<Vec<ChatMessage>> = None;
     let mut attempts = 0;
     while attempts < JOIN_ATTEMPTS {
@@ -159,11 +197,20 @@ pub(crate) async fn admit(state: &AppState, claims: TicketClaims, since: Option<
         let conn = state.next_conn_id();
         let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();
-        let membership = Membership { commands: room.commands(), conn, armed: true };
-        let joined = room.join(conn, user.clone(), tx, kick_tx, since, prefetched.take()).await;
+        let membership = Membership {
+            commands: room.commands(),
+            conn,
+            armed: true,
+        };
+        let joined = room
+            .join(conn, user.clone(), tx, kick_tx, since, prefetched.take())
+            .await;
         let refusal = match joined {
             Ok(welcome) => {
-                shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .connections_total
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(Admitted {
                     conn,
                     room,
@@ -175,13 +222,21 @@ pub(crate) async fn admit(state: &AppState, claims: TicketClaims, since: Option<
                     task: shared.tracker.token(),
                 });
             }
-            Err(JoinError::Full(why)) => Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why),
+            Err(JoinError::Full(why)) => {
+                Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why)
+            }
             Err(JoinError::StoreUnavailable) => Refusal::store_unavailable(),
             Err(JoinError::Fenced) => Refusal::wrong_server("a newer placement owns this room"),
             Err(JoinError::NeedHistory { after, up_to }) => {
                 membership.disarm();
-                let Some(durability) = &shared.durability else { return Err(Refusal::store_unavailable()) };
-                match durability.store.messages_between(&claims.room, after, up_to, MAX_RESUME_MESSAGES).await {
+                let Some(durability) = &shared.durability else {
+                    return Err(Refusal::store_unavailable());
+                };
+                match durability
+                    .store
+                    .messages_between(&claims.room, after, up_to, MAX_RESUME_MESSAGES)
+                    .await
+                {
                     Ok(stored) => prefetched = Some(stored),
                     Err(e) => {
                         tracing::warn!(room_id = %claims.room, error = %e, "cannot read history to resume");

@@ -9,7 +9,11 @@ use clap::Parser;
 /// Everything a session server can be told at start. Tests build it with
 /// `Config::parse_from(["berth-session", "--flag", "value", …])`.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "berth-session", version, about = "Berth session server: the WebSocket data plane")]
+#[command(
+    name = "berth-session",
+    version,
+    about = "Berth session server: the WebSocket data plane"
+)]
 pub struct Config {
     /// Address to bind.
     #[arg(long, env = "BERTH_SESSION_LISTEN", default_value = "127.0.0.1:0")]
@@ -20,7 +24,11 @@ pub struct Config {
     pub host: String,
 
     /// Where the scheduler is.
-    #[arg(long, env = "BERTH_SCHEDULER_URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "BERTH_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub scheduler_url: String,
 
     /// Shared secret for the scheduler API (default: `<data-dir>/cluster.secret`).
@@ -120,7 +128,9 @@ impl Config {
     }
 
     pub(crate) fn public_key_path(&self) -> PathBuf {
-        self.ticket_public_key.clone().unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
+        self.ticket_public_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
     }
 
     /// Refuses values the server cannot work with, before anything binds or registers.
@@ -151,7 +161,8 @@ impl Config {
         if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
             return Err("--message-rate must be a positive number".into());
         }
-        if !self.scheduler_url.starts_with("http://") && !self.scheduler_url.starts_with("https://") {
+        if !self.scheduler_url.starts_with("http://") && !self.scheduler_url.starts_with("https://")
+        {
             return Err("--scheduler-url must be an http:// URL".into());
         }
         Ok(())
@@ -166,9 +177,18 @@ mod tests {
     fn defaults_follow_the_architecture_doc() {
         let c = Config::parse_from(["berth-session"]);
         assert_eq!(c.listen.to_string(), "127.0.0.1:0");
-        assert_eq!((c.rooms, c.members_per_room, c.max_connections), (10, 100, 16000));
-        assert_eq!((c.max_text_bytes, c.max_frame_bytes, c.history), (4096, 65536, 100));
-        assert_eq!((c.message_burst, c.outbound_queue, c.ping_interval_ms), (40, 1024, 15000));
+        assert_eq!(
+            (c.rooms, c.members_per_room, c.max_connections),
+            (10, 100, 16000)
+        );
+        assert_eq!(
+            (c.max_text_bytes, c.max_frame_bytes, c.history),
+            (4096, 65536, 100)
+        );
+        assert_eq!(
+            (c.message_burst, c.outbound_queue, c.ping_interval_ms),
+            (40, 1024, 15000)
+        );
         assert_eq!((c.room_idle_secs, c.drain_timeout_secs), (300, 30));
         assert!(c.validate().is_ok());
     }

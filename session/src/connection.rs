@@ -59,13 +59,37 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
 }
 
 /// Runs an admitted connection until it ends, then closes it and leaves the room.
-pub(crate) async fn run(mut io: TokioIo<Upgraded>, config: WebSocketConfig, admitted: Admitted, state: AppState) {
-    let Admitted { conn, room, welcome, mut outbound, kick, membership, slot, task } = admitted;
+pub(crate) async fn run(
+    mut io: TokioIo<Upgraded>,
+    config: WebSocketConfig,
+    admitted: Admitted,
+    state: AppState,
+) {
+    let Admitted {
+        conn,
+        room,
+        welcome,
+        mut outbound,
+        kick,
+        membership,
+        slot,
+        task,
+    } = admitted;
     let mut signal = Kicked(kick);
     let welcomed = signal.guard(write_text_frame(&mut io, welcome)).await;
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let end = match welcomed {
-        Ok(()) => serve(&mut ws, &mut signal, &state, conn, &mut outbound, room.commands()).await,
+        Ok(()) => {
+            serve(
+                &mut ws,
+                &mut signal,
+                &state,
+                conn,
+                &mut outbound,
+                room.commands(),
+            )
+            .await
+        }
         Err(end) => end,
     };
     tracing::debug!(?end, "connection ending");
@@ -143,7 +167,11 @@ async fn serve(
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let mut limiter = RateLimiter::new(config.message_rate, config.message_burst, std::time::Instant::now());
+    let mut limiter = RateLimiter::new(
+        config.message_rate,
+        config.message_burst,
+        std::time::Instant::now(),
+    );
 
     loop {
         tokio::select! {
@@ -229,7 +257,9 @@ async fn serve(
 /// An oversize frame is abuse (1008); any other read error means the socket is unusable.
 fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     match e {
-        tokio_tungstenite::tungstenite::Error::Capacity(_) => End::Close(close::POLICY, "frame too large"),
+        tokio_tungstenite::tungstenite::Error::Capacity(_) => {
+            End::Close(close::POLICY, "frame too large")
+        }
         _ => End::Gone,
     }
 }
@@ -239,7 +269,10 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), E
     let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
     match frame {
         ClientFrame::Send { text, client_id } => {
-            if client_id.as_ref().is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES) {
+            if client_id
+                .as_ref()
+                .is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES)
+            {
                 return Err(ErrorCode::BadFrame);
             }
             if text.len() > max_text_bytes {
@@ -253,8 +286,14 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), E
 /// Sends a close frame and waits (briefly) for the client's answer, so the client reads the code.
 async fn close_with(ws: &mut Socket, code: u16, reason: &'static str) {
     let deadline = Instant::now() + CLOSE_GRACE;
-    let frame = Message::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }));
-    if tokio::time::timeout_at(deadline, ws.send(frame)).await.is_err() {
+    let frame = Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    if tokio::time::timeout_at(deadline, ws.send(frame))
+        .await
+        .is_err()
+    {
         return;
     }
     // After a read error the stream cannot be read again: the frame on the wire is bad.
@@ -270,15 +309,27 @@ mod tests {
 
     #[test]
     fn parses_send_frames_and_refuses_the_rest() {
-        assert_eq!(parse(r#"{"type":"send","text":"hi"}"#, 10), Ok(("hi".into(), None)));
+        assert_eq!(
+            parse(r#"{"type":"send","text":"hi"}"#, 10),
+            Ok(("hi".into(), None))
+        );
         assert_eq!(
             parse(r#"{"type":"send","text":"hi","clientId":"c"}"#, 10),
             Ok(("hi".into(), Some("c".into())))
         );
-        assert_eq!(parse(r#"{"type":"send","text":"hello world"}"#, 10), Err(ErrorCode::TextTooLong));
+        assert_eq!(
+            parse(r#"{"type":"send","text":"hello world"}"#, 10),
+            Err(ErrorCode::TextTooLong)
+        );
         assert_eq!(parse("nope", 10), Err(ErrorCode::BadFrame));
-        assert_eq!(parse(r#"{"type":"shout","text":"hi"}"#, 10), Err(ErrorCode::BadFrame));
-        let long_id = format!(r#"{{"type":"send","text":"hi","clientId":"{}"}}"#, "x".repeat(65));
+        assert_eq!(
+            parse(r#"{"type":"shout","text":"hi"}"#, 10),
+            Err(ErrorCode::BadFrame)
+        );
+        let long_id = format!(
+            r#"{{"type":"send","text":"hi","clientId":"{}"}}"#,
+            "x".repeat(65)
+        );
         assert_eq!(parse(&long_id, 10), Err(ErrorCode::BadFrame));
     }
 }

@@ -56,7 +56,9 @@ async fn websocket(
         Ok(Query(q)) => (q.token, q.since),
         Err(_) => (None, None),
     };
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let token = token_from_request(query_token.as_deref(), authorization);
 
     // The ticket comes first: nothing else is revealed to a caller without one.
@@ -67,7 +69,13 @@ async fn websocket(
     let since = match since.as_deref().map(str::parse::<u64>) {
         None => None,
         Some(Ok(seq)) => Some(seq),
-        Some(Err(_)) => return refuse(&state, Refusal::invalid_request("since must be a message seq"), peer),
+        Some(Err(_)) => {
+            return refuse(
+                &state,
+                Refusal::invalid_request("since must be a message seq"),
+                peer,
+            );
+        }
     };
     let (accept, on_upgrade) = match handshake(&headers, &mut request) {
         Ok(upgrade) => upgrade,
@@ -81,7 +89,10 @@ async fn websocket(
         server_id = state.server_id().as_deref().unwrap_or(""),
         peer = peer.map(tracing::field::display),
     );
-    let admitted = match admission::admit(&state, claims, since).instrument(span.clone()).await {
+    let admitted = match admission::admit(&state, claims, since)
+        .instrument(span.clone())
+        .await
+    {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&state, refusal, peer),
     };
@@ -124,31 +135,53 @@ pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade:
 /// The upgrade is done here rather than by axum's `WebSocketUpgrade` so that the connection gets
 /// the raw socket first: it writes the `welcome` (the largest frame it ever sends) straight to it,
 /// because tungstenite's write buffer would keep that frame's capacity for the connection's life.
-fn handshake(headers: &HeaderMap, request: &mut Request) -> Result<(HeaderValue, OnUpgrade), (StatusCode, &'static str)> {
+fn handshake(
+    headers: &HeaderMap,
+    request: &mut Request,
+) -> Result<(HeaderValue, OnUpgrade), (StatusCode, &'static str)> {
     if request.method() != Method::GET {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "request method must be GET"));
     }
     let has_token = |name: header::HeaderName, token: &str| {
-        let mut values = headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok());
+        let mut values = headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok());
         values.any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token(header::CONNECTION, "upgrade") {
-        return Err((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        ));
     }
     if !has_token(header::UPGRADE, "websocket") {
-        return Err((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include 'websocket'",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        ));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        ));
     };
-    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header value");
-    let on_upgrade = request
-        .extensions_mut()
-        .remove::<OnUpgrade>()
-        .ok_or((StatusCode::UPGRADE_REQUIRED, "the connection cannot be upgraded"))?;
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .expect("base64 is a valid header value");
+    let on_upgrade = request.extensions_mut().remove::<OnUpgrade>().ok_or((
+        StatusCode::UPGRADE_REQUIRED,
+        "the connection cannot be upgraded",
+    ))?;
     Ok((accept, on_upgrade))
 }
 
@@ -161,7 +194,10 @@ fn max_write_buffer(config: &crate::Config) -> usize {
         .max(berth_protocol::frames::MAX_RESUME_MESSAGES)
         .saturating_mul(per_message)
         .saturating_add((config.members_per_room as usize).saturating_mul(1024));
-    WRITE_BUFFER.saturating_add(welcome).saturating_add(64 * 1024).max(1 << 20)
+    WRITE_BUFFER
+        .saturating_add(welcome)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
 }
 
 fn refuse(state: &AppState, refusal: Refusal, peer: Option<SocketAddr>) -> Response {
@@ -182,6 +218,16 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.0.metrics.render(state.0.rooms.len(), state.is_draining());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let text = state
+        .0
+        .metrics
+        .render(state.0.rooms.len(), state.is_draining());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

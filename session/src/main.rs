@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { berth_session::cli::main() }
+fn main() -> std::process::ExitCode {
+    berth_session::cli::main()
+}

@@ -46,7 +46,10 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one refusal with `code` (codes outside the list are counted as `internal`).
     pub fn refused(&self, code: ErrorCode) {
-        let i = REFUSAL_CODES.iter().position(|c| *c == code).unwrap_or(REFUSAL_CODES.len() - 1);
+        let i = REFUSAL_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(REFUSAL_CODES.len() - 1);
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -59,22 +62,88 @@ impl Metrics {
         let mut out = String::with_capacity(2048);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
-        metric("berth_session_connections", "gauge", "Open WebSocket connections.", get(&self.connections));
-        metric("berth_session_rooms", "gauge", "Rooms open on this server.", rooms as u64);
-        metric("berth_session_draining", "gauge", "1 while the server drains.", draining as u64);
-        metric("berth_session_connections_total", "counter", "WebSocket connections accepted.", get(&self.connections_total));
-        metric("berth_session_messages_in_total", "counter", "Chat messages accepted from clients.", get(&self.messages_in));
-        metric("berth_session_messages_out_total", "counter", "Frames queued to clients by rooms.", get(&self.messages_out));
-        metric("berth_session_slow_consumers_total", "counter", "Connections dropped for not reading.", get(&self.slow_consumers));
-        metric("berth_session_room_panics_total", "counter", "Rooms ended by a panic.", get(&self.room_panics));
-        metric("berth_session_store_batches_total", "counter", "Group-commit transactions written to the store.", get(&self.store_batches));
-        metric("berth_session_store_messages_total", "counter", "Messages made durable in the store.", get(&self.store_messages));
-        metric("berth_session_store_failures_total", "counter", "Room appends the store refused.", get(&self.store_failures));
-        metric("berth_session_handoffs_total", "counter", "Live rooms handed over by a drain.", get(&self.handoffs));
+        metric(
+            "berth_session_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            get(&self.connections),
+        );
+        metric(
+            "berth_session_rooms",
+            "gauge",
+            "Rooms open on this server.",
+            rooms as u64,
+        );
+        metric(
+            "berth_session_draining",
+            "gauge",
+            "1 while the server drains.",
+            draining as u64,
+        );
+        metric(
+            "berth_session_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            get(&self.connections_total),
+        );
+        metric(
+            "berth_session_messages_in_total",
+            "counter",
+            "Chat messages accepted from clients.",
+            get(&self.messages_in),
+        );
+        metric(
+            "berth_session_messages_out_total",
+            "counter",
+            "Frames queued to clients by rooms.",
+            get(&self.messages_out),
+        );
+        metric(
+            "berth_session_slow_consumers_total",
+            "counter",
+            "Connections dropped for not reading.",
+            get(&self.slow_consumers),
+        );
+        metric(
+            "berth_session_room_panics_total",
+            "counter",
+            "Rooms ended by a panic.",
+            get(&self.room_panics),
+        );
+        metric(
+            "berth_session_store_batches_total",
+            "counter",
+            "Group-commit transactions written to the store.",
+            get(&self.store_batches),
+        );
+        metric(
+            "berth_session_store_messages_total",
+            "counter",
+            "Messages made durable in the store.",
+            get(&self.store_messages),
+        );
+        metric(
+            "berth_session_store_failures_total",
+            "counter",
+            "Room appends the store refused.",
+            get(&self.store_failures),
+        );
+        metric(
+            "berth_session_handoffs_total",
+            "counter",
+            "Live rooms handed over by a drain.",
+            get(&self.handoffs),
+        );
         let name = "berth_session_refusals_total";
-        let _ = writeln!(out, "# HELP {name} Refused connections and frames, by error code.\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Refused connections and frames, by error code.\n# TYPE {name} counter"
+        );
         for (code, n) in REFUSAL_CODES.iter().zip(&self.refusals) {
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {}", get(n));
         }

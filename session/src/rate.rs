@@ -54,7 +54,11 @@ impl RateLimiter {
             self.refused = 0;
         }
         self.refused += 1;
-        if self.refused > self.flood_limit { Verdict::Flooding } else { Verdict::Refuse }
+        if self.refused > self.flood_limit {
+            Verdict::Flooding
+        } else {
+            Verdict::Refuse
+        }
     }
 }
 
@@ -93,7 +97,10 @@ mod tests {
         r.check(t0);
         for i in 0..10u64 {
             // one refusal every 11 s never accumulates
-            assert_eq!(r.check(t0 + Duration::from_secs(11 * (i + 1))), Verdict::Refuse);
+            assert_eq!(
+                r.check(t0 + Duration::from_secs(11 * (i + 1))),
+                Verdict::Refuse
+            );
         }
     }
 }

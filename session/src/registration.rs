@@ -19,7 +19,9 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// Runs until `stop` is cancelled. The caller deregisters afterwards.
 pub(crate) async fn run(state: AppState, client: SchedulerClient, stop: CancellationToken) {
     loop {
-        let Some(registered) = register(&state, &client, &stop).await else { return };
+        let Some(registered) = register(&state, &client, &stop).await else {
+            return;
+        };
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(20, 60_000));
         if !heartbeats(&state, &client, &stop, interval).await {
             return;
@@ -43,7 +45,11 @@ impl Throttle {
     }
 }
 
-async fn register(state: &AppState, client: &SchedulerClient, stop: &CancellationToken) -> Option<Registered> {
+async fn register(
+    state: &AppState,
+    client: &SchedulerClient,
+    stop: &CancellationToken,
+) -> Option<Registered> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     let mut throttle = Throttle::default();
@@ -52,7 +58,10 @@ async fn register(state: &AppState, client: &SchedulerClient, stop: &Cancellatio
         let body = RegisterServer {
             server_id: state.server_id().map(|id| id.to_string()),
             url: state.url().to_owned(),
-            capacity: Capacity { rooms: config.rooms, members_per_room: config.members_per_room },
+            capacity: Capacity {
+                rooms: config.rooms,
+                members_per_room: config.members_per_room,
+            },
             rooms: state.0.rooms.hosted(),
             connections: state.0.metrics.connections() as u32,
             draining: state.is_draining(),
@@ -66,7 +75,10 @@ async fn register(state: &AppState, client: &SchedulerClient, stop: &Cancellatio
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
                 state.set_server_id(&registered.server_id);
-                state.0.registered.store(true, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .0
+                    .registered
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     server_id = %registered.server_id,
                     url = state.url(),
@@ -78,7 +90,10 @@ async fn register(state: &AppState, client: &SchedulerClient, stop: &Cancellatio
             }
             Ok(_) => {
                 if throttle.should_warn() {
-                    tracing::warn!(attempts, "the scheduler answered with an invalid server id; retrying");
+                    tracing::warn!(
+                        attempts,
+                        "the scheduler answered with an invalid server id; retrying"
+                    );
                 }
             }
             Err(e) => {
@@ -113,7 +128,9 @@ async fn heartbeats(
             () = stop.cancelled() => return false,
             _ = tick.tick() => {}
         }
-        let Some(server_id) = state.server_id() else { return true };
+        let Some(server_id) = state.server_id() else {
+            return true;
+        };
         let body = Heartbeat {
             connections: state.0.metrics.connections() as u32,
             rooms: state.0.rooms.hosted(),
@@ -149,7 +166,10 @@ fn apply(state: &AppState, ack: HeartbeatAck) {
     }
     for room_id in ack.revoked_rooms {
         if let Some(room) = state.0.rooms.remove(&room_id) {
-            tracing::info!(room_id, "the scheduler placed the room elsewhere; closing it here");
+            tracing::info!(
+                room_id,
+                "the scheduler placed the room elsewhere; closing it here"
+            );
             room.revoke();
         }
     }

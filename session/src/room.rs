@@ -34,13 +34,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, ServerFrame, User};
 use berth_store::{RoomAppend, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -100,7 +100,11 @@ pub(crate) struct JoinRequest {
 pub(crate) enum Command {
     Join(JoinRequest),
     Leave(ConnId),
-    Send { conn: ConnId, text: String, client_id: Option<String> },
+    Send {
+        conn: ConnId,
+        text: String,
+        client_id: Option<String>,
+    },
     /// Placed elsewhere by the scheduler: close every member with 1012 and end.
     Revoke,
     /// The server drains: stop taking messages, finish the writes in flight, then answer with
@@ -153,7 +157,15 @@ impl RoomHandle {
         prefetched: Option<Vec<ChatMessage>>,
     ) -> Result<Utf8Bytes, JoinError> {
         let (reply, reply_rx) = oneshot::channel();
-        let request = JoinRequest { conn, user, outbound, kick, since, prefetched, reply };
+        let request = JoinRequest {
+            conn,
+            user,
+            outbound,
+            kick,
+            since,
+            prefetched,
+            reply,
+        };
         if self.tx.send(Command::Join(request)).await.is_err() {
             return Err(JoinError::Gone);
         }
@@ -224,7 +236,13 @@ pub(crate) fn new(
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(RoomStats::default());
-    let handle = RoomHandle { id: id.clone(), epoch, instance, tx, stats: stats.clone() };
+    let handle = RoomHandle {
+        id: id.clone(),
+        epoch,
+        instance,
+        tx,
+        stats: stats.clone(),
+    };
     let room = Room {
         id,
         epoch,
@@ -309,21 +327,37 @@ struct WelcomeRef<'a> {
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
-    let frame = ServerFrame::Error { code: code.as_str().to_owned(), message };
+    let frame = ServerFrame::Error {
+        code: code.as_str().to_owned(),
+        message,
+    };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
 }
 
 /// What a sender learns when its message was not stored (the `clientId`, when it gave one, is
 /// named so that it can match the refusal to its send).
 fn not_stored(why: &str, client_id: Option<&str>) -> Utf8Bytes {
-    let id = client_id.map(|c| format!(" (clientId {c})")).unwrap_or_default();
-    error_frame(ErrorCode::StoreUnavailable, format!("message not stored{id}: {why}; nobody received it, send it again"))
+    let id = client_id
+        .map(|c| format!(" (clientId {c})"))
+        .unwrap_or_default();
+    error_frame(
+        ErrorCode::StoreUnavailable,
+        format!("message not stored{id}: {why}; nobody received it, send it again"),
+    )
 }
 
 impl Room {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Ack>) -> Exit {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut acks: mpsc::UnboundedReceiver<Ack>,
+    ) -> Exit {
         if let Err(exit) = self.load().await {
-            let refusal = if exit == Exit::Fenced { JoinError::Fenced } else { JoinError::StoreUnavailable };
+            let refusal = if exit == Exit::Fenced {
+                JoinError::Fenced
+            } else {
+                JoinError::StoreUnavailable
+            };
             self.settings.rooms.remove_instance(&self.id, self.instance);
             rx.close();
             while let Some(cmd) = rx.recv().await {
@@ -398,8 +432,14 @@ impl Room {
 
     /// Loads the last `seq` and recent history from the store, claiming the placement's fence.
     async fn load(&mut self) -> Result<(), Exit> {
-        let Some(durability) = &self.settings.durability else { return Ok(()) };
-        match durability.store.open_room(&self.id, self.epoch, self.settings.history).await {
+        let Some(durability) = &self.settings.durability else {
+            return Ok(());
+        };
+        match durability
+            .store
+            .open_room(&self.id, self.epoch, self.settings.history)
+            .await
+        {
             Ok(opened) => {
                 self.seq = opened.last_seq;
                 self.durable = opened.last_seq;
@@ -435,9 +475,15 @@ impl Room {
                 self.remove_member(conn, None);
                 self.settle();
             }
-            Command::Send { conn, text, client_id } => self.message(conn, text, client_id),
+            Command::Send {
+                conn,
+                text,
+                client_id,
+            } => self.message(conn, text, client_id),
             Command::HandOff(flushed) => {
-                self.hand_off = Some(HandOff { flushed: Some(flushed) });
+                self.hand_off = Some(HandOff {
+                    flushed: Some(flushed),
+                });
                 self.check_flushed();
             }
             Command::Revoke => {}
@@ -461,12 +507,17 @@ impl Room {
             return Ok(memory.collect());
         }
         match prefetched {
-            None => Err(JoinError::NeedHistory { after: from, up_to: first_in_memory - 1 }),
+            None => Err(JoinError::NeedHistory {
+                after: from,
+                up_to: first_in_memory - 1,
+            }),
             Some(stored) => {
                 // Read before this join: it ends where memory starts unless more than a whole
                 // history's worth of messages came in meanwhile (then the gap is left, logged).
-                let stored: Vec<&ChatMessage> =
-                    stored.iter().filter(|m| m.seq > from && m.seq < first_in_memory).collect();
+                let stored: Vec<&ChatMessage> = stored
+                    .iter()
+                    .filter(|m| m.seq > from && m.seq < first_in_memory)
+                    .collect();
                 if stored.last().map_or(from, |m| m.seq) + 1 < first_in_memory {
                     tracing::warn!(room_id = %self.id, since, "resume left a gap: the room moved on while reading");
                 }
@@ -483,7 +534,15 @@ impl Room {
         (Utf8Bytes, oneshot::Sender<Result<Utf8Bytes, JoinError>>),
         (JoinError, oneshot::Sender<Result<Utf8Bytes, JoinError>>),
     > {
-        let JoinRequest { conn, user, outbound, kick, since, prefetched, reply } = join;
+        let JoinRequest {
+            conn,
+            user,
+            outbound,
+            kick,
+            since,
+            prefetched,
+            reply,
+        } = join;
         if self.hand_off.is_some() {
             return Err((JoinError::Gone, reply));
         }
@@ -496,7 +555,10 @@ impl Room {
         let full = self.users.len() >= self.settings.members_per_room as usize;
         let (user, first) = match self.users.get_mut(&user.user_id) {
             Some(p) if p.connections >= MAX_CONNECTIONS_PER_USER => {
-                return Err((JoinError::Full("too many connections for this user in the room"), reply));
+                return Err((
+                    JoinError::Full("too many connections for this user in the room"),
+                    reply,
+                ));
             }
             Some(p) => {
                 p.connections += 1;
@@ -507,14 +569,31 @@ impl Room {
             }
             None => {
                 let user = Arc::new(user);
-                self.users.insert(user.user_id.clone(), Presence { user: user.clone(), connections: 1 });
-                self.stats.users.store(self.users.len() as u32, Ordering::Relaxed);
+                self.users.insert(
+                    user.user_id.clone(),
+                    Presence {
+                        user: user.clone(),
+                        connections: 1,
+                    },
+                );
+                self.stats
+                    .users
+                    .store(self.users.len() as u32, Ordering::Relaxed);
                 (user, true)
             }
         };
-        self.members.insert(conn, Member { user: user.clone(), tx: outbound, kick: Some(kick) });
+        self.members.insert(
+            conn,
+            Member {
+                user: user.clone(),
+                tx: outbound,
+                kick: Some(kick),
+            },
+        );
         let history = match since {
-            Some(since) => self.resume(since, prefetched.as_deref()).unwrap_or_default(),
+            Some(since) => self
+                .resume(since, prefetched.as_deref())
+                .unwrap_or_default(),
             None => self.history.iter().map(|m| &**m).collect(),
         };
         let welcome = WelcomeRef {
@@ -528,7 +607,12 @@ impl Room {
         };
         let welcome = Utf8Bytes::from(serde_json::to_string(&welcome).expect("welcome serializes"));
         if first {
-            self.broadcast(&ServerFrame::Joined { user: (*user).clone() }, Some(conn));
+            self.broadcast(
+                &ServerFrame::Joined {
+                    user: (*user).clone(),
+                },
+                Some(conn),
+            );
             self.settle();
         }
         Ok((welcome, reply))
@@ -536,15 +620,27 @@ impl Room {
 
     fn message(&mut self, conn: ConnId, text: String, client_id: Option<String>) {
         // A member dropped meanwhile (slow, revoked) may still have sends in flight.
-        let Some(member) = self.members.get(&conn) else { return };
-        if self.settings.panic_text.as_deref().is_some_and(|p| p == text) {
+        let Some(member) = self.members.get(&conn) else {
+            return;
+        };
+        if self
+            .settings
+            .panic_text
+            .as_deref()
+            .is_some_and(|p| p == text)
+        {
             panic!("room {}: test panic requested", self.id);
         }
         if self.hand_off.is_some() {
-            let id = client_id.as_deref().map(|c| format!(" (clientId {c})")).unwrap_or_default();
+            let id = client_id
+                .as_deref()
+                .map(|c| format!(" (clientId {c})"))
+                .unwrap_or_default();
             let frame = error_frame(
                 ErrorCode::ServerDraining,
-                format!("message not accepted{id}: the room is moving to another server; send it again after reconnecting"),
+                format!(
+                    "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
+                ),
             );
             self.settings.metrics.refused(ErrorCode::ServerDraining);
             let _ = member.tx.try_send(frame);
@@ -552,7 +648,9 @@ impl Room {
         }
         if self.pending.len() >= MAX_PENDING {
             self.settings.metrics.refused(ErrorCode::StoreUnavailable);
-            let _ = member.tx.try_send(not_stored("the store is behind", client_id.as_deref()));
+            let _ = member
+                .tx
+                .try_send(not_stored("the store is behind", client_id.as_deref()));
             return;
         }
         self.seq += 1;
@@ -565,14 +663,20 @@ impl Room {
             client_id,
         });
         let bytes = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
-        let ServerFrame::Message(msg) = frame else { unreachable!("built as a message") };
+        let ServerFrame::Message(msg) = frame else {
+            unreachable!("built as a message")
+        };
         let msg = Arc::new(msg);
         if self.settings.durability.is_none() {
             self.deliver(msg, bytes);
             self.settle();
             return;
         }
-        self.pending.push_back(Pending { msg, frame: bytes, sender: conn });
+        self.pending.push_back(Pending {
+            msg,
+            frame: bytes,
+            sender: conn,
+        });
         if self.in_flight == 0 {
             self.submit();
         }
@@ -580,10 +684,16 @@ impl Room {
 
     /// Hands every pending message to the writer.
     fn submit(&mut self) {
-        let Some(durability) = &self.settings.durability else { return };
+        let Some(durability) = &self.settings.durability else {
+            return;
+        };
         let messages: Vec<Arc<ChatMessage>> = self.pending.iter().map(|p| p.msg.clone()).collect();
         self.in_flight = messages.len();
-        let append = RoomAppend { room_id: self.id.clone(), epoch: self.epoch, messages };
+        let append = RoomAppend {
+            room_id: self.id.clone(),
+            epoch: self.epoch,
+            messages,
+        };
         durability.writer.submit(append, &self.ack_tx);
     }
 
@@ -592,7 +702,11 @@ impl Room {
         let done = std::mem::take(&mut self.in_flight);
         match ack {
             Ok(()) => {
-                for p in self.pending.drain(..done.min(self.pending.len())).collect::<Vec<_>>() {
+                for p in self
+                    .pending
+                    .drain(..done.min(self.pending.len()))
+                    .collect::<Vec<_>>()
+                {
                     self.deliver(p.msg, p.frame);
                 }
                 self.settle();
@@ -611,7 +725,9 @@ impl Room {
                 for p in std::mem::take(&mut self.pending) {
                     self.settings.metrics.refused(ErrorCode::StoreUnavailable);
                     if let Some(member) = self.members.get(&p.sender) {
-                        let _ = member.tx.try_send(not_stored(&why, p.msg.client_id.as_deref()));
+                        let _ = member
+                            .tx
+                            .try_send(not_stored(&why, p.msg.client_id.as_deref()));
                     }
                 }
                 self.seq = self.durable;
@@ -668,14 +784,20 @@ impl Room {
                 Err(_) => self.pending_kicks.push(conn),
             }
         }
-        self.settings.metrics.messages_out.fetch_add(delivered, Ordering::Relaxed);
+        self.settings
+            .metrics
+            .messages_out
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Removes the members found slow by broadcasts, which may broadcast `left` in turn.
     fn settle(&mut self) {
         while let Some(conn) = self.pending_kicks.pop() {
             if self.members.contains_key(&conn) {
-                self.settings.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.settings
+                    .metrics
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(room_id = %self.id, conn, "dropping slow consumer");
                 self.remove_member(conn, Some(Kick::SlowConsumer));
             }
@@ -684,7 +806,9 @@ impl Room {
 
     /// Removes one connection; when it was its user's last, the others see `left`.
     fn remove_member(&mut self, conn: ConnId, kick: Option<Kick>) {
-        let Some(mut member) = self.members.remove(&conn) else { return };
+        let Some(mut member) = self.members.remove(&conn) else {
+            return;
+        };
         if let (Some(kick), Some(tx)) = (kick, member.kick.take()) {
             let _ = tx.send(kick);
         }
@@ -699,8 +823,15 @@ impl Room {
         };
         if last {
             self.users.remove(user_id);
-            self.stats.users.store(self.users.len() as u32, Ordering::Relaxed);
-            self.broadcast(&ServerFrame::Left { user: (*member.user).clone() }, None);
+            self.stats
+                .users
+                .store(self.users.len() as u32, Ordering::Relaxed);
+            self.broadcast(
+                &ServerFrame::Left {
+                    user: (*member.user).clone(),
+                },
+                None,
+            );
         }
     }
 
@@ -720,7 +851,10 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User { user_id: id.into(), username: format!("name-{id}") }
+        User {
+            user_id: id.into(),
+            username: format!("name-{id}"),
+        }
     }
 
     #[test]
@@ -768,7 +902,12 @@ mod tests {
         start_with(members_per_room, history, None, 1)
     }
 
-    fn start_with(members_per_room: u32, history: usize, durability: Option<Durability>, epoch: u64) -> TestRoom {
+    fn start_with(
+        members_per_room: u32,
+        history: usize,
+        durability: Option<Durability>,
+        epoch: u64,
+    ) -> TestRoom {
         let settings = RoomSettings {
             server_id: "s-1".into(),
             members_per_room,
@@ -782,7 +921,10 @@ mod tests {
             close_all: CancellationToken::new(),
         };
         let (handle, run) = new("r-1".into(), epoch, 1, settings);
-        TestRoom { handle, task: tokio::spawn(run) }
+        TestRoom {
+            handle,
+            task: tokio::spawn(run),
+        }
     }
 
     struct TestMember {
@@ -791,7 +933,12 @@ mod tests {
         welcome: serde_json::Value,
     }
 
-    async fn join(room: &TestRoom, conn: ConnId, u: User, queue: usize) -> Result<TestMember, JoinError> {
+    async fn join(
+        room: &TestRoom,
+        conn: ConnId,
+        u: User,
+        queue: usize,
+    ) -> Result<TestMember, JoinError> {
         join_since(room, conn, u, queue, None, None).await
     }
 
@@ -805,8 +952,15 @@ mod tests {
     ) -> Result<TestMember, JoinError> {
         let (tx, rx) = mpsc::channel(queue);
         let (kick_tx, kick) = oneshot::channel();
-        let welcome = room.handle.join(conn, u, tx, kick_tx, since, prefetched).await?;
-        Ok(TestMember { rx, kick, welcome: serde_json::from_str(&welcome).unwrap() })
+        let welcome = room
+            .handle
+            .join(conn, u, tx, kick_tx, since, prefetched)
+            .await?;
+        Ok(TestMember {
+            rx,
+            kick,
+            welcome: serde_json::from_str(&welcome).unwrap(),
+        })
     }
 
     fn next(m: &mut TestMember) -> serde_json::Value {
@@ -814,7 +968,11 @@ mod tests {
     }
 
     async fn send(room: &TestRoom, conn: ConnId, text: &str) {
-        let cmd = Command::Send { conn, text: text.into(), client_id: None };
+        let cmd = Command::Send {
+            conn,
+            text: text.into(),
+            client_id: None,
+        };
         room.handle.commands().send(cmd).await.unwrap();
     }
 
@@ -822,8 +980,15 @@ mod tests {
     async fn sync(room: &TestRoom) {
         let (tx, _rx) = mpsc::channel(1);
         let (kick, _) = oneshot::channel();
-        let _ = room.handle.join(u64::MAX, user("sync"), tx, kick, None, None).await;
-        room.handle.commands().send(Command::Leave(u64::MAX)).await.unwrap();
+        let _ = room
+            .handle
+            .join(u64::MAX, user("sync"), tx, kick, None, None)
+            .await;
+        room.handle
+            .commands()
+            .send(Command::Leave(u64::MAX))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -835,12 +1000,20 @@ mod tests {
         let b2 = join(&room, 3, user("u-b"), 16).await.unwrap();
         assert_eq!(b2.welcome["members"].as_array().unwrap().len(), 2);
         assert_eq!(room.handle.users(), 2);
-        room.handle.commands().send(Command::Leave(3)).await.unwrap();
+        room.handle
+            .commands()
+            .send(Command::Leave(3))
+            .await
+            .unwrap();
         send(&room, 1, "x").await;
         // No `left` for the second tab: the next frame is the message.
         let frame = next_async(&mut a).await;
         assert_eq!(frame["type"], "message");
-        room.handle.commands().send(Command::Leave(2)).await.unwrap();
+        room.handle
+            .commands()
+            .send(Command::Leave(2))
+            .await
+            .unwrap();
         let frame = next_async(&mut a).await;
         assert_eq!(frame["type"], "left");
         assert_eq!(frame["user"]["userId"], "u-b");
@@ -849,7 +1022,10 @@ mod tests {
     }
 
     async fn next_async(m: &mut TestMember) -> serde_json::Value {
-        let bytes = tokio::time::timeout(Duration::from_secs(5), m.rx.recv()).await.unwrap().unwrap();
+        let bytes = tokio::time::timeout(Duration::from_secs(5), m.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         serde_json::from_str(&bytes).unwrap()
     }
 
@@ -857,12 +1033,18 @@ mod tests {
     async fn limits_users_and_connections_per_user() {
         let room = start(1, 10);
         let _a = join(&room, 1, user("u-a"), 16).await.unwrap();
-        assert!(matches!(join(&room, 2, user("u-b"), 16).await, Err(JoinError::Full(_))));
+        assert!(matches!(
+            join(&room, 2, user("u-b"), 16).await,
+            Err(JoinError::Full(_))
+        ));
         let mut tabs = Vec::new();
         for conn in 2..2 + u64::from(MAX_CONNECTIONS_PER_USER) - 1 {
             tabs.push(join(&room, conn, user("u-a"), 16).await.unwrap());
         }
-        assert!(matches!(join(&room, 100, user("u-a"), 16).await, Err(JoinError::Full(_))));
+        assert!(matches!(
+            join(&room, 100, user("u-a"), 16).await,
+            Err(JoinError::Full(_))
+        ));
         room.task.abort();
     }
 
@@ -897,7 +1079,12 @@ mod tests {
             send(&room, 1, &format!("m{i}")).await;
         }
         let late = join(&room, 2, user("u-b"), 16).await.unwrap();
-        let texts: Vec<_> = late.welcome["history"].as_array().unwrap().iter().map(|m| m["text"].clone()).collect();
+        let texts: Vec<_> = late.welcome["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].clone())
+            .collect();
         assert_eq!(texts, ["m2", "m3", "m4"]);
         assert_eq!(late.welcome["seq"], 5);
         room.task.abort();
@@ -906,17 +1093,33 @@ mod tests {
     // --- durability
 
     async fn sqlite() -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("berth-room-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "berth-room-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         (Store::sqlite(dir.join("berth.db")).await.unwrap(), dir)
     }
 
     fn durability(store: &Store) -> Durability {
-        let (writer, _task) = Writer::start(store.clone(), Arc::new(Metrics::default()), CancellationToken::new());
-        Durability { store: store.clone(), writer }
+        let (writer, _task) = Writer::start(
+            store.clone(),
+            Arc::new(Metrics::default()),
+            CancellationToken::new(),
+        );
+        Durability {
+            store: store.clone(),
+            writer,
+        }
     }
 
     fn seqs(history: &serde_json::Value) -> Vec<u64> {
-        history.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
     }
 
     /// Frames of `m` until a `message` with `seq`, returning the message seqs seen.
@@ -944,18 +1147,31 @@ mod tests {
         }
         assert_eq!(messages_until(&mut a, 5).await, [1, 2, 3, 4, 5]);
         // Everything delivered is in the store.
-        assert_eq!(store.messages_between("r-1", 0, 100, 100).await.unwrap().len(), 5);
+        assert_eq!(
+            store
+                .messages_between("r-1", 0, 100, 100)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
         room.task.abort();
 
         // A later placement loads the history and continues the numbering; the old one is fenced.
         let again = start_with(10, 3, Some(durability(&store)), 6);
         let mut b = join(&again, 1, user("u-b"), 64).await.unwrap();
-        assert_eq!((b.welcome["seq"].as_u64(), seqs(&b.welcome["history"])), (Some(5), vec![3, 4, 5]));
+        assert_eq!(
+            (b.welcome["seq"].as_u64(), seqs(&b.welcome["history"])),
+            (Some(5), vec![3, 4, 5])
+        );
         assert_eq!(b.welcome["epoch"], 6);
         send(&again, 1, "after").await;
         assert_eq!(messages_until(&mut b, 6).await, [6]);
         let stale = start_with(10, 3, Some(durability(&store)), 5);
-        assert_eq!(join(&stale, 1, user("u-c"), 8).await.err(), Some(JoinError::Fenced));
+        assert_eq!(
+            join(&stale, 1, user("u-c"), 8).await.err(),
+            Some(JoinError::Fenced)
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -969,16 +1185,27 @@ mod tests {
         }
         messages_until(&mut a, 10).await;
         // Memory covers 8..=10.
-        let b = join_since(&room, 2, user("u-b"), 16, Some(7), None).await.unwrap();
+        let b = join_since(&room, 2, user("u-b"), 16, Some(7), None)
+            .await
+            .unwrap();
         assert_eq!(seqs(&b.welcome["history"]), [8, 9, 10]);
-        let c = join_since(&room, 3, user("u-c"), 16, Some(10), None).await.unwrap();
+        let c = join_since(&room, 3, user("u-c"), 16, Some(10), None)
+            .await
+            .unwrap();
         assert!(seqs(&c.welcome["history"]).is_empty());
         // Further back: the room asks for the stored part…
-        let need = join_since(&room, 4, user("u-d"), 16, Some(2), None).await.err();
+        let need = join_since(&room, 4, user("u-d"), 16, Some(2), None)
+            .await
+            .err();
         assert_eq!(need, Some(JoinError::NeedHistory { after: 2, up_to: 7 }));
         // …and joins with it, without a gap or a duplicate.
-        let stored = store.messages_between("r-1", 2, 7, MAX_RESUME_MESSAGES).await.unwrap();
-        let d = join_since(&room, 4, user("u-d"), 16, Some(2), Some(stored)).await.unwrap();
+        let stored = store
+            .messages_between("r-1", 2, 7, MAX_RESUME_MESSAGES)
+            .await
+            .unwrap();
+        let d = join_since(&room, 4, user("u-d"), 16, Some(2), Some(stored))
+            .await
+            .unwrap();
         assert_eq!(seqs(&d.welcome["history"]), (3..=10).collect::<Vec<_>>());
         assert_eq!(d.welcome["seq"], 10);
         room.task.abort();
@@ -994,17 +1221,33 @@ mod tests {
         assert_eq!(messages_until(&mut a, 1).await, [1]);
         let blocker = rusqlite::Connection::open(dir.join("berth.db")).unwrap();
         blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let cmd = Command::Send { conn: 1, text: "lost".into(), client_id: Some("c-9".into()) };
+        let cmd = Command::Send {
+            conn: 1,
+            text: "lost".into(),
+            client_id: Some("c-9".into()),
+        };
         room.handle.commands().send(cmd).await.unwrap();
-        let frame = tokio::time::timeout(Duration::from_secs(30), a.rx.recv()).await.unwrap().unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(30), a.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
-        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some("store_unavailable")));
-        assert!(frame["message"].as_str().unwrap().contains("c-9"), "{frame}");
+        assert_eq!(
+            (frame["type"].as_str(), frame["code"].as_str()),
+            (Some("error"), Some("store_unavailable"))
+        );
+        assert!(
+            frame["message"].as_str().unwrap().contains("c-9"),
+            "{frame}"
+        );
         blocker.execute_batch("ROLLBACK").unwrap();
         // The numbering goes on from the last stored message.
         send(&room, 1, "next").await;
         let frame = next_async(&mut a).await;
-        assert_eq!((frame["seq"].as_u64(), frame["text"].as_str()), (Some(2), Some("next")));
+        assert_eq!(
+            (frame["seq"].as_u64(), frame["text"].as_str()),
+            (Some(2), Some("next"))
+        );
         room.task.abort();
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -1021,7 +1264,10 @@ mod tests {
         assert_eq!(messages_until(&mut a, 3).await, [1, 2, 3]);
         send(&room, 1, "too late").await;
         let frame = next_async(&mut a).await;
-        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some("server_draining")));
+        assert_eq!(
+            (frame["type"].as_str(), frame["code"].as_str()),
+            (Some("error"), Some("server_draining"))
+        );
         room.handle.revoke();
         assert_eq!((&mut a.kick).await.unwrap(), Kick::Restart);
         assert_eq!(room.task.await.unwrap(), Exit::Revoked);

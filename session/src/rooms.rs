@@ -80,7 +80,11 @@ impl Rooms {
     pub fn hosted(&self) -> Vec<HostedRoom> {
         self.lock()
             .values()
-            .map(|r| HostedRoom { room_id: r.id.to_string(), epoch: r.epoch, members: r.users() })
+            .map(|r| HostedRoom {
+                room_id: r.id.to_string(),
+                epoch: r.epoch,
+                members: r.users(),
+            })
             .collect()
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use berth_protocol::cluster::{Heartbeat, HeartbeatAck, Placement, RegisterServer, Registered, ReleaseRoom};
+use berth_protocol::cluster::{
+    Heartbeat, HeartbeatAck, Placement, RegisterServer, Registered, ReleaseRoom,
+};
 use reqwest::StatusCode;
 
 /// Bound on every call, so that a hung scheduler never hangs a drain or a join.
@@ -31,7 +33,9 @@ pub struct SchedulerClient {
 
 impl SchedulerClient {
     pub fn new(base_url: &str, secret: &str) -> Result<Self, SchedulerError> {
-        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
         Ok(SchedulerClient {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
@@ -47,14 +51,26 @@ impl SchedulerClient {
 
     /// `POST /v1/servers`.
     pub async fn register(&self, body: &RegisterServer) -> Result<Registered, SchedulerError> {
-        let resp = self.request(reqwest::Method::POST, "/v1/servers").json(body).send().await?;
+        let resp = self
+            .request(reqwest::Method::POST, "/v1/servers")
+            .json(body)
+            .send()
+            .await?;
         ok(resp)?.json().await.map_err(Into::into)
     }
 
     /// `PUT /v1/servers/{id}/heartbeat`.
-    pub async fn heartbeat(&self, server_id: &str, body: &Heartbeat) -> Result<HeartbeatAck, SchedulerError> {
+    pub async fn heartbeat(
+        &self,
+        server_id: &str,
+        body: &Heartbeat,
+    ) -> Result<HeartbeatAck, SchedulerError> {
         let path = format!("/v1/servers/{server_id}/heartbeat");
-        let resp = self.request(reqwest::Method::PUT, &path).json(body).send().await?;
+        let resp = self
+            .request(reqwest::Method::PUT, &path)
+            .json(body)
+            .send()
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(SchedulerError::UnknownServer);
         }
@@ -63,7 +79,10 @@ impl SchedulerClient {
 
     /// `GET /v1/rooms/{id}`: `None` when the scheduler does not know the room.
     pub async fn placement(&self, room_id: &str) -> Result<Option<Placement>, SchedulerError> {
-        let resp = self.request(reqwest::Method::GET, &format!("/v1/rooms/{room_id}")).send().await?;
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/v1/rooms/{room_id}"))
+            .send()
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -73,13 +92,20 @@ impl SchedulerClient {
     /// `POST /v1/rooms/{id}/release`.
     pub async fn release(&self, room_id: &str, body: &ReleaseRoom) -> Result<(), SchedulerError> {
         let path = format!("/v1/rooms/{room_id}/release");
-        let resp = self.request(reqwest::Method::POST, &path).json(body).send().await?;
+        let resp = self
+            .request(reqwest::Method::POST, &path)
+            .json(body)
+            .send()
+            .await?;
         ok(resp).map(drop)
     }
 
     /// `DELETE /v1/servers/{id}`.
     pub async fn deregister(&self, server_id: &str) -> Result<(), SchedulerError> {
-        let resp = self.request(reqwest::Method::DELETE, &format!("/v1/servers/{server_id}")).send().await?;
+        let resp = self
+            .request(reqwest::Method::DELETE, &format!("/v1/servers/{server_id}"))
+            .send()
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(()); // already forgotten: same outcome
         }
@@ -88,5 +114,9 @@ impl SchedulerClient {
 }
 
 fn ok(resp: reqwest::Response) -> Result<reqwest::Response, SchedulerError> {
-    if resp.status().is_success() { Ok(resp) } else { Err(SchedulerError::Status(resp.status())) }
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(SchedulerError::Status(resp.status()))
+    }
 }

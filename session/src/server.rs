@@ -22,7 +22,11 @@ const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves on `listener` until `shutdown` is cancelled or the scheduler asks for a drain, then
 /// drains (bounded by `--drain-timeout-secs`) and returns.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     serve_with_force(listener, config, shutdown, CancellationToken::new()).await
 }
 
@@ -35,7 +39,10 @@ pub async fn serve_with_force(
     force: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr()?;
-    let store = config.store.open(&config.data_dir, config.standalone).await?;
+    let store = config
+        .store
+        .open(&config.data_dir, config.standalone)
+        .await?;
     match &store {
         Some(store) => tracing::info!(store = %store.describe(), "message store open"),
         None => tracing::info!("no message store: history lives and dies with each room"),
@@ -49,11 +56,16 @@ pub async fn serve_with_force(
     });
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let mut http = tokio::spawn(
-        axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned()).into_future(),
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
     );
     tracing::info!(
         url = state.url(),
-        server_id = state.server_id().as_deref().unwrap_or("(assigned at registration)"),
+        server_id = state
+            .server_id()
+            .as_deref()
+            .unwrap_or("(assigned at registration)"),
         standalone = shared.config.standalone,
         "session server up"
     );
@@ -97,13 +109,20 @@ pub async fn serve_with_force(
     }
     shared.close_all.cancel();
     shared.tracker.close();
-    if tokio::time::timeout(CLOSE_TIMEOUT, shared.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(CLOSE_TIMEOUT, shared.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close in time");
     }
 
     // The rooms are gone: let the writer finish what they queued, then stop it.
     shared.writer_stop.cancel();
-    let writer = shared.writer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let writer = shared
+        .writer_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     if let Some(writer) = writer
         && tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err()
     {
@@ -115,15 +134,23 @@ pub async fn serve_with_force(
         let _ = agent.await;
     }
     let registered = shared.registered.load(std::sync::atomic::Ordering::Relaxed);
-    if let (true, Some(scheduler), Some(server_id)) = (registered, &shared.scheduler, state.server_id()) {
+    if let (true, Some(scheduler), Some(server_id)) =
+        (registered, &shared.scheduler, state.server_id())
+    {
         match scheduler.deregister(&server_id).await {
             Ok(()) => tracing::info!(%server_id, "left the scheduler"),
-            Err(e) => tracing::warn!(%server_id, error = %e, "cannot tell the scheduler this server left"),
+            Err(e) => {
+                tracing::warn!(%server_id, error = %e, "cannot tell the scheduler this server left")
+            }
         }
     }
 
     http_stop.cancel();
-    if !http_done && tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut http).await.is_err() {
+    if !http_done
+        && tokio::time::timeout(HTTP_STOP_TIMEOUT, &mut http)
+            .await
+            .is_err()
+    {
         http.abort();
     }
     tracing::info!("session server stopped");

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use berth_protocol::ErrorCode;
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::cluster::ReleaseRoom;
 use berth_protocol::frames::ServerFrame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -64,8 +64,13 @@ pub(crate) struct ErrorFrames {
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
-    let frame = ServerFrame::Error { code: code.as_str().to_owned(), message };
-    serde_json::to_string(&frame).expect("frames serialize").into()
+    let frame = ServerFrame::Error {
+        code: code.as_str().to_owned(),
+        message,
+    };
+    serde_json::to_string(&frame)
+        .expect("frames serialize")
+        .into()
 }
 
 impl AppState {
@@ -77,11 +82,22 @@ impl AppState {
 
     /// [`AppState::new`] with the store messages are made durable in (it starts the store's
     /// group-commit writer, so call it inside a runtime).
-    pub fn with_store(config: Config, local_addr: SocketAddr, store: Option<berth_store::Store>) -> Result<Self, Error> {
+    pub fn with_store(
+        config: Config,
+        local_addr: SocketAddr,
+        store: Option<berth_store::Store>,
+    ) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let key_path = config.public_key_path();
-        let pem = std::fs::read(&key_path).map_err(|source| Error::PublicKeyRead { path: key_path.clone(), source })?;
-        let verifier = TicketVerifier::from_public_pem(&pem).map_err(|source| Error::PublicKey { path: key_path, source })?;
+        let pem = std::fs::read(&key_path).map_err(|source| Error::PublicKeyRead {
+            path: key_path.clone(),
+            source,
+        })?;
+        let verifier =
+            TicketVerifier::from_public_pem(&pem).map_err(|source| Error::PublicKey {
+                path: key_path,
+                source,
+            })?;
         let scheduler = if config.standalone {
             None
         } else {
@@ -89,7 +105,8 @@ impl AppState {
                 Some(s) => s.trim().to_owned(),
                 None => {
                     let path = config.data_dir.join("cluster.secret");
-                    berth_protocol::secret::load_or_create(&path).map_err(|source| Error::Secret { path, source })?
+                    berth_protocol::secret::load_or_create(&path)
+                        .map_err(|source| Error::Secret { path, source })?
                 }
             };
             if secret.is_empty() {
@@ -108,14 +125,18 @@ impl AppState {
             ),
             rate_limited: error_frame(
                 ErrorCode::RateLimited,
-                format!("more than {} messages per second; message dropped", config.message_rate),
+                format!(
+                    "more than {} messages per second; message dropped",
+                    config.message_rate
+                ),
             ),
         };
         let metrics = Arc::<Metrics>::default();
         let writer_stop = CancellationToken::new();
         let (durability, writer_task) = match store {
             Some(store) => {
-                let (writer, task) = Writer::start(store.clone(), metrics.clone(), writer_stop.clone());
+                let (writer, task) =
+                    Writer::start(store.clone(), metrics.clone(), writer_stop.clone());
                 (Some(Durability { store, writer }), Some(task))
             }
             None => (None, None),
@@ -148,14 +169,22 @@ impl AppState {
 
     /// This server's id; `None` until the scheduler assigned one (when none was configured).
     pub fn server_id(&self) -> Option<Arc<str>> {
-        self.0.server_id.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .server_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_server_id(&self, id: &str) {
         let mut current = self.0.server_id.write().unwrap_or_else(|e| e.into_inner());
         if current.as_deref() != Some(id) {
             if let Some(old) = current.as_deref() {
-                tracing::warn!(old_id = old, server_id = id, "the scheduler gave this server another id");
+                tracing::warn!(
+                    old_id = old,
+                    server_id = id,
+                    "the scheduler gave this server another id"
+                );
             }
             *current = Some(Arc::from(id));
         }
@@ -180,15 +209,28 @@ impl AppState {
         let standalone = shared.config.standalone;
         let epoch_ok = |room: &RoomHandle| standalone || room.epoch == claims.epoch;
         if let Some(room) = shared.rooms.get(&claims.room) {
-            return if epoch_ok(&room) { Ok(room) } else { Err(Refusal::stale_epoch()) };
+            return if epoch_ok(&room) {
+                Ok(room)
+            } else {
+                Err(Refusal::stale_epoch())
+            };
         }
         let epoch = match &shared.scheduler {
             None => claims.epoch,
             Some(scheduler) => {
                 let me = self.server_id();
                 match scheduler.placement(&claims.room).await {
-                    Ok(Some(p)) if Some(p.server_id.as_str()) == me.as_deref() && p.epoch == claims.epoch => p.epoch,
-                    Ok(_) => return Err(Refusal::wrong_server("the room is not placed on this server")),
+                    Ok(Some(p))
+                        if Some(p.server_id.as_str()) == me.as_deref()
+                            && p.epoch == claims.epoch =>
+                    {
+                        p.epoch
+                    }
+                    Ok(_) => {
+                        return Err(Refusal::wrong_server(
+                            "the room is not placed on this server",
+                        ));
+                    }
                     Err(e) => {
                         tracing::warn!(room_id = %claims.room, error = %e, "cannot look the room up");
                         return Err(Refusal::scheduler_unavailable());
@@ -205,7 +247,11 @@ impl AppState {
                 self.spawn_room(Arc::from(claims.room.as_str()), epoch, instance)
             })
             .map_err(|()| Refusal::server_full("no free room slot on this server"))?;
-        if epoch_ok(&room) { Ok(room) } else { Err(Refusal::stale_epoch()) }
+        if epoch_ok(&room) {
+            Ok(room)
+        } else {
+            Err(Refusal::stale_epoch())
+        }
     }
 
     fn spawn_room(&self, id: Arc<str>, epoch: u64, instance: u64) -> RoomHandle {
@@ -240,7 +286,9 @@ impl AppState {
                     }
                     Ok(Exit::Revoked) => tracing::info!("room revoked; members closed with 1012"),
                     Ok(Exit::Shutdown) => tracing::debug!("room closed"),
-                    Ok(Exit::Unavailable) => tracing::warn!("room not opened: the store is unavailable"),
+                    Ok(Exit::Unavailable) => {
+                        tracing::warn!("room not opened: the store is unavailable")
+                    }
                     Ok(Exit::Fenced) => tracing::warn!("room closed: a newer placement owns it"),
                     Err(e) => {
                         state.0.rooms.remove_instance(&id, instance);
@@ -273,10 +321,14 @@ impl AppState {
 
     async fn hand_over(&self, room: RoomHandle, deadline: tokio::time::Instant) {
         match tokio::time::timeout_at(deadline, room.hand_off()).await {
-            Ok(Some(seq)) => tracing::info!(room_id = %room.id, seq, "room flushed; handing it over"),
+            Ok(Some(seq)) => {
+                tracing::info!(room_id = %room.id, seq, "room flushed; handing it over")
+            }
             // It ended by itself (disposed, revoked): nothing to hand over.
             Ok(None) => return,
-            Err(_) => tracing::warn!(room_id = %room.id, "room did not flush in time; handing it over anyway"),
+            Err(_) => {
+                tracing::warn!(room_id = %room.id, "room did not flush in time; handing it over anyway")
+            }
         }
         if self.0.rooms.remove_instance(&room.id, room.instance) {
             self.release(&room.id, room.epoch, true).await;
@@ -288,8 +340,14 @@ impl AppState {
     /// Tells the scheduler this server no longer hosts `room_id` (`handoff`: a drain hands it
     /// over live).
     async fn release(&self, room_id: &str, epoch: u64, handoff: bool) {
-        let (Some(scheduler), Some(server_id)) = (&self.0.scheduler, self.server_id()) else { return };
-        let body = ReleaseRoom { server_id: server_id.to_string(), epoch, handoff };
+        let (Some(scheduler), Some(server_id)) = (&self.0.scheduler, self.server_id()) else {
+            return;
+        };
+        let body = ReleaseRoom {
+            server_id: server_id.to_string(),
+            epoch,
+            handoff,
+        };
         if let Err(e) = scheduler.release(room_id, &body).await {
             tracing::warn!(room_id, error = %e, "cannot tell the scheduler the room was released");
         }

@@ -47,21 +47,26 @@ impl TicketVerifier {
 
     /// Verifies `token` for the server `server_id` (`None` while this server does not know its
     /// own id yet: every ticket is then for another server).
-    pub fn verify(&self, token: &str, server_id: Option<&str>) -> Result<TicketClaims, TicketError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        server_id: Option<&str>,
+    ) -> Result<TicketClaims, TicketError> {
         if token.is_empty() {
             return Err(TicketError::Invalid("missing ticket"));
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TicketError::Invalid("ticket too long"));
         }
-        let data = jsonwebtoken::decode::<TicketClaims>(token, &self.key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            TicketError::Invalid(match e.kind() {
-                ErrorKind::ExpiredSignature => "ticket expired",
-                ErrorKind::InvalidSignature => "bad ticket signature",
-                _ => "malformed ticket",
-            })
-        })?;
+        let data = jsonwebtoken::decode::<TicketClaims>(token, &self.key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                TicketError::Invalid(match e.kind() {
+                    ErrorKind::ExpiredSignature => "ticket expired",
+                    ErrorKind::InvalidSignature => "bad ticket signature",
+                    _ => "malformed ticket",
+                })
+            })?;
         let claims = data.claims;
         if !is_valid_room_id(&claims.room) {
             return Err(TicketError::Invalid("malformed ticket: room"));
@@ -81,11 +86,16 @@ fn valid_user_field(s: &str) -> bool {
 }
 
 /// The token of a request: `?token=` first, else `Authorization: Bearer`.
-pub fn token_from_request<'a>(query_token: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+pub fn token_from_request<'a>(
+    query_token: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Option<&'a str> {
     query_token.filter(|t| !t.is_empty()).or_else(|| {
         let value = authorization?;
         let (scheme, token) = value.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
     })
 }
 

@@ -38,7 +38,11 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the writer task on `store`. It stops once `stop` is cancelled and its queue is
     /// empty, or when every [`Writer`] is gone.
-    pub fn start(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(store, rx, metrics, stop));
         (Writer { tx }, task)
@@ -47,13 +51,23 @@ impl Writer {
     /// Queues `append`; the answer goes to `ack`. When the writer is gone the answer is an
     /// immediate failure.
     pub fn submit(&self, append: RoomAppend, ack: &mpsc::UnboundedSender<Ack>) {
-        if let Err(mpsc::error::SendError(s)) = self.tx.send(Submission { append, ack: ack.clone() }) {
-            let _ = s.ack.send(Err(StoreError::Unavailable("the store writer has stopped".into())));
+        if let Err(mpsc::error::SendError(s)) = self.tx.send(Submission {
+            append,
+            ack: ack.clone(),
+        }) {
+            let _ = s.ack.send(Err(StoreError::Unavailable(
+                "the store writer has stopped".into(),
+            )));
         }
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Submission>, metrics: Arc<Metrics>, stop: CancellationToken) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Submission>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<Submission> = Vec::new();
     let mut appends: Vec<RoomAppend> = Vec::new();
     loop {

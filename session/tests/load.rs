@@ -15,7 +15,15 @@ async fn fan_out_throughput() {
     const MEMBERS: usize = 100;
     const SENDERS: usize = 5;
     const PER_SENDER: usize = 2000;
-    let server = start(&["--message-rate", "1000000", "--message-burst", "1000000", "--members-per-room", "200"]).await;
+    let server = start(&[
+        "--message-rate",
+        "1000000",
+        "--message-burst",
+        "1000000",
+        "--members-per-room",
+        "200",
+    ])
+    .await;
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     for i in 0..MEMBERS {
@@ -42,7 +50,8 @@ async fn fan_out_throughput() {
     for mut tx in writers.drain(..SENDERS) {
         tokio::spawn(async move {
             for i in 0..PER_SENDER {
-                let frame = format!(r#"{{"type":"send","text":"message number {i} with some text"}}"#);
+                let frame =
+                    format!(r#"{{"type":"send","text":"message number {i} with some text"}}"#);
                 tx.send(Message::text(frame)).await.unwrap();
             }
             // keep the sender's socket open

@@ -45,14 +45,19 @@ struct Fake {
 type Shared = Arc<Fake>;
 
 fn authorized(fake: &Fake, headers: &HeaderMap) -> bool {
-    let ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {SECRET}"));
+    let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {SECRET}"));
     if !ok {
         fake.unauthorized.fetch_add(1, Ordering::SeqCst);
     }
     ok
 }
 
-async fn register(State(f): State<Shared>, headers: HeaderMap, Json(body): Json<RegisterServer>) -> Response {
+async fn register(
+    State(f): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<RegisterServer>,
+) -> Response {
     if !authorized(&f, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -61,9 +66,16 @@ async fn register(State(f): State<Shared>, headers: HeaderMap, Json(body): Json<
         f.fail_registrations.fetch_sub(1, Ordering::SeqCst);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let server_id = body.server_id.clone().unwrap_or_else(|| f.assign_id.clone());
+    let server_id = body
+        .server_id
+        .clone()
+        .unwrap_or_else(|| f.assign_id.clone());
     f.registrations.lock().unwrap().push(body);
-    Json(Registered { server_id, heartbeat_interval_ms: 50 }).into_response()
+    Json(Registered {
+        server_id,
+        heartbeat_interval_ms: 50,
+    })
+    .into_response()
 }
 
 async fn heartbeat(
@@ -82,20 +94,32 @@ async fn heartbeat(
     let draining = body.draining;
     f.heartbeats.lock().unwrap().push(body);
     let ack = HeartbeatAck {
-        state: if draining { ServerState::Draining } else { ServerState::Ready },
+        state: if draining {
+            ServerState::Draining
+        } else {
+            ServerState::Ready
+        },
         drain: f.drain.load(Ordering::SeqCst),
         revoked_rooms: std::mem::take(&mut *f.revoked.lock().unwrap()),
     };
     Json(ack).into_response()
 }
 
-async fn placement(State(f): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn placement(
+    State(f): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&f, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     match f.placements.lock().unwrap().get(&id) {
         Some(p) => Json(p.clone()).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(ErrorBody::new(ErrorCode::RoomNotFound, "no such room"))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody::new(ErrorCode::RoomNotFound, "no such room")),
+        )
+            .into_response(),
     }
 }
 
@@ -112,7 +136,11 @@ async fn release(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn deregister(State(f): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn deregister(
+    State(f): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&f, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -169,7 +197,10 @@ fn place(fake: &Fake, room: &str, server_id: &str, epoch: u64) {
         name: room.into(),
         public: false,
     };
-    fake.placements.lock().unwrap().insert(room.into(), placement);
+    fake.placements
+        .lock()
+        .unwrap()
+        .insert(room.into(), placement);
 }
 
 fn ticket(server: &Server, room: &str, user: &str, epoch: u64) -> String {
@@ -183,33 +214,60 @@ async fn registers_heartbeats_checks_epochs_and_releases_idle_rooms() {
     let (fake, addr) = start_fake(Fake::default()).await;
     let mut server = start_session(addr, Some("s-1"), &["--room-idle-secs", "1"]).await;
 
-    eventually("registration", || async { !fake.registrations.lock().unwrap().is_empty() }).await;
+    eventually("registration", || async {
+        !fake.registrations.lock().unwrap().is_empty()
+    })
+    .await;
     {
         let regs = fake.registrations.lock().unwrap();
         let reg = &regs[0];
         assert_eq!(reg.server_id.as_deref(), Some("s-1"));
         assert_eq!(reg.url, format!("ws://127.0.0.1:{}/ws", server.addr.port()));
-        assert_eq!((reg.capacity.rooms, reg.capacity.members_per_room), (10, 100));
+        assert_eq!(
+            (reg.capacity.rooms, reg.capacity.members_per_room),
+            (10, 100)
+        );
         assert_eq!(reg.pid, Some(std::process::id()));
         assert!(reg.rooms.is_empty());
     }
-    eventually("heartbeats", || async { fake.heartbeats.lock().unwrap().len() >= 2 }).await;
+    eventually("heartbeats", || async {
+        fake.heartbeats.lock().unwrap().len() >= 2
+    })
+    .await;
 
     // A room opens only on a placement naming this server with the ticket's epoch.
     place(&fake, "r-a", "s-1", 3);
     place(&fake, "r-b", "s-2", 1);
-    assert_eq!(server.refusal(&ticket(&server, "r-a", "alice", 2)).await, (421, "wrong_server".into()));
-    assert_eq!(server.refusal(&ticket(&server, "r-b", "alice", 1)).await, (421, "wrong_server".into()));
-    assert_eq!(server.refusal(&ticket(&server, "r-none", "alice", 1)).await, (421, "wrong_server".into()));
-    let mut alice = server.connect(&ticket(&server, "r-a", "alice", 3)).await.unwrap();
+    assert_eq!(
+        server.refusal(&ticket(&server, "r-a", "alice", 2)).await,
+        (421, "wrong_server".into())
+    );
+    assert_eq!(
+        server.refusal(&ticket(&server, "r-b", "alice", 1)).await,
+        (421, "wrong_server".into())
+    );
+    assert_eq!(
+        server.refusal(&ticket(&server, "r-none", "alice", 1)).await,
+        (421, "wrong_server".into())
+    );
+    let mut alice = server
+        .connect(&ticket(&server, "r-a", "alice", 3))
+        .await
+        .unwrap();
     assert_eq!(alice.recv().await["type"], "welcome");
     // Once open, a ticket of another epoch is refused even if the placement changed.
     place(&fake, "r-a", "s-1", 4);
-    assert_eq!(server.refusal(&ticket(&server, "r-a", "bob", 4)).await, (421, "wrong_server".into()));
+    assert_eq!(
+        server.refusal(&ticket(&server, "r-a", "bob", 4)).await,
+        (421, "wrong_server".into())
+    );
 
     eventually("a heartbeat reporting r-a", || async {
         fake.heartbeats.lock().unwrap().iter().any(|h| {
-            h.connections == 1 && h.rooms.iter().any(|r| r.room_id == "r-a" && r.epoch == 3 && r.members == 1)
+            h.connections == 1
+                && h.rooms
+                    .iter()
+                    .any(|r| r.room_id == "r-a" && r.epoch == 3 && r.members == 1)
         })
     })
     .await;
@@ -218,14 +276,22 @@ async fn registers_heartbeats_checks_epochs_and_releases_idle_rooms() {
     fake.forget.store(true, Ordering::SeqCst);
     eventually("a second registration", || async {
         let regs = fake.registrations.lock().unwrap();
-        regs.len() >= 2 && regs[1].rooms.iter().any(|r| r.room_id == "r-a" && r.epoch == 3)
+        regs.len() >= 2
+            && regs[1]
+                .rooms
+                .iter()
+                .any(|r| r.room_id == "r-a" && r.epoch == 3)
     })
     .await;
 
     // Left alone, the room is disposed and released.
     alice.ws.close(None).await.unwrap();
     eventually("the release of r-a", || async {
-        fake.releases.lock().unwrap().iter().any(|(id, r)| id == "r-a" && r.server_id == "s-1" && r.epoch == 3)
+        fake.releases
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, r)| id == "r-a" && r.server_id == "s-1" && r.epoch == 3)
     })
     .await;
 
@@ -238,11 +304,20 @@ async fn registers_heartbeats_checks_epochs_and_releases_idle_rooms() {
 async fn revoked_rooms_close_and_a_drain_request_ends_the_server() {
     let (fake, addr) = start_fake(Fake::default()).await;
     let mut server = start_session(addr, Some("s-2"), &["--drain-timeout-secs", "1"]).await;
-    eventually("registration", || async { !fake.registrations.lock().unwrap().is_empty() }).await;
+    eventually("registration", || async {
+        !fake.registrations.lock().unwrap().is_empty()
+    })
+    .await;
     place(&fake, "r-v", "s-2", 1);
     place(&fake, "r-w", "s-2", 1);
-    let mut victim = server.connect(&ticket(&server, "r-v", "alice", 1)).await.unwrap();
-    let mut stayer = server.connect(&ticket(&server, "r-w", "bob", 1)).await.unwrap();
+    let mut victim = server
+        .connect(&ticket(&server, "r-v", "alice", 1))
+        .await
+        .unwrap();
+    let mut stayer = server
+        .connect(&ticket(&server, "r-w", "bob", 1))
+        .await
+        .unwrap();
     assert_eq!(victim.recv().await["type"], "welcome");
     assert_eq!(stayer.recv().await["type"], "welcome");
 
@@ -252,27 +327,49 @@ async fn revoked_rooms_close_and_a_drain_request_ends_the_server() {
     fake.drain.store(true, Ordering::SeqCst);
     assert_eq!(stayer.close_code().await, Some(1012));
     let handle = server.handle.take().unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(30), handle).await.expect("serve returns").unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("serve returns")
+        .unwrap();
     assert!(result.is_ok());
-    assert!(fake.heartbeats.lock().unwrap().iter().any(|h| h.draining), "heartbeats said draining");
+    assert!(
+        fake.heartbeats.lock().unwrap().iter().any(|h| h.draining),
+        "heartbeats said draining"
+    );
     assert_eq!(*fake.deletes.lock().unwrap(), ["s-2"]);
     // A revoked room is not released: the scheduler already placed it elsewhere.
-    assert!(!fake.releases.lock().unwrap().iter().any(|(id, _)| id == "r-v"));
+    assert!(
+        !fake
+            .releases
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, _)| id == "r-v")
+    );
 }
 
 #[tokio::test]
 async fn registration_retries_and_takes_the_assigned_id() {
-    let fake = Fake { assign_id: "s-assigned".into(), ..Fake::default() };
+    let fake = Fake {
+        assign_id: "s-assigned".into(),
+        ..Fake::default()
+    };
     fake.fail_registrations.store(3, Ordering::SeqCst);
     let (fake, addr) = start_fake(fake).await;
     let server = start_session(addr, None, &[]).await;
 
-    eventually("a heartbeat after retries", || async { !fake.heartbeats.lock().unwrap().is_empty() }).await;
+    eventually("a heartbeat after retries", || async {
+        !fake.heartbeats.lock().unwrap().is_empty()
+    })
+    .await;
     assert!(fake.registration_attempts.load(Ordering::SeqCst) >= 4);
     assert_eq!(fake.registrations.lock().unwrap()[0].server_id, None);
 
     place(&fake, "r-z", "s-assigned", 7);
-    let mut client = server.connect(&ticket(&server, "r-z", "alice", 7)).await.unwrap();
+    let mut client = server
+        .connect(&ticket(&server, "r-z", "alice", 7))
+        .await
+        .unwrap();
     let welcome = client.recv().await;
     assert_eq!(welcome["serverId"], "s-assigned");
     let other = server.keys.mint(&claims("s-1", "r-z", "bob"));

@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::{Event, Keys, claims, eventually, start};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,22 +17,37 @@ async fn two_users_exchange_messages_with_consecutive_seq() {
     let (mut bob, welcome) = server.join("r-chat", "bob").await;
     assert_eq!(welcome["members"].as_array().unwrap().len(), 2);
     let joined = alice.recv().await;
-    assert_eq!((joined["type"].as_str(), joined["user"]["username"].as_str()), (Some("joined"), Some("bob")));
+    assert_eq!(
+        (joined["type"].as_str(), joined["user"]["username"].as_str()),
+        (Some("joined"), Some("bob"))
+    );
 
     alice.say("hello", Some("c-1")).await;
     for client in [&mut alice, &mut bob] {
         let m = client.recv().await;
         assert_eq!(m["type"], "message", "{m}");
-        assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(1), Some("hello")));
-        assert_eq!((m["userId"].as_str(), m["username"].as_str()), (Some("u-alice"), Some("alice")));
+        assert_eq!(
+            (m["seq"].as_u64(), m["text"].as_str()),
+            (Some(1), Some("hello"))
+        );
+        assert_eq!(
+            (m["userId"].as_str(), m["username"].as_str()),
+            (Some("u-alice"), Some("alice"))
+        );
         assert_eq!(m["clientId"], "c-1");
         let ts = m["ts"].as_str().unwrap();
-        assert!(ts.ends_with('Z') && humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+        assert!(
+            ts.ends_with('Z') && humantime::parse_rfc3339(ts).is_ok(),
+            "{ts}"
+        );
     }
     bob.say("hi alice", None).await;
     for client in [&mut alice, &mut bob] {
         let m = client.recv().await;
-        assert_eq!((m["seq"].as_u64(), m["text"].as_str()), (Some(2), Some("hi alice")));
+        assert_eq!(
+            (m["seq"].as_u64(), m["text"].as_str()),
+            (Some(2), Some("hi alice"))
+        );
         assert!(m.get("clientId").is_none());
     }
     assert!(server.metric("berth_session_messages_in_total").await >= 2);
@@ -47,7 +61,11 @@ async fn presence_counts_several_tabs_once() {
     let (mut bob1, _) = server.join("r-p", "bob").await;
     assert_eq!(alice.recv().await["type"], "joined");
     let (bob2, welcome) = server.join("r-p", "bob").await;
-    assert_eq!(welcome["members"].as_array().unwrap().len(), 2, "bob counts once: {welcome}");
+    assert_eq!(
+        welcome["members"].as_array().unwrap().len(),
+        2,
+        "bob counts once: {welcome}"
+    );
 
     // No second `joined` for bob's second tab, and bob never sees his own `joined`.
     alice.say("after tabs", None).await;
@@ -58,10 +76,17 @@ async fn presence_counts_several_tabs_once() {
     drop(bob2);
     alice.say("still here?", None).await;
     let m = alice.recv().await;
-    assert_eq!((m["type"].as_str(), m["seq"].as_u64()), (Some("message"), Some(2)), "{m}");
+    assert_eq!(
+        (m["type"].as_str(), m["seq"].as_u64()),
+        (Some("message"), Some(2)),
+        "{m}"
+    );
     bob1.ws.close(None).await.unwrap();
     let left = alice.recv().await;
-    assert_eq!((left["type"].as_str(), left["user"]["userId"].as_str()), (Some("left"), Some("u-bob")));
+    assert_eq!(
+        (left["type"].as_str(), left["user"]["userId"].as_str()),
+        (Some("left"), Some("u-bob"))
+    );
 }
 
 #[tokio::test]
@@ -77,9 +102,17 @@ async fn welcome_carries_capped_history() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(history, [(3, "m3".into()), (4, "m4".into()), (5, "m5".into())]);
+    assert_eq!(
+        history,
+        [(3, "m3".into()), (4, "m4".into()), (5, "m5".into())]
+    );
     assert_eq!(welcome["seq"], 5);
 
     let server = start(&[]).await;
@@ -100,33 +133,59 @@ async fn tickets_are_checked_before_the_upgrade() {
 
     let mut expired = claims("s-test", "r-t", "alice");
     (expired.iat, expired.exp) = (now - 300, now - 120);
-    assert_eq!(server.refusal(&server.keys.mint(&expired)).await, (401, "invalid_ticket".into()));
+    assert_eq!(
+        server.refusal(&server.keys.mint(&expired)).await,
+        (401, "invalid_ticket".into())
+    );
 
     let forger = Keys::generate();
     let forged = forger.mint(&claims("s-test", "r-t", "alice"));
-    assert_eq!(server.refusal(&forged).await, (401, "invalid_ticket".into()));
+    assert_eq!(
+        server.refusal(&forged).await,
+        (401, "invalid_ticket".into())
+    );
 
     let elsewhere = server.keys.mint(&claims("s-other", "r-t", "alice"));
-    assert_eq!(server.refusal(&elsewhere).await, (421, "wrong_server".into()));
+    assert_eq!(
+        server.refusal(&elsewhere).await,
+        (421, "wrong_server".into())
+    );
 
     assert_eq!(server.refusal("").await, (401, "invalid_ticket".into()));
-    assert_eq!(server.refusal("not.a.jwt").await, (401, "invalid_ticket".into()));
+    assert_eq!(
+        server.refusal("not.a.jwt").await,
+        (401, "invalid_ticket".into())
+    );
     let bad_room = server.keys.mint(&claims("s-test", "r t/../x", "alice"));
-    assert_eq!(server.refusal(&bad_room).await, (401, "invalid_ticket".into()));
+    assert_eq!(
+        server.refusal(&bad_room).await,
+        (401, "invalid_ticket".into())
+    );
 
     // A plain GET without a ticket is refused with the same body, before any upgrade check.
-    let resp = reqwest::get(format!("http://{}/ws", server.addr)).await.unwrap();
+    let resp = reqwest::get(format!("http://{}/ws", server.addr))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_ticket");
 
     // The bearer header works as well as the query.
-    let mut client = server.connect_bearer(&server.ticket("r-t", "alice")).await.unwrap();
+    let mut client = server
+        .connect_bearer(&server.ticket("r-t", "alice"))
+        .await
+        .unwrap();
     assert_eq!(client.recv().await["type"], "welcome");
 
     let metrics = server.metrics().await;
-    assert!(metrics.contains("berth_session_refusals_total{code=\"invalid_ticket\"} 6"), "{metrics}");
-    assert!(metrics.contains("berth_session_refusals_total{code=\"wrong_server\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("berth_session_refusals_total{code=\"invalid_ticket\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_session_refusals_total{code=\"wrong_server\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -134,13 +193,19 @@ async fn room_full_counts_users_and_tabs() {
     let server = start(&["--members-per-room", "2"]).await;
     let (_a, _) = server.join("r-f", "alice").await;
     let (_b, _) = server.join("r-f", "bob").await;
-    assert_eq!(server.refusal(&server.ticket("r-f", "carol")).await, (409, "room_full".into()));
+    assert_eq!(
+        server.refusal(&server.ticket("r-f", "carol")).await,
+        (409, "room_full".into())
+    );
     // Present users may open more tabs, up to 8 each.
     let mut tabs = Vec::new();
     for _ in 0..7 {
         tabs.push(server.join("r-f", "alice").await.0);
     }
-    assert_eq!(server.refusal(&server.ticket("r-f", "alice")).await, (409, "room_full".into()));
+    assert_eq!(
+        server.refusal(&server.ticket("r-f", "alice")).await,
+        (409, "room_full".into())
+    );
     // Another room is unaffected.
     server.join("r-other", "carol").await;
 }
@@ -149,9 +214,15 @@ async fn room_full_counts_users_and_tabs() {
 async fn server_full_at_max_connections_and_rooms() {
     let server = start(&["--max-connections", "2", "--rooms", "1"]).await;
     let (_a, _) = server.join("r-1", "alice").await;
-    assert_eq!(server.refusal(&server.ticket("r-2", "bob")).await, (503, "server_full".into()));
+    assert_eq!(
+        server.refusal(&server.ticket("r-2", "bob")).await,
+        (503, "server_full".into())
+    );
     let (_b, _) = server.join("r-1", "bob").await;
-    assert_eq!(server.refusal(&server.ticket("r-1", "carol")).await, (503, "server_full".into()));
+    assert_eq!(
+        server.refusal(&server.ticket("r-1", "carol")).await,
+        (503, "server_full".into())
+    );
 }
 
 #[tokio::test]
@@ -160,10 +231,16 @@ async fn text_too_long_keeps_the_connection() {
     let (mut alice, _) = server.join("r-l", "alice").await;
     alice.say("0123456789A", None).await;
     let e = alice.recv().await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("text_too_long")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("text_too_long"))
+    );
     alice.say("0123456789", None).await;
     let m = alice.recv().await;
-    assert_eq!((m["type"].as_str(), m["seq"].as_u64()), (Some("message"), Some(1)));
+    assert_eq!(
+        (m["type"].as_str(), m["seq"].as_u64()),
+        (Some("message"), Some(1))
+    );
 }
 
 #[tokio::test]
@@ -176,12 +253,18 @@ async fn bad_frames_get_an_error_and_the_connection_stays() {
         Message::text(r#"{"type":"shout","text":"hi"}"#),
         Message::text(r#"{"text":"no type"}"#),
         Message::binary(vec![1u8, 2, 3]),
-        Message::text(format!(r#"{{"type":"send","text":"hi","clientId":"{long_id}"}}"#)),
+        Message::text(format!(
+            r#"{{"type":"send","text":"hi","clientId":"{long_id}"}}"#
+        )),
     ];
     for frame in frames {
         alice.ws.send(frame).await.unwrap();
         let e = alice.recv().await;
-        assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_frame")), "{e}");
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("bad_frame")),
+            "{e}"
+        );
     }
     alice.say("fine", Some(&"y".repeat(64))).await;
     assert_eq!(alice.recv().await["type"], "message");
@@ -201,7 +284,12 @@ async fn flooding_is_refused_then_closed() {
     let server = start(&["--message-rate", "1", "--message-burst", "2"]).await;
     let (mut alice, _) = server.join("r-r", "alice").await;
     for i in 0..30 {
-        if alice.ws.send(Message::text(format!(r#"{{"type":"send","text":"m{i}"}}"#))).await.is_err() {
+        if alice
+            .ws
+            .send(Message::text(format!(r#"{{"type":"send","text":"m{i}"}}"#)))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -219,9 +307,17 @@ async fn flooding_is_refused_then_closed() {
     let accepted = server.metric("berth_session_messages_in_total").await;
     assert!((2..=4).contains(&accepted), "accepted {accepted}");
     assert!(messages <= accepted);
-    assert_eq!(limited, 4, "rate_limited errors until twice the burst was refused");
+    assert_eq!(
+        limited, 4,
+        "rate_limited errors until twice the burst was refused"
+    );
     assert_eq!(code, Some(1008));
-    assert!(server.metrics().await.contains("berth_session_refusals_total{code=\"rate_limited\"}"));
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("berth_session_refusals_total{code=\"rate_limited\"}")
+    );
 }
 
 #[tokio::test]
@@ -273,9 +369,15 @@ async fn slow_reader_is_dropped_while_the_room_keeps_serving() {
     assert!(server.metric("berth_session_slow_consumers_total").await >= 1);
 
     // The room still serves the others.
-    alice_tx.send(Message::text(r#"{"type":"send","text":"after"}"#)).await.unwrap();
+    alice_tx
+        .send(Message::text(r#"{"type":"send","text":"after"}"#))
+        .await
+        .unwrap();
     let m = carol.recv_type("message").await;
-    assert_eq!((m["text"].as_str(), m["seq"].as_u64()), (Some("after"), Some(expected_seq)));
+    assert_eq!(
+        (m["text"].as_str(), m["seq"].as_u64()),
+        (Some("after"), Some(expected_seq))
+    );
     drain.abort();
 }
 
@@ -292,7 +394,10 @@ async fn a_panicking_room_closes_with_1011_and_the_server_lives_on() {
     // Another room was not touched; the failed room opens afresh.
     carol.say("still fine", None).await;
     assert_eq!(carol.recv().await["seq"], 1);
-    eventually("the failed room to be removed", || async { server.metric("berth_session_rooms").await == 1 }).await;
+    eventually("the failed room to be removed", || async {
+        server.metric("berth_session_rooms").await == 1
+    })
+    .await;
     let (_again, welcome) = server.join("r-x", "alice").await;
     assert_eq!(welcome["seq"], 0);
     assert_eq!(server.metric("berth_session_room_panics_total").await, 1);
@@ -303,8 +408,14 @@ async fn shutdown_drains_then_closes_with_1012() {
     let mut server = start(&["--drain-timeout-secs", "2"]).await;
     let (mut alice, _) = server.join("r-d", "alice").await;
     server.shutdown.cancel();
-    eventually("draining", || async { server.metric("berth_session_draining").await == 1 }).await;
-    assert_eq!(server.refusal(&server.ticket("r-d", "bob")).await, (503, "server_draining".into()));
+    eventually("draining", || async {
+        server.metric("berth_session_draining").await == 1
+    })
+    .await;
+    assert_eq!(
+        server.refusal(&server.ticket("r-d", "bob")).await,
+        (503, "server_draining".into())
+    );
     assert_eq!(alice.close_code().await, Some(1012));
     server.stop().await.unwrap();
 }
@@ -314,7 +425,10 @@ async fn shutdown_without_rooms_is_quick() {
     let mut server = start(&["--drain-timeout-secs", "600"]).await;
     let (alice, _) = server.join("r-q", "alice").await;
     drop(alice);
-    eventually("the room to empty", || async { server.metric("berth_session_connections").await == 0 }).await;
+    eventually("the room to empty", || async {
+        server.metric("berth_session_connections").await == 0
+    })
+    .await;
     // The empty room is disposed at once by the drain, so this does not wait 600 s.
     server.stop().await.unwrap();
 }
@@ -322,7 +436,10 @@ async fn shutdown_without_rooms_is_quick() {
 #[tokio::test]
 async fn silent_connections_are_closed() {
     let server = start(&["--ping-interval-ms", "100"]).await;
-    let client = server.connect(&server.ticket("r-ping", "alice")).await.unwrap();
+    let client = server
+        .connect(&server.ticket("r-ping", "alice"))
+        .await
+        .unwrap();
     // The client never reads, so it never answers a ping.
     eventually("the silent connection to be closed", || async {
         server.metric("berth_session_connections").await == 0
@@ -337,8 +454,18 @@ async fn idle_rooms_are_disposed() {
     let (alice, _) = server.join("r-i", "alice").await;
     assert_eq!(server.metric("berth_session_rooms").await, 1);
     drop(alice);
-    eventually("the idle room to be disposed", || async { server.metric("berth_session_rooms").await == 0 }).await;
-    let health: serde_json::Value =
-        reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap().json().await.unwrap();
-    assert_eq!((health["status"].as_str(), health["rooms"].as_u64()), (Some("ok"), Some(0)));
+    eventually("the idle room to be disposed", || async {
+        server.metric("berth_session_rooms").await == 0
+    })
+    .await;
+    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", server.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["rooms"].as_u64()),
+        (Some("ok"), Some(0))
+    );
 }

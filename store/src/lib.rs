@@ -118,7 +118,10 @@ impl std::fmt::Debug for StoreArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreArgs")
             .field("store", &self.store)
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .finish()
     }
 }
@@ -128,9 +131,9 @@ impl StoreArgs {
     /// gets when nothing is said.
     pub fn kind(&self, none_by_default: bool) -> Result<StoreKind, StoreError> {
         match (self.store, &self.database_url) {
-            (Some(StoreKind::Postgres), None) => {
-                Err(StoreError::Config("--store postgres needs --database-url (BERTH_DATABASE_URL)".into()))
-            }
+            (Some(StoreKind::Postgres), None) => Err(StoreError::Config(
+                "--store postgres needs --database-url (BERTH_DATABASE_URL)".into(),
+            )),
             (Some(kind), _) => Ok(kind),
             (None, Some(_)) => Ok(StoreKind::Postgres),
             (None, None) if none_by_default => Ok(StoreKind::None),
@@ -139,7 +142,11 @@ impl StoreArgs {
     }
 
     /// Opens the chosen store (creating its schema), or `None` for `--store none`.
-    pub async fn open(&self, data_dir: &Path, none_by_default: bool) -> Result<Option<Store>, StoreError> {
+    pub async fn open(
+        &self,
+        data_dir: &Path,
+        none_by_default: bool,
+    ) -> Result<Option<Store>, StoreError> {
         match self.kind(none_by_default)? {
             StoreKind::None => Ok(None),
             StoreKind::Sqlite => Store::sqlite(data_dir.join(SQLITE_FILE)).await.map(Some),
@@ -153,8 +160,12 @@ impl StoreArgs {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{user}:***@{host}"),
@@ -190,12 +201,16 @@ type BatchResult = Result<Vec<Result<(), StoreError>>, StoreError>;
 impl Store {
     /// Opens (creating if needed) the SQLite store at `path`.
     pub async fn sqlite(path: PathBuf) -> Result<Store, StoreError> {
-        Ok(Store(Arc::new(Backend::Sqlite(sqlite::SqliteStore::open(path).await?))))
+        Ok(Store(Arc::new(Backend::Sqlite(
+            sqlite::SqliteStore::open(path).await?,
+        ))))
     }
 
     /// Connects to the PostgreSQL store at `url` (creating the schema if needed).
     pub async fn postgres(url: &str) -> Result<Store, StoreError> {
-        Ok(Store(Arc::new(Backend::Postgres(Box::new(postgres::PgStore::open(url).await?)))))
+        Ok(Store(Arc::new(Backend::Postgres(Box::new(
+            postgres::PgStore::open(url).await?,
+        )))))
     }
 
     /// For logs: `sqlite:/path` or the redacted PostgreSQL URL.
@@ -226,7 +241,9 @@ impl Store {
                 }
                 results
             }
-            Err(StoreError::Conflict(_)) => vec![Err(StoreError::Conflict(batch[0].room_id.to_string()))],
+            Err(StoreError::Conflict(_)) => {
+                vec![Err(StoreError::Conflict(batch[0].room_id.to_string()))]
+            }
             Err(e) => vec![Err(e); batch.len()],
         }
     }
@@ -241,7 +258,12 @@ impl Store {
     /// Opens `room_id` under placement `epoch`: claims its fence (refused with
     /// [`StoreError::Fenced`] when a newer placement already did) and loads its last `seq` and
     /// its `recent` newest messages.
-    pub async fn open_room(&self, room_id: &str, epoch: u64, recent: usize) -> Result<OpenedRoom, StoreError> {
+    pub async fn open_room(
+        &self,
+        room_id: &str,
+        epoch: u64,
+        recent: usize,
+    ) -> Result<OpenedRoom, StoreError> {
         let recent = recent.min(MAX_READ);
         match &*self.0 {
             Backend::Sqlite(s) => s.open_room(room_id.to_owned(), epoch, recent).await,
@@ -262,20 +284,30 @@ impl Store {
         }
         let limit = limit.min(MAX_READ);
         match &*self.0 {
-            Backend::Sqlite(s) => s.messages_between(room_id.to_owned(), after, up_to, limit).await,
+            Backend::Sqlite(s) => {
+                s.messages_between(room_id.to_owned(), after, up_to, limit)
+                    .await
+            }
             Backend::Postgres(p) => p.messages_between(room_id, after, up_to, limit).await,
         }
     }
 
     /// The `limit` messages just before `before` (exclusive; `None`: the newest), oldest first.
-    pub async fn messages_before(&self, room_id: &str, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
+    pub async fn messages_before(
+        &self,
+        room_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
         let before = before.unwrap_or(u64::MAX);
         if before <= 1 || limit == 0 {
             return Ok(Page::default());
         }
         let limit = limit.min(MAX_READ);
         // One more than asked tells whether older ones remain.
-        let mut messages = self.messages_between(room_id, 0, before - 1, limit + 1).await?;
+        let mut messages = self
+            .messages_between(room_id, 0, before - 1, limit + 1)
+            .await?;
         let has_more = messages.len() > limit;
         if has_more {
             messages.remove(0);

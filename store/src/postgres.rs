@@ -14,7 +14,9 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::{BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql};
+use crate::{
+    BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql,
+};
 
 /// Bound on one store call (connecting included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,18 +72,25 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 
 impl PgStore {
     pub(crate) async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Config(format!("invalid --database-url: {e}")))?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid --database-url: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("berth");
         }
-        let store = PgStore { url: url.to_owned(), config, write: Mutex::new(None), read: Mutex::new(None) };
+        let store = PgStore {
+            url: url.to_owned(),
+            config,
+            write: Mutex::new(None),
+            read: Mutex::new(None),
+        };
         let mut slot = store.write.lock().await;
         let client = store.connected(&mut slot).await?;
         let schema = async {
             let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await?;
             tx.batch_execute(SCHEMA).await?;
             tx.commit().await
         };
@@ -98,7 +107,10 @@ impl PgStore {
     }
 
     /// The client in `slot`, connecting first when there is none or it was closed.
-    async fn connected<'a>(&self, slot: &'a mut MutexGuard<'_, Option<Client>>) -> Result<&'a mut Client, StoreError> {
+    async fn connected<'a>(
+        &self,
+        slot: &'a mut MutexGuard<'_, Option<Client>>,
+    ) -> Result<&'a mut Client, StoreError> {
         if slot.as_ref().is_none_or(Client::is_closed) {
             **slot = None;
             let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error)?;
@@ -121,7 +133,11 @@ impl PgStore {
         write: bool,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut slot = if write { self.write.lock().await } else { self.read.lock().await };
+        let mut slot = if write {
+            self.write.lock().await
+        } else {
+            self.read.lock().await
+        };
         let result = tokio::time::timeout(CALL_TIMEOUT, async {
             let client = self.connected(&mut slot).await?;
             op(client).await
@@ -135,7 +151,9 @@ impl PgStore {
             Ok(r) => r,
             Err(_) => {
                 *slot = None;
-                Err(StoreError::Unavailable("postgres: the call timed out".into()))
+                Err(StoreError::Unavailable(
+                    "postgres: the call timed out".into(),
+                ))
             }
         }
     }
@@ -186,7 +204,12 @@ impl PgStore {
         .await
     }
 
-    pub(crate) async fn open_room(&self, room_id: &str, epoch: u64, recent: usize) -> Result<OpenedRoom, StoreError> {
+    pub(crate) async fn open_room(
+        &self,
+        room_id: &str,
+        epoch: u64,
+        recent: usize,
+    ) -> Result<OpenedRoom, StoreError> {
         self.call(true, async |client| {
             let tx = client.transaction().await.map_err(pg_error)?;
             let claimed = tx
@@ -202,13 +225,19 @@ impl PgStore {
                 return Err(StoreError::Fenced(room_id.to_owned()));
             }
             let last: i64 = tx
-                .query_one("SELECT COALESCE(MAX(seq), 0)::int8 FROM berth_messages WHERE room_id = $1", &[&room_id])
+                .query_one(
+                    "SELECT COALESCE(MAX(seq), 0)::int8 FROM berth_messages WHERE room_id = $1",
+                    &[&room_id],
+                )
                 .await
                 .map_err(pg_error)?
                 .get(0);
             let recent = between(&tx, room_id, 0, from_sql(last), recent).await?;
             tx.commit().await.map_err(pg_error)?;
-            Ok(OpenedRoom { last_seq: from_sql(last), recent })
+            Ok(OpenedRoom {
+                last_seq: from_sql(last),
+                recent,
+            })
         })
         .await
     }
@@ -220,7 +249,10 @@ impl PgStore {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.call(false, async |client| between(&*client, room_id, after, up_to, limit).await).await
+        self.call(false, async |client| {
+            between(&*client, room_id, after, up_to, limit).await
+        })
+        .await
     }
 
     pub(crate) async fn create_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
@@ -229,7 +261,13 @@ impl PgStore {
                 .execute(
                     "INSERT INTO berth_rooms (room_id, name, public, created_by, created_at_ms)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id) DO NOTHING",
-                    &[&meta.room_id, &meta.name, &meta.public, &meta.created_by, &to_sql(meta.created_at_ms)],
+                    &[
+                        &meta.room_id,
+                        &meta.name,
+                        &meta.public,
+                        &meta.created_by,
+                        &to_sql(meta.created_at_ms),
+                    ],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -328,7 +366,12 @@ async fn between(
         .query(
             "SELECT seq, user_id, username, text, ts, client_id FROM berth_messages
              WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq DESC LIMIT $4",
-            &[&room_id, &to_sql(after), &to_sql(up_to), &to_sql(limit as u64)],
+            &[
+                &room_id,
+                &to_sql(after),
+                &to_sql(up_to),
+                &to_sql(limit as u64),
+            ],
         )
         .await
         .map_err(pg_error)?;

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql};
+use crate::{
+    BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql,
+};
 
 /// How long a write waits for another process's transaction before the store counts as
 /// unavailable.
@@ -88,8 +90,9 @@ impl SqliteStore {
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
             // Processes starting together race to create the file and switch it to WAL, which
             // SQLite answers with "busy" outside the busy handler: try again for a while.
@@ -108,7 +111,13 @@ impl SqliteStore {
                     Err(e) => return Err(unavailable(e)),
                 }
             };
-            Ok(SqliteStore { inner: Arc::new(Inner { path, write: Mutex::new(write), read: Mutex::new(read) }) })
+            Ok(SqliteStore {
+                inner: Arc::new(Inner {
+                    path,
+                    write: Mutex::new(write),
+                    read: Mutex::new(read),
+                }),
+            })
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("sqlite open task failed: {e}")))?
@@ -177,9 +186,16 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn open_room(&self, room_id: String, epoch: u64, recent: usize) -> Result<OpenedRoom, StoreError> {
+    pub(crate) async fn open_room(
+        &self,
+        room_id: String,
+        epoch: u64,
+        recent: usize,
+    ) -> Result<OpenedRoom, StoreError> {
         self.run(true, move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let claimed = tx
                 .execute(
                     "INSERT INTO berth_fences (room_id, epoch) VALUES (?1, ?2)
@@ -192,11 +208,18 @@ impl SqliteStore {
                 return Err(StoreError::Fenced(room_id));
             }
             let last: i64 = tx
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM berth_messages WHERE room_id = ?1", [&room_id], |r| r.get(0))
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM berth_messages WHERE room_id = ?1",
+                    [&room_id],
+                    |r| r.get(0),
+                )
                 .map_err(unavailable)?;
             let recent = between(&tx, &room_id, 0, from_sql(last), recent)?;
             tx.commit().map_err(unavailable)?;
-            Ok(OpenedRoom { last_seq: from_sql(last), recent })
+            Ok(OpenedRoom {
+                last_seq: from_sql(last),
+                recent,
+            })
         })
         .await
     }
@@ -208,7 +231,10 @@ impl SqliteStore {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.run(false, move |conn| between(conn, &room_id, after, up_to, limit)).await
+        self.run(false, move |conn| {
+            between(conn, &room_id, after, up_to, limit)
+        })
+        .await
     }
 
     pub(crate) async fn create_room(&self, meta: RoomMeta) -> Result<(), StoreError> {
@@ -216,7 +242,13 @@ impl SqliteStore {
             conn.execute(
                 "INSERT INTO berth_rooms (room_id, name, public, created_by, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (room_id) DO NOTHING",
-                params![meta.room_id, meta.name, meta.public, meta.created_by, to_sql(meta.created_at_ms)],
+                params![
+                    meta.room_id,
+                    meta.name,
+                    meta.public,
+                    meta.created_by,
+                    to_sql(meta.created_at_ms)
+                ],
             )
             .map_err(unavailable)?;
             Ok(())
@@ -245,8 +277,11 @@ impl SqliteStore {
                      WHERE public = 1 ORDER BY created_at_ms DESC, room_id LIMIT ?1",
                 )
                 .map_err(unavailable)?;
-            let rows = stmt.query_map([to_sql(limit as u64)], meta_row).map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            let rows = stmt
+                .query_map([to_sql(limit as u64)], meta_row)
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
         })
         .await
     }
@@ -263,7 +298,13 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomMeta> {
 }
 
 /// The newest `limit` messages with `after < seq <= up_to`, oldest first.
-fn between(conn: &Connection, room_id: &str, after: u64, up_to: u64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+fn between(
+    conn: &Connection,
+    room_id: &str,
+    after: u64,
+    up_to: u64,
+    limit: usize,
+) -> Result<Vec<ChatMessage>, StoreError> {
     if limit == 0 || up_to <= after {
         return Ok(Vec::new());
     }
@@ -274,18 +315,23 @@ fn between(conn: &Connection, room_id: &str, after: u64, up_to: u64, limit: usiz
         )
         .map_err(unavailable)?;
     let rows = stmt
-        .query_map(params![room_id, to_sql(after), to_sql(up_to), to_sql(limit as u64)], |r| {
-            Ok(ChatMessage {
-                seq: from_sql(r.get(0)?),
-                user_id: r.get(1)?,
-                username: r.get(2)?,
-                text: r.get(3)?,
-                ts: r.get(4)?,
-                client_id: r.get(5)?,
-            })
-        })
+        .query_map(
+            params![room_id, to_sql(after), to_sql(up_to), to_sql(limit as u64)],
+            |r| {
+                Ok(ChatMessage {
+                    seq: from_sql(r.get(0)?),
+                    user_id: r.get(1)?,
+                    username: r.get(2)?,
+                    text: r.get(3)?,
+                    ts: r.get(4)?,
+                    client_id: r.get(5)?,
+                })
+            },
+        )
         .map_err(unavailable)?;
-    let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)?;
+    let mut messages = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(unavailable)?;
     messages.reverse();
     Ok(messages)
 }

@@ -16,7 +16,9 @@ pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(TEST_DATABASE_URL_ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{TEST_DATABASE_URL_ENV} is not set under CI: the PostgreSQL tests must run there")
+            panic!(
+                "{TEST_DATABASE_URL_ENV} is not set under CI: the PostgreSQL tests must run there"
+            )
         }
         _ => {
             eprintln!("skipping a PostgreSQL test: {TEST_DATABASE_URL_ENV} is not set");
@@ -40,13 +42,24 @@ impl TempDatabase {
     pub async fn create(admin_url: &str) -> TempDatabase {
         let name = format!("berth_test_{:016x}", rand::random::<u64>());
         let client = admin(admin_url).await;
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        TempDatabase { url: with_database(admin_url, &name), name, admin_url: admin_url.to_owned() }
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TempDatabase {
+            url: with_database(admin_url, &name),
+            name,
+            admin_url: admin_url.to_owned(),
+        }
     }
 
     /// Runs `sql` as the admin (for tests that break the database on purpose).
     pub async fn admin_execute(&self, sql: &str) {
-        admin(&self.admin_url).await.batch_execute(sql).await.unwrap();
+        admin(&self.admin_url)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap();
     }
 }
 
@@ -56,10 +69,16 @@ impl Drop for TempDatabase {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a thread with a runtime of its own.
         let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let client = admin(&admin_url).await;
-                if let Err(e) = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await {
+                if let Err(e) = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                {
                     eprintln!("cannot drop test database {name}: {e}");
                 }
             });
@@ -69,9 +88,9 @@ impl Drop for TempDatabase {
 }
 
 async fn admin(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| {
-        panic!("cannot connect to {} ({e})", crate::redact_url(url))
-    });
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {} ({e})", crate::redact_url(url)));
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -80,7 +99,9 @@ async fn admin(url: &str) -> tokio_postgres::Client {
 
 /// `admin_url` with its database replaced by `name`.
 pub fn with_database(admin_url: &str, name: &str) -> String {
-    let (base, query) = admin_url.split_once('?').map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -96,8 +117,14 @@ pub fn with_database(admin_url: &str, name: &str) -> String {
 mod tests {
     #[test]
     fn database_names_are_swapped() {
-        assert_eq!(super::with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
+        assert_eq!(
+            super::with_database("postgres://u:p@h:5432/postgres", "x"),
+            "postgres://u:p@h:5432/x"
+        );
         assert_eq!(super::with_database("postgres://h", "x"), "postgres://h/x");
-        assert_eq!(super::with_database("postgres://h/db?sslmode=disable", "x"), "postgres://h/x?sslmode=disable");
+        assert_eq!(
+            super::with_database("postgres://h/db?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
     }
 }

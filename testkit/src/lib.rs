@@ -135,7 +135,11 @@ impl Cluster {
             scheduler_args.extend(["--database-url".to_owned(), url.clone()]);
         }
         scheduler_args.extend(options.scheduler_args.iter().cloned());
-        let scheduler = Scheduler::start(scheduler_listener, scheduler_args.clone(), shutdown.child_token());
+        let scheduler = Scheduler::start(
+            scheduler_listener,
+            scheduler_args.clone(),
+            shutdown.child_token(),
+        );
 
         let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_url = format!("http://{}", backend_listener.local_addr().unwrap());
@@ -201,7 +205,12 @@ impl Cluster {
 
     /// The scheduler's view of the fleet (`GET /v1/servers`).
     pub async fn servers(&self) -> Vec<ServerInfo> {
-        let list: ServerList = self.scheduler_get("/v1/servers").await.json().await.unwrap();
+        let list: ServerList = self
+            .scheduler_get("/v1/servers")
+            .await
+            .json()
+            .await
+            .unwrap();
         list.servers
     }
 
@@ -227,12 +236,20 @@ impl Cluster {
 
     /// The server `id` as the scheduler lists it. Panics when it is not listed.
     pub async fn server(&self, id: &str) -> ServerInfo {
-        self.servers().await.into_iter().find(|s| s.id == id).unwrap_or_else(|| panic!("server {id} not listed"))
+        self.servers()
+            .await
+            .into_iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("server {id} not listed"))
     }
 
     /// SIGKILLs the session process of server `id` (it must be one the scheduler spawned).
     pub async fn kill_server(&self, id: &str) {
-        let pid = self.server(id).await.pid.unwrap_or_else(|| panic!("server {id} has no pid"));
+        let pid = self
+            .server(id)
+            .await
+            .pid
+            .unwrap_or_else(|| panic!("server {id} has no pid"));
         signal(pid, "KILL");
     }
 
@@ -245,14 +262,23 @@ impl Cluster {
         // Pooled keep-alive connections point at the stopped scheduler: start a fresh pool.
         self.http = http_client();
         let listener = TcpListener::bind(self.scheduler_addr).await.unwrap();
-        self.scheduler = Some(Scheduler::start(listener, self.scheduler_args.clone(), self.shutdown.child_token()));
+        self.scheduler = Some(Scheduler::start(
+            listener,
+            self.scheduler_args.clone(),
+            self.shutdown.child_token(),
+        ));
     }
 
     /// Starts a session server the way an outside supervisor would (not spawned by the
     /// scheduler): it registers by itself and the scheduler never stops it. Killed on drop.
     pub fn start_outside_session(&self, extra_args: &[&str]) -> tokio::process::Child {
         tokio::process::Command::new(bin_path("testkit-session"))
-            .args(["--listen", "127.0.0.1:0", "--scheduler-url", &self.scheduler_url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--scheduler-url",
+                &self.scheduler_url,
+            ])
             .arg("--ticket-public-key")
             .arg(self.ticket_keys().public)
             .arg("--data-dir")
@@ -296,10 +322,19 @@ pub fn write_ticket_keys(dir: &Path) -> TicketKeys {
     use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
     std::fs::create_dir_all(dir).unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let keys = TicketKeys { private: dir.join("ticket.key.pem"), public: dir.join("ticket.pub.pem") };
+    let keys = TicketKeys {
+        private: dir.join("ticket.key.pem"),
+        public: dir.join("ticket.pub.pem"),
+    };
     let private = key.to_pkcs8_pem(Default::default()).unwrap();
     std::fs::write(&keys.private, private.as_bytes()).unwrap();
-    std::fs::write(&keys.public, key.verifying_key().to_public_key_pem(Default::default()).unwrap()).unwrap();
+    std::fs::write(
+        &keys.public,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
     keys
 }
 
@@ -307,13 +342,21 @@ pub fn write_ticket_keys(dir: &Path) -> TicketKeys {
 pub fn mint_ticket(keys: &TicketKeys, claims: &berth_protocol::claims::TicketClaims) -> String {
     let pem = std::fs::read(&keys.private).unwrap();
     let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap();
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), claims, &key).unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        claims,
+        &key,
+    )
+    .unwrap()
 }
 
 /// The ticket keys of a running cluster.
 impl Cluster {
     pub fn ticket_keys(&self) -> TicketKeys {
-        TicketKeys { private: self.data_dir.join("ticket.key.pem"), public: self.data_dir.join("ticket.pub.pem") }
+        TicketKeys {
+            private: self.data_dir.join("ticket.key.pem"),
+            public: self.data_dir.join("ticket.pub.pem"),
+        }
     }
 }
 
@@ -356,7 +399,11 @@ pub fn bin_path(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test` (it builds it)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` (it builds it)",
+        path.display()
+    );
     path
 }
 
@@ -364,24 +411,39 @@ pub fn bin_path(name: &str) -> PathBuf {
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 is the state; `Z` is a zombie waiting to be reaped, `X` dead.
-        Ok(stat) => stat.rsplit(')').next().map(|rest| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|rest| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
 
 /// Sends `SIG<name>` to `pid` with kill(1).
 pub fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-{tag}-{}-{:x}", std::process::id(), rand::random::<u64>()));
+    let dir = std::env::temp_dir().join(format!(
+        "berth-{tag}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

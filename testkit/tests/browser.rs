@@ -40,14 +40,21 @@ const ACTIVE: &str = "[data-testid=room]:not([hidden])";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
-    let Some(driver) = ChromeDriver::start().await else { return };
+    let Some(driver) = ChromeDriver::start().await else {
+        return;
+    };
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let base = cluster.backend_url.clone();
 
     // --- 1. alice logs in and creates a public room ---------------------------------------
     let alice = driver.session("alice", Window::Desktop).await;
     alice.goto(&base).await;
-    alice.wait_for("the login form", "return !document.getElementById('login-view').hidden").await;
+    alice
+        .wait_for(
+            "the login form",
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
     alice.type_into("#username-input", "alice").await;
     alice.click("#login-button").await;
     alice
@@ -57,7 +64,15 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
              && document.getElementById('current-user').textContent",
         )
         .await;
-    assert_eq!(alice.js("return document.getElementById('current-user').textContent", vec![]).await, "alice");
+    assert_eq!(
+        alice
+            .js(
+                "return document.getElementById('current-user').textContent",
+                vec![]
+            )
+            .await,
+        "alice"
+    );
 
     alice.type_into("#room-name-input", "Harbour crew").await;
     alice.click("#create-room-button").await;
@@ -71,11 +86,22 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         .unwrap()
         .to_owned();
     assert!(room_id.starts_with("r-"), "room id {room_id}");
-    assert_eq!(alice.js("return location.hash", vec![]).await, format!("#/rooms/{room_id}"));
-    let link = alice.js(&format!("return document.querySelector('{ACTIVE} [data-testid=share-link]').value"), vec![]).await;
+    assert_eq!(
+        alice.js("return location.hash", vec![]).await,
+        format!("#/rooms/{room_id}")
+    );
+    let link = alice
+        .js(
+            &format!("return document.querySelector('{ACTIVE} [data-testid=share-link]').value"),
+            vec![],
+        )
+        .await;
     assert_eq!(link, format!("{base}/#/rooms/{room_id}"));
     let server_id = room_text(&alice, &room_id, "room-server").await;
-    assert!(cluster.servers().await.iter().any(|s| s.id == server_id), "the page names the hosting server {server_id}");
+    assert!(
+        cluster.servers().await.iter().any(|s| s.id == server_id),
+        "the page names the hosting server {server_id}"
+    );
 
     // --- bob opens the shared link on a phone-sized screen --------------------------------
     let bob = driver.session("bob", Window::Phone).await;
@@ -88,7 +114,8 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         )
         .await;
     assert!(hint.as_str().unwrap().contains(&room_id), "hint: {hint}");
-    bob.type_into("#username-input", &format!("bob{ENTER}")).await;
+    bob.type_into("#username-input", &format!("bob{ENTER}"))
+        .await;
     bob.wait_for(
         "bob to land in the shared room",
         &format!("const r = document.querySelector('{ACTIVE}'); return r && r.dataset.roomId === '{room_id}' && r.dataset.state === 'open'"),
@@ -104,24 +131,52 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         .await;
     }
     // On the phone the member list is a panel behind a button.
-    let panel_shown = format!("return getComputedStyle(document.querySelector('{ACTIVE} .members-panel')).display !== 'none'");
-    assert_eq!(bob.js(&panel_shown, vec![]).await, false, "the phone layout hides the members panel at first");
-    bob.click(&format!("{ACTIVE} [data-testid=members-toggle]")).await;
-    bob.wait_for("bob's members panel to open", &panel_shown).await;
-    bob.click(&format!("{ACTIVE} [data-testid=members-toggle]")).await;
+    let panel_shown = format!(
+        "return getComputedStyle(document.querySelector('{ACTIVE} .members-panel')).display !== 'none'"
+    );
+    assert_eq!(
+        bob.js(&panel_shown, vec![]).await,
+        false,
+        "the phone layout hides the members panel at first"
+    );
+    bob.click(&format!("{ACTIVE} [data-testid=members-toggle]"))
+        .await;
+    bob.wait_for("bob's members panel to open", &panel_shown)
+        .await;
+    bob.click(&format!("{ACTIVE} [data-testid=members-toggle]"))
+        .await;
     assert_eq!(room_text(&bob, &room_id, "members-count").await, "2");
 
     // --- they talk; the last message is hostile -------------------------------------------
     let mut expected: Vec<(&str, String)> = Vec::new();
     let composer = format!("{ACTIVE} [data-testid=composer-input]");
-    alice.type_into(&composer, &format!("Morning, bob! Berth docked our room on its own server.{ENTER}")).await;
-    expected.push(("alice", "Morning, bob! Berth docked our room on its own server.".into()));
+    alice
+        .type_into(
+            &composer,
+            &format!("Morning, bob! Berth docked our room on its own server.{ENTER}"),
+        )
+        .await;
+    expected.push((
+        "alice",
+        "Morning, bob! Berth docked our room on its own server.".into(),
+    ));
     wait_messages(&bob, "bob", &room_id, &expected).await;
     // Shift+Enter makes a new line; Enter sends.
-    bob.type_into(&composer, &format!("Morning! I opened your link on my phone.{SHIFT}{ENTER}{SHIFT}Works nicely.{ENTER}")).await;
-    expected.push(("bob", "Morning! I opened your link on my phone.\nWorks nicely.".into()));
+    bob.type_into(
+        &composer,
+        &format!(
+            "Morning! I opened your link on my phone.{SHIFT}{ENTER}{SHIFT}Works nicely.{ENTER}"
+        ),
+    )
+    .await;
+    expected.push((
+        "bob",
+        "Morning! I opened your link on my phone.\nWorks nicely.".into(),
+    ));
     wait_messages(&alice, "alice", &room_id, &expected).await;
-    alice.type_into(&composer, &format!("Try to break it :){ENTER}")).await;
+    alice
+        .type_into(&composer, &format!("Try to break it :){ENTER}"))
+        .await;
     expected.push(("alice", "Try to break it :)".into()));
     wait_messages(&bob, "bob", &room_id, &expected).await;
     bob.type_into(&composer, &format!("{HOSTILE}{ENTER}")).await;
@@ -138,17 +193,34 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
                 vec![json!(room_id)],
             )
             .await;
-        assert_eq!(check["text"], HOSTILE, "{who}: the hostile message is shown as its literal text");
-        assert_eq!(check["children"], 0, "{who}: the message text has no child elements");
-        assert_eq!(check["imgs"], 0, "{who}: no <img> element in the message list");
-        assert_eq!(check["pwned"], false, "{who}: the onerror handler never ran");
+        assert_eq!(
+            check["text"], HOSTILE,
+            "{who}: the hostile message is shown as its literal text"
+        );
+        assert_eq!(
+            check["children"], 0,
+            "{who}: the message text has no child elements"
+        );
+        assert_eq!(
+            check["imgs"], 0,
+            "{who}: no <img> element in the message list"
+        );
+        assert_eq!(
+            check["pwned"], false,
+            "{who}: the onerror handler never ran"
+        );
     }
     save_screenshot(&alice, "room").await;
     save_screenshot(&bob, "room-phone").await;
 
     // --- several rooms: a second room in view, unread count on the first ----------------------
     alice.click("[data-testid=lobby-link]").await;
-    alice.wait_for("the lobby", "return !document.getElementById('lobby').hidden").await;
+    alice
+        .wait_for(
+            "the lobby",
+            "return !document.getElementById('lobby').hidden",
+        )
+        .await;
     alice.type_into("#room-name-input", "Design review").await;
     alice.click("#create-room-button").await;
     let second = alice
@@ -158,7 +230,8 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         )
         .await;
     assert_ne!(second.as_str().unwrap(), room_id);
-    bob.type_into(&composer, &format!("Are you still there?{ENTER}")).await;
+    bob.type_into(&composer, &format!("Are you still there?{ENTER}"))
+        .await;
     expected.push(("bob", "Are you still there?".into()));
     let unread = alice
         .wait_for(
@@ -167,7 +240,14 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         )
         .await;
     assert_eq!(unread, "1");
-    assert!(alice.js("return document.title", vec![]).await.as_str().unwrap().starts_with("(1) "));
+    assert!(
+        alice
+            .js("return document.title", vec![])
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("(1) ")
+    );
 
     // The lobby lists both public rooms with member counts (as of the servers' heartbeats).
     alice.click("[data-testid=lobby-link]").await;
@@ -186,7 +266,11 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
     save_screenshot(&alice, "lobby").await;
 
     // Back in the first room the unread count is gone and the message is there.
-    alice.click(&format!("[data-testid=open-room][data-room-id='{room_id}']")).await;
+    alice
+        .click(&format!(
+            "[data-testid=open-room][data-room-id='{room_id}']"
+        ))
+        .await;
     wait_messages(&alice, "alice", &room_id, &expected).await;
     alice
         .wait_for(
@@ -234,18 +318,35 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
         )
         .await;
         new_server = room_text(page, &room_id, "room-server").await;
-        assert_eq!(page.js("return window.__berthSamePage", vec![]).await, "yes", "{who}'s page was not reloaded");
+        assert_eq!(
+            page.js("return window.__berthSamePage", vec![]).await,
+            "yes",
+            "{who}'s page was not reloaded"
+        );
         assert_eq!(room_text(page, &room_id, "room-status").await, "Connected");
     }
-    eprintln!("failover: {server_id} -> {new_server} in {:?}", killed_at.elapsed());
-    assert!(cluster.servers().await.iter().any(|s| s.id == new_server), "the page names the new server {new_server}");
-    assert_eq!(room_text(&bob, &room_id, "room-server").await, new_server, "both pages agree on the new server");
+    eprintln!(
+        "failover: {server_id} -> {new_server} in {:?}",
+        killed_at.elapsed()
+    );
+    assert!(
+        cluster.servers().await.iter().any(|s| s.id == new_server),
+        "the page names the new server {new_server}"
+    );
+    assert_eq!(
+        room_text(&bob, &room_id, "room-server").await,
+        new_server,
+        "both pages agree on the new server"
+    );
 
     // Chat works again, and nothing is shown twice.
-    alice.type_into(&composer, &format!("Back online?{ENTER}")).await;
+    alice
+        .type_into(&composer, &format!("Back online?{ENTER}"))
+        .await;
     expected.push(("alice", "Back online?".into()));
     wait_messages(&bob, "bob", &room_id, &expected).await;
-    bob.type_into(&composer, &format!("Yes, on the new server.{ENTER}")).await;
+    bob.type_into(&composer, &format!("Yes, on the new server.{ENTER}"))
+        .await;
     expected.push(("bob", "Yes, on the new server.".into()));
     for (who, page) in [("alice", &alice), ("bob", &bob)] {
         wait_messages(page, who, &room_id, &expected).await;
@@ -256,7 +357,10 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
                 vec![json!(room_id)],
             )
             .await;
-        assert!(notice.is_string(), "{who}: a notice tells that the room came back");
+        assert!(
+            notice.is_string(),
+            "{who}: a notice tells that the room came back"
+        );
         page.wait_for(
             &format!("{who} sees both in the member list again"),
             &format!("{MEMBERS_JS} return JSON.stringify(members('{room_id}')) === JSON.stringify(['alice', 'bob'])"),
@@ -266,60 +370,142 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
 
     // --- a reader who scrolled up is not yanked down; the newest messages are a click away ------
     for i in 1..=12 {
-        alice.type_into(&composer, &format!("Log line {i}{ENTER}")).await;
+        alice
+            .type_into(&composer, &format!("Log line {i}{ENTER}"))
+            .await;
         expected.push(("alice", format!("Log line {i}")));
     }
     wait_messages(&bob, "bob", &room_id, &expected).await;
-    let list = format!("document.querySelector(`[data-testid=room][data-room-id='{room_id}'] [data-testid=message-list]`)");
-    let at_bottom = format!("const l = {list}; return l.scrollHeight - l.scrollTop - l.clientHeight < 4");
-    assert_eq!(alice.js(&at_bottom, vec![]).await, true, "alice's own messages keep her list at the bottom");
-    assert_eq!(bob.js(&at_bottom, vec![]).await, true, "bob's list follows new messages while he is at the bottom");
-    let overflows = bob.js(&format!("const l = {list}; return l.scrollHeight > l.clientHeight + 100"), vec![]).await;
-    assert_eq!(overflows, true, "bob's message list should overflow for this check");
+    let list = format!(
+        "document.querySelector(`[data-testid=room][data-room-id='{room_id}'] [data-testid=message-list]`)"
+    );
+    let at_bottom =
+        format!("const l = {list}; return l.scrollHeight - l.scrollTop - l.clientHeight < 4");
+    assert_eq!(
+        alice.js(&at_bottom, vec![]).await,
+        true,
+        "alice's own messages keep her list at the bottom"
+    );
+    assert_eq!(
+        bob.js(&at_bottom, vec![]).await,
+        true,
+        "bob's list follows new messages while he is at the bottom"
+    );
+    let overflows = bob
+        .js(
+            &format!("const l = {list}; return l.scrollHeight > l.clientHeight + 100"),
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        overflows, true,
+        "bob's message list should overflow for this check"
+    );
     bob.js(&format!("{list}.scrollTop = 0"), vec![]).await;
     bob.wait_for(
         "bob's page to notice that he scrolled up",
         &format!("return {list}.scrollTop === 0 && document.querySelector(`[data-testid=room][data-room-id='{room_id}']`).dataset.following === 'false'"),
     )
     .await;
-    alice.type_into(&composer, &format!("Scroll down, bob.{ENTER}")).await;
+    alice
+        .type_into(&composer, &format!("Scroll down, bob.{ENTER}"))
+        .await;
     expected.push(("alice", "Scroll down, bob.".into()));
     wait_messages(&bob, "bob", &room_id, &expected).await;
-    assert_eq!(bob.js(&format!("return {list}.scrollTop"), vec![]).await, 0, "bob's reading position was kept");
+    assert_eq!(
+        bob.js(&format!("return {list}.scrollTop"), vec![]).await,
+        0,
+        "bob's reading position was kept"
+    );
     let jump = format!("[data-testid=room][data-room-id='{room_id}'] [data-testid=jump-to-latest]");
     let label = bob
-        .wait_for("the jump-to-latest button", &format!("const b = document.querySelector(\"{jump}\"); return !b.hidden && b.textContent"))
+        .wait_for(
+            "the jump-to-latest button",
+            &format!(
+                "const b = document.querySelector(\"{jump}\"); return !b.hidden && b.textContent"
+            ),
+        )
         .await;
     assert_eq!(label, "1 new message ↓");
     bob.click(&jump).await;
-    bob.wait_for("bob's list to reach the newest message", &at_bottom).await;
+    bob.wait_for("bob's list to reach the newest message", &at_bottom)
+        .await;
 
     // --- an unknown room is reported in the lobby, in words ---------------------------------
     alice.click("[data-testid=lobby-link]").await;
-    alice.type_into("#join-room-input", &format!("r-doesnotexist{ENTER}")).await;
+    alice
+        .type_into("#join-room-input", &format!("r-doesnotexist{ENTER}"))
+        .await;
     let error = alice
         .wait_for(
             "the room-not-found message",
             "const e = document.getElementById('lobby-error'); return !e.hidden && e.textContent.trim()",
         )
         .await;
-    assert!(error.as_str().unwrap().contains("was not found"), "lobby error: {error}");
+    assert!(
+        error.as_str().unwrap().contains("was not found"),
+        "lobby error: {error}"
+    );
 
     // --- the SDK's resume rules, against scripted sockets in the same browser -----------------
     let sdk = alice.js_async(SDK_SCENARIO, vec![]).await;
     eprintln!("sdk scenario: {sdk}");
     assert_eq!(sdk["error"], Value::Null, "the SDK scenario threw");
-    assert_eq!(sdk["states"], json!(["connecting", "open", "reconnecting", "open", "reconnecting", "open", "closed"]));
-    assert_eq!(sdk["firstHistory"], json!([1, 2]), "the first welcome delivers the whole history");
-    assert_eq!(sdk["resumeUrl"], true, "a reconnect looks the room up again (fresh ticket) and asks for since=3");
-    assert_eq!(sdk["resumedHistory"], json!([4]), "after a reconnect only messages not seen before are delivered");
-    assert_eq!(sdk["ownConfirmed"], true, "the message sent before the drop is confirmed by its clientId");
-    assert_eq!(sdk["resent"], 0, "a message the server already has is not sent again");
-    assert_eq!(sdk["queuedSent"], true, "a message sent while reconnecting goes out after the welcome");
-    assert_eq!(sdk["liveDuplicates"], 0, "a live message already delivered is dropped");
-    assert_eq!(sdk["reset"], json!({ "historyReset": true, "history": [1] }), "a room that restarted empty is accepted");
-    assert_eq!(sdk["notFound"], "room_not_found", "an unknown room ends the connection with room_not_found");
-    assert_eq!(sdk["policy"], "policy_violation", "close 1008 ends the connection");
+    assert_eq!(
+        sdk["states"],
+        json!([
+            "connecting",
+            "open",
+            "reconnecting",
+            "open",
+            "reconnecting",
+            "open",
+            "closed"
+        ])
+    );
+    assert_eq!(
+        sdk["firstHistory"],
+        json!([1, 2]),
+        "the first welcome delivers the whole history"
+    );
+    assert_eq!(
+        sdk["resumeUrl"], true,
+        "a reconnect looks the room up again (fresh ticket) and asks for since=3"
+    );
+    assert_eq!(
+        sdk["resumedHistory"],
+        json!([4]),
+        "after a reconnect only messages not seen before are delivered"
+    );
+    assert_eq!(
+        sdk["ownConfirmed"], true,
+        "the message sent before the drop is confirmed by its clientId"
+    );
+    assert_eq!(
+        sdk["resent"], 0,
+        "a message the server already has is not sent again"
+    );
+    assert_eq!(
+        sdk["queuedSent"], true,
+        "a message sent while reconnecting goes out after the welcome"
+    );
+    assert_eq!(
+        sdk["liveDuplicates"], 0,
+        "a live message already delivered is dropped"
+    );
+    assert_eq!(
+        sdk["reset"],
+        json!({ "historyReset": true, "history": [1] }),
+        "a room that restarted empty is accepted"
+    );
+    assert_eq!(
+        sdk["notFound"], "room_not_found",
+        "an unknown room ends the connection with room_not_found"
+    );
+    assert_eq!(
+        sdk["policy"], "policy_violation",
+        "close 1008 ends the connection"
+    );
 
     for (who, page) in [("alice", &alice), ("bob", &bob)] {
         page.assert_no_uncaught_errors(who).await;
@@ -428,7 +614,13 @@ async fn room_text(page: &Browser, room_id: &str, testid: &str) -> String {
 /// Waits until the room shows exactly these confirmed messages (author, text), in order, each
 /// once, and none still pending.
 async fn wait_messages(page: &Browser, who: &str, room_id: &str, expected: &[(&str, String)]) {
-    let want = json!(expected.iter().map(|(a, t)| json!([a, t])).collect::<Vec<_>>()).to_string();
+    let want = json!(
+        expected
+            .iter()
+            .map(|(a, t)| json!([a, t]))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
     let script = format!(
         "const got = [...document.querySelectorAll(`[data-testid=room][data-room-id='{room_id}'] [data-testid=message]`)]
            .map(m => [m.querySelector('[data-testid=message-author]').textContent,
@@ -437,7 +629,8 @@ async fn wait_messages(page: &Browser, who: &str, room_id: &str, expected: &[(&s
          return JSON.stringify(got.map(([a, t, p]) => p ? [a, t, p] : [a, t])) === arguments[0];"
     );
     let what = format!("{who} to show the messages {want}");
-    page.wait_for_args(&what, &script, vec![json!(want)], WAIT).await;
+    page.wait_for_args(&what, &script, vec![json!(want)], WAIT)
+        .await;
 }
 
 // --- screenshots --------------------------------------------------------------------------
@@ -446,7 +639,9 @@ async fn save_screenshot(page: &Browser, name: &str) {
     let png = page.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let mut dirs = vec![screenshot_dir()];
-    if std::env::var("BERTH_UPDATE_SCREENSHOTS").as_deref() == Ok("1") && !name.starts_with("failure-") {
+    if std::env::var("BERTH_UPDATE_SCREENSHOTS").as_deref() == Ok("1")
+        && !name.starts_with("failure-")
+    {
         dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots"));
     }
     for dir in dirs {
@@ -483,14 +678,20 @@ impl ChromeDriver {
     /// Starts chromedriver, or returns `None` (after saying why) when it is not installed
     /// outside CI.
     async fn start() -> Option<ChromeDriver> {
-        let driver = std::env::var("BERTH_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let chromium = std::env::var("BERTH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let driver =
+            std::env::var("BERTH_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let chromium =
+            std::env::var("BERTH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let installed = Path::new(&driver).exists() && Path::new(&chromium).exists();
         if !installed {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{driver} or {chromium} is missing: CI must install chromium and chromium-driver");
+                panic!(
+                    "{driver} or {chromium} is missing: CI must install chromium and chromium-driver"
+                );
             }
-            eprintln!("skipping browser tests: install chromium chromium-driver (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "skipping browser tests: install chromium chromium-driver (apt-get install chromium chromium-driver)"
+            );
             return None;
         }
         // Failure screenshots of an earlier run would only confuse.
@@ -501,7 +702,11 @@ impl ChromeDriver {
                 }
             }
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = tokio::process::Command::new(&driver)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
@@ -510,19 +715,31 @@ impl ChromeDriver {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {driver}: {e}"));
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap();
         let status = format!("{url}/status");
         berth_testkit::eventually(WAIT, || {
             let (http, status) = (http.clone(), status.clone());
             async move {
                 match http.get(&status).send().await {
-                    Ok(r) => r.json::<Value>().await.map(|v| v["value"]["ready"] == true).unwrap_or(false),
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .map(|v| v["value"]["ready"] == true)
+                        .unwrap_or(false),
                     Err(_) => false,
                 }
             }
         })
         .await;
-        Some(ChromeDriver { url, chromium, http, child })
+        Some(ChromeDriver {
+            url,
+            chromium,
+            http,
+            child,
+        })
     }
 
     /// Stops chromedriver and reaps it.
@@ -550,7 +767,8 @@ impl ChromeDriver {
             Window::Desktop => args.push("--window-size=1280,900".into()),
             Window::Phone => {
                 args.push("--window-size=500,900".into());
-                options["mobileEmulation"] = json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 } });
+                options["mobileEmulation"] =
+                    json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 } });
             }
         }
         options["args"] = json!(args);
@@ -559,9 +777,18 @@ impl ChromeDriver {
             "goog:chromeOptions": options,
             "goog:loggingPrefs": { "browser": "ALL" },
         } } });
-        let res = self.http.post(format!("{}/session", self.url)).json(&caps).send().await.unwrap();
+        let res = self
+            .http
+            .post(format!("{}/session", self.url))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap();
         let body: Value = res.json().await.unwrap();
-        let id = body["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("new session: {body}")).to_owned();
+        let id = body["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("new session: {body}"))
+            .to_owned();
         Browser {
             name: name.to_owned(),
             http: self.http.clone(),
@@ -591,41 +818,79 @@ impl Browser {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let res = req.send().await.unwrap_or_else(|e| panic!("{}: {method} {path}: {e}", self.name));
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {method} {path}: {e}", self.name));
         let status = res.status();
         let body: Value = res.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{}: {method} {path}: {status} {}", self.name, body["value"]);
+        assert!(
+            status.is_success(),
+            "{}: {method} {path}: {status} {}",
+            self.name,
+            body["value"]
+        );
         body["value"].clone()
     }
 
     async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": args }))).await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
     }
 
     /// Runs an asynchronous `script`: it reports by calling its last argument.
     async fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/async", Some(json!({ "script": script, "args": args }))).await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
     }
 
     async fn find(&self, css: &str) -> String {
-        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css }))).await;
-        v[ELEMENT_KEY].as_str().unwrap_or_else(|| panic!("{}: no element {css}", self.name)).to_owned()
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
+        v[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no element {css}", self.name))
+            .to_owned()
     }
 
     /// Types like a person (key events), into the element `css`.
     async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     async fn click(&self, css: &str) {
         let id = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn screenshot(&self) -> Vec<u8> {
@@ -642,7 +907,13 @@ impl Browser {
         self.wait_for_args(what, script, vec![], timeout).await
     }
 
-    async fn wait_for_args(&self, what: &str, script: &str, args: Vec<Value>, timeout: Duration) -> Value {
+    async fn wait_for_args(
+        &self,
+        what: &str,
+        script: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let v = self.js(script, args.clone()).await;
@@ -667,7 +938,12 @@ impl Browser {
     async fn fail(&self, what: &str, timeout: Duration) -> ! {
         let shot = format!("failure-{}", self.name);
         save_screenshot(self, &shot).await;
-        let seen = self.js("return JSON.stringify(window.__berthLastMessages ?? null)", vec![]).await;
+        let seen = self
+            .js(
+                "return JSON.stringify(window.__berthLastMessages ?? null)",
+                vec![],
+            )
+            .await;
         let status = self
             .js(
                 "return [...document.querySelectorAll('[data-testid=room]')].map(r => r.dataset.roomId + ': ' + r.dataset.state + ' / ' + r.querySelector('[data-testid=room-status]').textContent).join('; ')",
@@ -677,25 +953,49 @@ impl Browser {
         for line in self.console().await {
             eprintln!("{} console: {line}", self.name);
         }
-        panic!("{}: waited {timeout:?} for {what}; rooms: {status}; last messages seen: {seen}", self.name);
+        panic!(
+            "{}: waited {timeout:?} for {what}; rooms: {status}; last messages seen: {seen}",
+            self.name
+        );
     }
 
     /// The browser console so far (chromedriver's log endpoint), or nothing where unsupported.
     async fn console(&self) -> Vec<String> {
         let url = format!("{}/session/{}/se/log", self.driver, self.session);
-        let Ok(res) = self.http.post(&url).json(&json!({ "type": "browser" })).send().await else { return vec![] };
+        let Ok(res) = self
+            .http
+            .post(&url)
+            .json(&json!({ "type": "browser" }))
+            .send()
+            .await
+        else {
+            return vec![];
+        };
         let body: Value = res.json().await.unwrap_or(Value::Null);
         body["value"]
             .as_array()
-            .map(|entries| entries.iter().map(|e| format!("{} {}", e["level"], e["message"])).collect())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| format!("{} {}", e["level"], e["message"]))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Fails on any uncaught exception in the page. (Failed WebSocket attempts during a
     /// failover are logged as errors too; they are expected.)
     async fn assert_no_uncaught_errors(&self, who: &str) {
-        let uncaught: Vec<String> = self.console().await.into_iter().filter(|l| l.contains("Uncaught")).collect();
-        assert!(uncaught.is_empty(), "{who}: uncaught errors in the page: {uncaught:#?}");
+        let uncaught: Vec<String> = self
+            .console()
+            .await
+            .into_iter()
+            .filter(|l| l.contains("Uncaught"))
+            .collect();
+        assert!(
+            uncaught.is_empty(),
+            "{who}: uncaught errors in the page: {uncaught:#?}"
+        );
     }
 
     async fn close(mut self) {
@@ -711,7 +1011,9 @@ impl Drop for Browser {
         if !self.open {
             return;
         }
-        let Some(addr) = self.driver.strip_prefix("http://") else { return };
+        let Some(addr) = self.driver.strip_prefix("http://") else {
+            return;
+        };
         if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
             let request = format!(
@@ -738,7 +1040,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
             _ => panic!("not base64: {c}"),
         }
     };
-    let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
     let mut out = Vec::with_capacity(clean.len() * 3 / 4);
     for chunk in clean.chunks(4) {
         let mut acc = 0u32;

@@ -30,11 +30,23 @@ async fn two_users_chat_in_one_room() {
     let bob = cluster.login("bob").await;
 
     let created = backend
-        .create_room(&alice, &CreateRoomRequest { name: Some("lounge".into()), public: true })
+        .create_room(
+            &alice,
+            &CreateRoomRequest {
+                name: Some("lounge".into()),
+                public: true,
+            },
+        )
         .await
         .unwrap();
-    assert!(created.url.starts_with("ws://127.0.0.1:"), "url: {}", created.url);
-    let (mut a, welcome_a) = RoomConnection::connect(&created.url, &created.token).await.unwrap();
+    assert!(
+        created.url.starts_with("ws://127.0.0.1:"),
+        "url: {}",
+        created.url
+    );
+    let (mut a, welcome_a) = RoomConnection::connect(&created.url, &created.token)
+        .await
+        .unwrap();
     assert_eq!(welcome_a.room_id, created.room_id);
     assert_eq!(welcome_a.you.username, "alice");
     assert_eq!(welcome_a.seq, 0);
@@ -42,9 +54,18 @@ async fn two_users_chat_in_one_room() {
 
     let found = backend.lookup_room(&bob, &created.room_id).await.unwrap();
     assert_eq!(found.url, created.url);
-    let (mut b, welcome_b) = RoomConnection::connect(&found.url, &found.token).await.unwrap();
-    let names: Vec<_> = welcome_b.members.iter().map(|m| m.username.as_str()).collect();
-    assert!(names.contains(&"alice") && names.contains(&"bob"), "members: {names:?}");
+    let (mut b, welcome_b) = RoomConnection::connect(&found.url, &found.token)
+        .await
+        .unwrap();
+    let names: Vec<_> = welcome_b
+        .members
+        .iter()
+        .map(|m| m.username.as_str())
+        .collect();
+    assert!(
+        names.contains(&"alice") && names.contains(&"bob"),
+        "members: {names:?}"
+    );
 
     // Alice sees Bob arrive.
     match a.recv_timeout(WAIT).await.unwrap() {
@@ -54,11 +75,18 @@ async fn two_users_chat_in_one_room() {
 
     // The public room shows up in the listing with its members.
     let rooms = backend.list_rooms().await.unwrap();
-    assert!(rooms.rooms.iter().any(|r| r.room_id == created.room_id && r.name == "lounge"));
+    assert!(
+        rooms
+            .rooms
+            .iter()
+            .any(|r| r.room_id == created.room_id && r.name == "lounge")
+    );
 
     // Interleaved sends: everyone sees every message in one order with consecutive seq.
     for i in 0..5 {
-        a.send(&format!("a{i}"), Some(&format!("ca{i}"))).await.unwrap();
+        a.send(&format!("a{i}"), Some(&format!("ca{i}")))
+            .await
+            .unwrap();
         b.send(&format!("b{i}"), None).await.unwrap();
     }
     let mut seen_a = Vec::new();
@@ -74,10 +102,19 @@ async fn two_users_chat_in_one_room() {
     let from_alice: Vec<_> = seen_a.iter().filter(|m| m.username == "alice").collect();
     assert_eq!(from_alice.len(), 5);
     for (i, m) in from_alice.iter().enumerate() {
-        assert_eq!(m.text, format!("a{i}"), "a member's own messages stay in order");
+        assert_eq!(
+            m.text,
+            format!("a{i}"),
+            "a member's own messages stay in order"
+        );
         assert_eq!(m.client_id.as_deref(), Some(format!("ca{i}").as_str()));
     }
-    assert!(seen_a.iter().filter(|m| m.username == "bob").all(|m| m.client_id.is_none()));
+    assert!(
+        seen_a
+            .iter()
+            .filter(|m| m.username == "bob")
+            .all(|m| m.client_id.is_none())
+    );
 
     // Bob leaves; Alice is told.
     b.close().await.unwrap();
@@ -94,15 +131,25 @@ async fn unknown_rooms_and_missing_tokens_are_refused() {
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
 
-    let err = backend.lookup_room(&alice, "r-doesnotexist").await.unwrap_err();
+    let err = backend
+        .lookup_room(&alice, "r-doesnotexist")
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(404));
     assert_eq!(err.code(), Some("room_not_found"));
 
     let http = reqwest::Client::new();
-    let no_token = http.post(format!("{}/api/rooms", cluster.backend_url)).send().await.unwrap();
+    let no_token = http
+        .post(format!("{}/api/rooms", cluster.backend_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_token.status(), 401);
     let body: serde_json::Value = no_token.json().await.unwrap();
-    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
 
     let bad_token = http
         .post(format!("{}/api/rooms", cluster.backend_url))
@@ -111,7 +158,11 @@ async fn unknown_rooms_and_missing_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(bad_token.status(), 401);
-    let lookup_without = http.get(format!("{}/api/rooms/r-x", cluster.backend_url)).send().await.unwrap();
+    let lookup_without = http
+        .get(format!("{}/api/rooms/r-x", cluster.backend_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(lookup_without.status(), 401);
 
     let bad_name = http
@@ -128,17 +179,33 @@ async fn unknown_rooms_and_missing_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_spawn_servers_as_needed_and_every_room_is_reachable() {
-    let cluster = Cluster::start(ClusterOptions { rooms_per_server: 2, ..Default::default() }).await;
+    let cluster = Cluster::start(ClusterOptions {
+        rooms_per_server: 2,
+        ..Default::default()
+    })
+    .await;
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
-    assert!(cluster.servers().await.is_empty(), "no warm servers in this test");
+    assert!(
+        cluster.servers().await.is_empty(),
+        "no warm servers in this test"
+    );
 
     let mut tickets = Vec::new();
     for _ in 0..5 {
-        tickets.push(backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap());
+        tickets.push(
+            backend
+                .create_room(&alice, &CreateRoomRequest::default())
+                .await
+                .unwrap(),
+        );
     }
     let servers = cluster.servers().await;
-    assert_eq!(servers.len(), 3, "5 rooms at 2 per server need exactly 3 servers: {servers:?}");
+    assert_eq!(
+        servers.len(),
+        3,
+        "5 rooms at 2 per server need exactly 3 servers: {servers:?}"
+    );
     let mut per_server: HashMap<&str, u32> = HashMap::new();
     for t in &tickets {
         *per_server.entry(t.server_id.as_str()).or_default() += 1;
@@ -167,7 +234,11 @@ async fn concurrent_creates_respect_slots_and_the_fleet_cap() {
 
     let creates = (0..50).map(|_| {
         let (backend, alice) = (backend.clone(), alice.clone());
-        tokio::spawn(async move { backend.create_room(&alice, &CreateRoomRequest::default()).await })
+        tokio::spawn(async move {
+            backend
+                .create_room(&alice, &CreateRoomRequest::default())
+                .await
+        })
     });
     let mut placed: HashMap<String, u32> = HashMap::new();
     let mut refused = 0;
@@ -184,7 +255,10 @@ async fn concurrent_creates_respect_slots_and_the_fleet_cap() {
     }
     let total: u32 = placed.values().sum();
     assert!(placed.len() <= 3, "at most 3 servers: {placed:?}");
-    assert!(placed.values().all(|&n| n <= 2), "at most 2 rooms per server: {placed:?}");
+    assert!(
+        placed.values().all(|&n| n <= 2),
+        "at most 2 rooms per server: {placed:?}"
+    );
     assert_eq!(total, 6, "the fleet's 6 slots all get used: {placed:?}");
     assert_eq!(refused, 44);
     let servers = cluster.servers().await;
@@ -197,14 +271,20 @@ async fn concurrent_creates_respect_slots_and_the_fleet_cap() {
 async fn a_killed_server_leaves_the_registry() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let alice = cluster.login("alice").await;
-    let ticket = cluster.backend().create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
+    let ticket = cluster
+        .backend()
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
     let server = cluster.server(&ticket.server_id).await;
     let pid = server.pid.expect("spawned servers have a pid");
     assert!(berth_testkit::process_alive(pid));
 
     cluster.kill_server(&ticket.server_id).await;
     eventually(WAIT, || async {
-        cluster.servers().await.iter().all(|s| s.id != ticket.server_id || s.state == berth_protocol::cluster::ServerState::Dead)
+        cluster.servers().await.iter().all(|s| {
+            s.id != ticket.server_id || s.state == berth_protocol::cluster::ServerState::Dead
+        })
     })
     .await;
     assert!(!berth_testkit::process_alive(pid));

@@ -95,7 +95,11 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 fn fast_reconnects() -> ReconnectPolicy {
-    ReconnectPolicy { initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(500), max_attempts: None }
+    ReconnectPolicy {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        max_attempts: None,
+    }
 }
 
 /// Sends `text` and waits for its echo; returns its `seq`.
@@ -103,8 +107,12 @@ async fn send_and_echo(conn: &mut RoomConnection, text: &str) -> u64 {
     conn.send(text, Some(text)).await.unwrap();
     loop {
         match conn.recv_timeout(WAIT).await.unwrap() {
-            RoomEvent::Frame(ServerFrame::Message(m)) if m.client_id.as_deref() == Some(text) => return m.seq,
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => panic!("{text}: refused {code}: {message}"),
+            RoomEvent::Frame(ServerFrame::Message(m)) if m.client_id.as_deref() == Some(text) => {
+                return m.seq;
+            }
+            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+                panic!("{text}: refused {code}: {message}")
+            }
             RoomEvent::Frame(_) => continue,
             other => panic!("{text}: expected the echo, got {other:?}"),
         }
@@ -139,7 +147,10 @@ async fn stored_history(cluster: &Cluster, session: &Session, room_id: &str) -> 
     let mut all = Vec::new();
     let mut before = None;
     loop {
-        let page = backend.messages(session, room_id, before, Some(200)).await.unwrap();
+        let page = backend
+            .messages(session, room_id, before, Some(200))
+            .await
+            .unwrap();
         let first = page.messages.first().map(|m| m.seq);
         all.splice(0..0, page.messages);
         if !page.has_more {
@@ -151,12 +162,19 @@ async fn stored_history(cluster: &Cluster, session: &Session, room_id: &str) -> 
 
 /// `(seq, clientId)` pairs: what a failed comparison prints.
 fn brief(messages: &[ChatMessage]) -> Vec<(u64, &str)> {
-    messages.iter().map(|m| (m.seq, m.client_id.as_deref().unwrap_or(&m.text))).collect()
+    messages
+        .iter()
+        .map(|m| (m.seq, m.client_id.as_deref().unwrap_or(&m.text)))
+        .collect()
 }
 
 fn assert_gap_free(messages: &[ChatMessage], what: &str) {
     let expected: Vec<u64> = (1..=messages.len() as u64).collect();
-    assert_eq!(seqs(messages), expected, "{what}: seq must run 1, 2, 3… without a gap or a repeat");
+    assert_eq!(
+        seqs(messages),
+        expected,
+        "{what}: seq must run 1, 2, 3… without a gap or a repeat"
+    );
 }
 
 async fn wait_closed(conn: &mut RoomConnection) -> Option<u16> {
@@ -171,15 +189,25 @@ async fn wait_closed(conn: &mut RoomConnection) -> Option<u16> {
 // --- scenarios
 
 async fn history_survives_disposal_and_a_cluster_restart(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     let mut cluster = backing
-        .cluster(ClusterOptions { scheduler_args: args(&["--room-idle-secs", "1"]), ..Default::default() })
+        .cluster(ClusterOptions {
+            scheduler_args: args(&["--room-idle-secs", "1"]),
+            ..Default::default()
+        })
         .await;
     let alice = cluster.login("alice").await;
     let backend = cluster.backend();
-    let req = CreateRoomRequest { name: Some("durable".into()), public: true };
+    let req = CreateRoomRequest {
+        name: Some("durable".into()),
+        public: true,
+    };
     let room = backend.create_room(&alice, &req).await.unwrap();
-    let (mut conn, welcome) = RoomConnection::connect(&room.url, &room.token).await.unwrap();
+    let (mut conn, welcome) = RoomConnection::connect(&room.url, &room.token)
+        .await
+        .unwrap();
     let first_epoch = welcome.epoch.expect("welcome names its epoch");
     for i in 1..=5 {
         assert_eq!(send_and_echo(&mut conn, &format!("m{i}")).await, i);
@@ -187,31 +215,64 @@ async fn history_survives_disposal_and_a_cluster_restart(postgres: bool) {
     conn.close().await.unwrap();
 
     // Empty for a second: disposed, its slot freed; the room is dormant, not forgotten.
-    eventually(WAIT, || async { cluster.server(&room.server_id).await.rooms == 0 }).await;
+    eventually(WAIT, || async {
+        cluster.server(&room.server_id).await.rooms == 0
+    })
+    .await;
     let again = backend.lookup_room(&alice, &room.room_id).await.unwrap();
     assert_eq!(again.name, "durable");
-    let (mut conn, welcome) = RoomConnection::connect(&again.url, &again.token).await.unwrap();
-    assert!(welcome.epoch.unwrap() > first_epoch, "placed again under a new epoch");
+    let (mut conn, welcome) = RoomConnection::connect(&again.url, &again.token)
+        .await
+        .unwrap();
+    assert!(
+        welcome.epoch.unwrap() > first_epoch,
+        "placed again under a new epoch"
+    );
     assert_eq!(welcome.seq, 5);
-    assert_eq!(welcome.history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3", "m4", "m5"]);
-    assert_eq!(send_and_echo(&mut conn, "m6").await, 6, "seq continues where it stopped");
+    assert_eq!(
+        welcome
+            .history
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["m1", "m2", "m3", "m4", "m5"]
+    );
+    assert_eq!(
+        send_and_echo(&mut conn, "m6").await,
+        6,
+        "seq continues where it stopped"
+    );
     conn.close().await.unwrap();
 
     // The whole cluster goes away (scheduler and every session server) and comes back.
     cluster.restart_scheduler().await;
-    let found = eventually_some(WAIT, || async { backend.lookup_room(&alice, &room.room_id).await.ok() }).await;
+    let found = eventually_some(WAIT, || async {
+        backend.lookup_room(&alice, &room.room_id).await.ok()
+    })
+    .await;
     assert_eq!(found.name, "durable");
-    let (mut conn, welcome) = RoomConnection::connect(&found.url, &found.token).await.unwrap();
+    let (mut conn, welcome) = RoomConnection::connect(&found.url, &found.token)
+        .await
+        .unwrap();
     assert_eq!((welcome.seq, welcome.history.len()), (6, 6));
     assert_eq!(send_and_echo(&mut conn, "m7").await, 7);
     let listed = backend.list_rooms().await.unwrap();
-    assert!(listed.rooms.iter().any(|r| r.room_id == room.room_id && r.name == "durable"), "{listed:?}");
+    assert!(
+        listed
+            .rooms
+            .iter()
+            .any(|r| r.room_id == room.room_id && r.name == "durable"),
+        "{listed:?}"
+    );
     conn.close().await.unwrap();
     cluster.stop().await;
 }
 
 /// A member that records every message it is shown (live and in resumed `welcome`s).
-fn spawn_reader(mut room: Room, stop: watch::Receiver<u64>) -> tokio::task::JoinHandle<Vec<ChatMessage>> {
+fn spawn_reader(
+    mut room: Room,
+    stop: watch::Receiver<u64>,
+) -> tokio::task::JoinHandle<Vec<ChatMessage>> {
     tokio::spawn(async move {
         let mut seen: Vec<ChatMessage> = Vec::new();
         let mut stop = stop;
@@ -234,25 +295,39 @@ fn spawn_reader(mut room: Room, stop: watch::Receiver<u64>) -> tokio::task::Join
 }
 
 async fn a_sigkill_mid_stream_loses_nothing_anyone_saw(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     let cluster = backing
         .cluster(ClusterOptions {
-            scheduler_args: args(&["--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "1500"]),
+            scheduler_args: args(&[
+                "--heartbeat-interval-ms",
+                "200",
+                "--heartbeat-timeout-ms",
+                "1500",
+            ]),
             ..Default::default()
         })
         .await;
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
-    let ticket = backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
+    let ticket = backend
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
     let (stop_tx, stop_rx) = watch::channel(0u64);
     let mut readers = Vec::new();
     for name in ["bob", "carol"] {
         let session = cluster.login(name).await;
-        let (mut room, _) = Room::join(backend.clone(), session, &ticket.room_id).await.unwrap();
+        let (mut room, _) = Room::join(backend.clone(), session, &ticket.room_id)
+            .await
+            .unwrap();
         room.set_policy(fast_reconnects());
         readers.push(spawn_reader(room, stop_rx.clone()));
     }
-    let (mut sender, _) = Room::join(backend.clone(), alice.clone(), &ticket.room_id).await.unwrap();
+    let (mut sender, _) = Room::join(backend.clone(), alice.clone(), &ticket.room_id)
+        .await
+        .unwrap();
     sender.set_policy(fast_reconnects());
 
     // A steady stream (~16/s, under the rate limit); the server is killed in the middle of it.
@@ -296,8 +371,15 @@ async fn a_sigkill_mid_stream_loses_nothing_anyone_saw(postgres: bool) {
     let stored = stored_history(&cluster, &alice, &ticket.room_id).await;
     assert_gap_free(&stored, "stored history");
     for reader in readers {
-        let seen = tokio::time::timeout(WAIT, reader).await.expect("reader caught up").unwrap();
-        assert_eq!(brief(&seen), brief(&stored), "a reader's record is exactly the stored history");
+        let seen = tokio::time::timeout(WAIT, reader)
+            .await
+            .expect("reader caught up")
+            .unwrap();
+        assert_eq!(
+            brief(&seen),
+            brief(&stored),
+            "a reader's record is exactly the stored history"
+        );
         assert_eq!(seen, stored);
     }
     last.close().await.unwrap();
@@ -305,17 +387,29 @@ async fn a_sigkill_mid_stream_loses_nothing_anyone_saw(postgres: bool) {
 }
 
 async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     let cluster = backing
-        .cluster(ClusterOptions { scheduler_args: args(&["--drain-timeout-secs", "10"]), ..Default::default() })
+        .cluster(ClusterOptions {
+            scheduler_args: args(&["--drain-timeout-secs", "10"]),
+            ..Default::default()
+        })
         .await;
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
     let bob = cluster.login("bob").await;
-    let room = backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
-    let (mut a, _) = RoomConnection::connect(&room.url, &room.token).await.unwrap();
+    let room = backend
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
+    let (mut a, _) = RoomConnection::connect(&room.url, &room.token)
+        .await
+        .unwrap();
     let for_bob = backend.lookup_room(&bob, &room.room_id).await.unwrap();
-    let (mut b, _) = RoomConnection::connect(&for_bob.url, &for_bob.token).await.unwrap();
+    let (mut b, _) = RoomConnection::connect(&for_bob.url, &for_bob.token)
+        .await
+        .unwrap();
     for i in 1..=3 {
         send_and_echo(&mut a, &format!("m{i}")).await;
     }
@@ -328,30 +422,46 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     // Same server: exactly what bob missed.
     let t = backend.lookup_room(&bob, &room.room_id).await.unwrap();
     assert_eq!(t.server_id, room.server_id);
-    let (b, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(3)).await.unwrap();
+    let (b, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(3))
+        .await
+        .unwrap();
     assert_eq!((seqs(&welcome.history), welcome.seq), (vec![4, 5, 6], 6));
     b.close().await.unwrap();
-    let (b, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6)).await.unwrap();
+    let (b, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6))
+        .await
+        .unwrap();
     assert!(welcome.history.is_empty());
     b.close().await.unwrap();
 
     // The server drains: the room is handed over and its members told to come back (1012).
-    let res = cluster.scheduler_post(&format!("/v1/servers/{}/drain", room.server_id)).await;
+    let res = cluster
+        .scheduler_post(&format!("/v1/servers/{}/drain", room.server_id))
+        .await;
     assert_eq!(res.status(), 202);
     assert_eq!(wait_closed(&mut a).await, Some(close::RESTART));
     let moved = eventually_some(WAIT, || async {
-        backend.lookup_room(&bob, &room.room_id).await.ok().filter(|t| t.server_id != room.server_id)
+        backend
+            .lookup_room(&bob, &room.room_id)
+            .await
+            .ok()
+            .filter(|t| t.server_id != room.server_id)
     })
     .await;
-    let (mut b, welcome) = RoomConnection::connect_since(&moved.url, &moved.token, Some(4)).await.unwrap();
+    let (mut b, welcome) = RoomConnection::connect_since(&moved.url, &moved.token, Some(4))
+        .await
+        .unwrap();
     assert_eq!((seqs(&welcome.history), welcome.seq), (vec![5, 6], 6));
     let t = backend.lookup_room(&alice, &room.room_id).await.unwrap();
-    let (mut a, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6)).await.unwrap();
+    let (mut a, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6))
+        .await
+        .unwrap();
     assert!(welcome.history.is_empty());
     assert_eq!(send_and_echo(&mut a, "m7").await, 7);
     assert_eq!(seqs(&messages_until(&mut b, 7).await), [7]);
     // A malformed since is refused before the upgrade.
-    let err = RoomConnection::connect(&format!("{}?since=x", t.url), &t.token).await.unwrap_err();
+    let err = RoomConnection::connect(&format!("{}?since=x", t.url), &t.token)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("invalid_request"));
     a.close().await.unwrap();
     b.close().await.unwrap();
@@ -359,18 +469,35 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
 }
 
 async fn resume_from_the_store_and_paging(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     // One outside server that keeps only 5 messages in memory: resumes read the store.
-    let cluster = backing.cluster(ClusterOptions { max_servers: 0, ..Default::default() }).await;
+    let cluster = backing
+        .cluster(ClusterOptions {
+            max_servers: 0,
+            ..Default::default()
+        })
+        .await;
     let mut extra = args(&["--history", "5"]);
     extra.extend(backing.session_args());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let _outside = cluster.start_outside_session(&extra);
-    eventually(WAIT, || async { cluster.servers().await.iter().any(|s| s.state == ServerState::Ready) }).await;
+    eventually(WAIT, || async {
+        cluster
+            .servers()
+            .await
+            .iter()
+            .any(|s| s.state == ServerState::Ready)
+    })
+    .await;
 
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
-    let room = backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
+    let room = backend
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
     // 120 messages from three users (each within its burst allowance).
     let mut conns = Vec::new();
     for name in ["alice", "bob", "carol"] {
@@ -380,7 +507,9 @@ async fn resume_from_the_store_and_paging(postgres: bool) {
     }
     for (i, conn) in conns.iter_mut().enumerate() {
         for j in 0..40 {
-            conn.send(&format!("u{i}-{j}"), Some(&format!("u{i}-{j}"))).await.unwrap();
+            conn.send(&format!("u{i}-{j}"), Some(&format!("u{i}-{j}")))
+                .await
+                .unwrap();
         }
     }
     let all = messages_until(&mut conns[0], 120).await;
@@ -389,24 +518,69 @@ async fn resume_from_the_store_and_paging(postgres: bool) {
     let dave = cluster.login("dave").await;
     let t = backend.lookup_room(&dave, &room.room_id).await.unwrap();
     let (_d, welcome) = RoomConnection::connect(&t.url, &t.token).await.unwrap();
-    assert_eq!(seqs(&welcome.history), [116, 117, 118, 119, 120], "a plain welcome: the memory");
-    let (_d, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(10)).await.unwrap();
-    assert_eq!(seqs(&welcome.history), (11..=120).collect::<Vec<_>>(), "store + memory, no gap");
+    assert_eq!(
+        seqs(&welcome.history),
+        [116, 117, 118, 119, 120],
+        "a plain welcome: the memory"
+    );
+    let (_d, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&welcome.history),
+        (11..=120).collect::<Vec<_>>(),
+        "store + memory, no gap"
+    );
     assert_eq!(welcome.history, all[10..], "every field as delivered live");
 
     // Paging back over HTTP.
-    let page = backend.messages(&dave, &room.room_id, None, None).await.unwrap();
-    assert_eq!((seqs(&page.messages), page.has_more), ((71..=120).collect::<Vec<_>>(), true));
-    let page = backend.messages(&dave, &room.room_id, Some(71), None).await.unwrap();
-    assert_eq!((seqs(&page.messages), page.has_more), ((21..=70).collect::<Vec<_>>(), true));
-    let page = backend.messages(&dave, &room.room_id, Some(21), Some(50)).await.unwrap();
-    assert_eq!((seqs(&page.messages), page.has_more), ((1..=20).collect::<Vec<_>>(), false));
+    let page = backend
+        .messages(&dave, &room.room_id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&page.messages), page.has_more),
+        ((71..=120).collect::<Vec<_>>(), true)
+    );
+    let page = backend
+        .messages(&dave, &room.room_id, Some(71), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&page.messages), page.has_more),
+        ((21..=70).collect::<Vec<_>>(), true)
+    );
+    let page = backend
+        .messages(&dave, &room.room_id, Some(21), Some(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&page.messages), page.has_more),
+        ((1..=20).collect::<Vec<_>>(), false)
+    );
     assert_eq!(stored_history(&cluster, &dave, &room.room_id).await, all);
-    let err = backend.messages(&dave, &room.room_id, None, Some(500)).await.unwrap_err();
-    assert_eq!((err.status(), err.code()), (Some(400), Some("invalid_request")));
-    let err = backend.messages(&dave, "r-nosuchroom", None, None).await.unwrap_err();
-    assert_eq!((err.status(), err.code()), (Some(404), Some("room_not_found")));
-    let anonymous = reqwest::get(format!("{}/api/rooms/{}/messages", cluster.backend_url, room.room_id)).await.unwrap();
+    let err = backend
+        .messages(&dave, &room.room_id, None, Some(500))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some("invalid_request"))
+    );
+    let err = backend
+        .messages(&dave, "r-nosuchroom", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(404), Some("room_not_found"))
+    );
+    let anonymous = reqwest::get(format!(
+        "{}/api/rooms/{}/messages",
+        cluster.backend_url, room.room_id
+    ))
+    .await
+    .unwrap();
     assert_eq!(anonymous.status(), 401);
     cluster.stop().await;
 }
@@ -489,12 +663,19 @@ fn spawn_chatter(
 }
 
 async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     let cluster = backing
         .cluster(ClusterOptions {
             rooms_per_server: 1,
             max_servers: 6,
-            scheduler_args: args(&["--drain-timeout-secs", "10", "--heartbeat-interval-ms", "200"]),
+            scheduler_args: args(&[
+                "--drain-timeout-secs",
+                "10",
+                "--heartbeat-interval-ms",
+                "200",
+            ]),
             ..Default::default()
         })
         .await;
@@ -502,7 +683,12 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
     let owner = cluster.login("owner").await;
     let mut rooms = Vec::new();
     for _ in 0..3 {
-        rooms.push(backend.create_room(&owner, &CreateRoomRequest::default()).await.unwrap());
+        rooms.push(
+            backend
+                .create_room(&owner, &CreateRoomRequest::default())
+                .await
+                .unwrap(),
+        );
     }
     let first_servers: HashSet<String> = rooms.iter().map(|r| r.server_id.clone()).collect();
     assert_eq!(first_servers.len(), 3, "one room per server");
@@ -515,9 +701,17 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
         finish.push(finish_tx);
         for u in 0..2 {
             let session = cluster.login(&format!("user{r}x{u}")).await;
-            let (mut joined, welcome) = Room::join(backend.clone(), session, &room.room_id).await.unwrap();
+            let (mut joined, welcome) = Room::join(backend.clone(), session, &room.room_id)
+                .await
+                .unwrap();
             joined.set_policy(fast_reconnects());
-            let chatter = spawn_chatter(joined, welcome, format!("r{r}u{u}"), stop_rx.clone(), finish_rx.clone());
+            let chatter = spawn_chatter(
+                joined,
+                welcome,
+                format!("r{r}u{u}"),
+                stop_rx.clone(),
+                finish_rx.clone(),
+            );
             chatters.push((r, chatter));
         }
     }
@@ -525,9 +719,14 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
     // Drain the three original servers one after the other while everyone chats.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for server in &first_servers {
-        let res = cluster.scheduler_post(&format!("/v1/servers/{server}/drain")).await;
+        let res = cluster
+            .scheduler_post(&format!("/v1/servers/{server}/drain"))
+            .await;
         assert_eq!(res.status(), 202);
-        eventually(WAIT, || async { cluster.servers().await.iter().all(|s| &s.id != server) }).await;
+        eventually(WAIT, || async {
+            cluster.servers().await.iter().all(|s| &s.id != server)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -538,25 +737,50 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
     for (r, room) in rooms.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let history = stored_history(&cluster, &owner, &room.room_id).await;
-        assert!(history.len() >= 5, "room {r}: traffic flowed ({} messages)", history.len());
+        assert!(
+            history.len() >= 5,
+            "room {r}: traffic flowed ({} messages)",
+            history.len()
+        );
         finish[r].send(history.last().unwrap().seq).unwrap();
         stored.push(history);
     }
     let mut acked_by_room: Vec<Vec<String>> = vec![Vec::new(); rooms.len()];
     for (r, chatter) in chatters {
-        let chatter = tokio::time::timeout(WAIT, chatter).await.expect("the chatter settled").unwrap();
-        assert_eq!(brief(&chatter.seen), brief(&stored[r]), "room {r}: a client's own record is the whole history, once");
+        let chatter = tokio::time::timeout(WAIT, chatter)
+            .await
+            .expect("the chatter settled")
+            .unwrap();
+        assert_eq!(
+            brief(&chatter.seen),
+            brief(&stored[r]),
+            "room {r}: a client's own record is the whole history, once"
+        );
         assert_eq!(chatter.seen, stored[r]);
         acked_by_room[r].extend(chatter.acked);
     }
     for (r, history) in stored.iter().enumerate() {
         assert_gap_free(history, &format!("room {r}"));
-        let ids: Vec<&str> = history.iter().map(|m| m.client_id.as_deref().unwrap()).collect();
+        let ids: Vec<&str> = history
+            .iter()
+            .map(|m| m.client_id.as_deref().unwrap())
+            .collect();
         let unique: HashSet<&str> = ids.iter().copied().collect();
-        assert_eq!(unique.len(), ids.len(), "room {r}: a message was stored twice");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "room {r}: a message was stored twice"
+        );
         let acked: HashSet<&str> = acked_by_room[r].iter().map(String::as_str).collect();
-        assert_eq!(acked.len(), acked_by_room[r].len(), "room {r}: a send was acknowledged twice");
-        assert_eq!(unique, acked, "room {r}: stored = what the senders saw acknowledged (nothing lost)");
+        assert_eq!(
+            acked.len(),
+            acked_by_room[r].len(),
+            "room {r}: a send was acknowledged twice"
+        );
+        assert_eq!(
+            unique, acked,
+            "room {r}: stored = what the senders saw acknowledged (nothing lost)"
+        );
     }
     // Every room left the first three servers.
     for room in &rooms {
@@ -567,13 +791,20 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
 }
 
 async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
-    let Some(backing) = Backing::new(postgres).await else { return };
+    let Some(backing) = Backing::new(postgres).await else {
+        return;
+    };
     let cluster = backing.cluster(ClusterOptions::default()).await;
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
     let bob = cluster.login("bob").await;
-    let room = backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
-    let (mut a, _) = RoomConnection::connect(&room.url, &room.token).await.unwrap();
+    let room = backend
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
+    let (mut a, _) = RoomConnection::connect(&room.url, &room.token)
+        .await
+        .unwrap();
     let t = backend.lookup_room(&bob, &room.room_id).await.unwrap();
     let (mut b, _) = RoomConnection::connect(&t.url, &t.token).await.unwrap();
     assert_eq!(send_and_echo(&mut a, "one").await, 1);
@@ -604,7 +835,9 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
                 assert!(message.contains("c-two"), "{message}");
                 break;
             }
-            RoomEvent::Frame(ServerFrame::Message(m)) => panic!("a message the store refused was delivered: {m:?}"),
+            RoomEvent::Frame(ServerFrame::Message(m)) => {
+                panic!("a message the store refused was delivered: {m:?}")
+            }
             RoomEvent::Frame(_) => continue,
             other => panic!("{other:?}"),
         }
@@ -614,7 +847,11 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
     match (&backing, blocker) {
         (_, Some(conn)) => conn.execute_batch("ROLLBACK").unwrap(),
         (Backing::Postgres(db), None) => {
-            db.admin_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = off", db.name)).await
+            db.admin_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = off",
+                db.name
+            ))
+            .await
         }
         _ => unreachable!(),
     }
@@ -628,14 +865,25 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
                 seq = Some(m.seq);
                 break;
             }
-            RoomEvent::Frame(ServerFrame::Error { code, .. }) => assert_eq!(code, "store_unavailable"),
+            RoomEvent::Frame(ServerFrame::Error { code, .. }) => {
+                assert_eq!(code, "store_unavailable")
+            }
             other => panic!("{other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(seq, Some(2), "no gap where the refused message would have been");
+    assert_eq!(
+        seq,
+        Some(2),
+        "no gap where the refused message would have been"
+    );
     let seen = messages_until(&mut b, 2).await;
-    assert_eq!(seen.iter().map(|m| (m.seq, m.text.as_str())).collect::<Vec<_>>(), [(1, "one"), (2, "three")]);
+    assert_eq!(
+        seen.iter()
+            .map(|m| (m.seq, m.text.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "one"), (2, "three")]
+    );
     let stored = stored_history(&cluster, &alice, &room.room_id).await;
     assert_eq!(stored, seen);
     a.close().await.unwrap();

@@ -44,13 +44,22 @@ async fn closed_with(conn: &mut RoomConnection, want: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_server_limits() {
-    let cluster = Cluster::start(ClusterOptions { members_per_room: 2, ..Default::default() }).await;
+    let cluster = Cluster::start(ClusterOptions {
+        members_per_room: 2,
+        ..Default::default()
+    })
+    .await;
     let backend = cluster.backend();
     let alice = cluster.login("alice").await;
     let bob = cluster.login("bob").await;
     let carol = cluster.login("carol").await;
-    let room = backend.create_room(&alice, &CreateRoomRequest::default()).await.unwrap();
-    let (mut a, _) = RoomConnection::connect(&room.url, &room.token).await.unwrap();
+    let room = backend
+        .create_room(&alice, &CreateRoomRequest::default())
+        .await
+        .unwrap();
+    let (mut a, _) = RoomConnection::connect(&room.url, &room.token)
+        .await
+        .unwrap();
 
     // Over-long text: an error frame, and the connection keeps working.
     a.send(&"x".repeat(4097), Some("long")).await.unwrap();
@@ -64,21 +73,31 @@ async fn session_server_limits() {
     // Malformed frames.
     a.send_raw(Message::text("{not json")).await.unwrap();
     assert_error(next_non_presence(&mut a).await, "bad_frame");
-    a.send_raw(Message::text(r#"{"type":"shout","text":"hi"}"#)).await.unwrap();
+    a.send_raw(Message::text(r#"{"type":"shout","text":"hi"}"#))
+        .await
+        .unwrap();
     assert_error(next_non_presence(&mut a).await, "bad_frame");
 
     // Full room: two members fit, a third user is refused before the upgrade.
     let for_bob = backend.lookup_room(&bob, &room.room_id).await.unwrap();
-    let (mut b, _) = RoomConnection::connect(&for_bob.url, &for_bob.token).await.unwrap();
+    let (mut b, _) = RoomConnection::connect(&for_bob.url, &for_bob.token)
+        .await
+        .unwrap();
     let for_carol = backend.lookup_room(&carol, &room.room_id).await.unwrap();
-    let err = RoomConnection::connect(&for_carol.url, &for_carol.token).await.unwrap_err();
+    let err = RoomConnection::connect(&for_carol.url, &for_carol.token)
+        .await
+        .unwrap_err();
     assert_eq!((err.status(), err.code()), (Some(409), Some("room_full")));
     // …but a member already present may open another tab.
     let again = backend.lookup_room(&bob, &room.room_id).await.unwrap();
-    RoomConnection::connect(&again.url, &again.token).await.unwrap();
+    RoomConnection::connect(&again.url, &again.token)
+        .await
+        .unwrap();
 
     // Oversize frame: closed with 1008.
-    b.send_raw(Message::text("z".repeat(100 * 1024))).await.unwrap();
+    b.send_raw(Message::text("z".repeat(100 * 1024)))
+        .await
+        .unwrap();
     closed_with(&mut b, close::POLICY).await;
 
     // Flooding: refused with rate_limited, then closed with 1008 if it keeps on.
@@ -90,7 +109,9 @@ async fn session_server_limits() {
     }
     loop {
         match a.recv_timeout(WAIT).await.unwrap() {
-            RoomEvent::Frame(ServerFrame::Error { code, .. }) if code == "rate_limited" => rate_limited += 1,
+            RoomEvent::Frame(ServerFrame::Error { code, .. }) if code == "rate_limited" => {
+                rate_limited += 1
+            }
             RoomEvent::Frame(_) => continue,
             RoomEvent::Closed { code, .. } => {
                 assert_eq!(code, Some(close::POLICY));
@@ -98,6 +119,9 @@ async fn session_server_limits() {
             }
         }
     }
-    assert!(rate_limited >= 1, "a flood is told it is rate limited before it is closed");
+    assert!(
+        rate_limited >= 1,
+        "a flood is told it is rate limited before it is closed"
+    );
     cluster.stop().await;
 }

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_protocol::cluster::{Placement, PlaceRoomRequest, ServerList};
+use berth_protocol::cluster::{PlaceRoomRequest, Placement, ServerList};
 use berth_testkit::{bin_path, eventually, process_alive, signal, temp_dir, write_ticket_keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,11 +12,22 @@ async fn stopping_the_scheduler_stops_its_session_servers() {
     let dir = temp_dir("process");
     let keys = write_ticket_keys(&dir);
     // A free port for the scheduler process (it must be known before it starts).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let secret = "process-test-secret";
     let mut scheduler = tokio::process::Command::new(bin_path("testkit-scheduler"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--warm-servers", "0", "--rooms-per-server", "1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--warm-servers",
+            "0",
+            "--rooms-per-server",
+            "1",
+        ])
         .arg("--session-bin")
         .arg(bin_path("testkit-session"))
         .arg("--ticket-public-key")
@@ -47,17 +58,35 @@ async fn stopping_the_scheduler_stops_its_session_servers() {
         assert_eq!(placed.status(), 201);
         let _: Placement = placed.json().await.unwrap();
     }
-    let list: ServerList =
-        http.get(format!("{url}/v1/servers")).bearer_auth(secret).send().await.unwrap().json().await.unwrap();
+    let list: ServerList = http
+        .get(format!("{url}/v1/servers"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let pids: Vec<u32> = list.servers.iter().filter_map(|s| s.pid).collect();
-    assert_eq!(pids.len(), 2, "two rooms at one per server: two session processes");
+    assert_eq!(
+        pids.len(),
+        2,
+        "two rooms at one per server: two session processes"
+    );
     assert!(pids.iter().all(|&pid| process_alive(pid)));
 
     signal(scheduler.id().unwrap(), "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(15), scheduler.wait()).await.expect("scheduler exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), scheduler.wait())
+        .await
+        .expect("scheduler exits")
+        .unwrap();
     assert!(status.success(), "graceful exit: {status:?}");
     for pid in pids {
-        eventually(Duration::from_secs(5), || async move { !process_alive(pid) }).await;
+        eventually(
+            Duration::from_secs(5),
+            || async move { !process_alive(pid) },
+        )
+        .await;
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -118,7 +118,8 @@ impl Endpoint {
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await?;
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
+                .await?;
         loop {
             return match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Peek>(&text) {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use berth_protocol::ErrorBody;
 use berth_protocol::cluster::{
-    Capacity, Heartbeat, HeartbeatAck, HostedRoom, Placement, RegisterServer, Registered, ServerInfo, ServerList,
+    Capacity, Heartbeat, HeartbeatAck, HostedRoom, Placement, RegisterServer, Registered,
+    ServerInfo, ServerList,
 };
 use clap::Parser;
 use reqwest::StatusCode;
@@ -29,7 +30,11 @@ pub struct Scheduler {
 
 /// A temp dir unique to this test.
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-sched-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "berth-sched-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -72,8 +77,17 @@ impl Scheduler {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(berth_scheduler::serve(listener, config, shutdown.clone()));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Scheduler { addr, http, shutdown, handle, data_dir }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Scheduler {
+            addr,
+            http,
+            shutdown,
+            handle,
+            data_dir,
+        }
     }
 
     /// This scheduler's data dir (its SQLite store lives there).
@@ -106,7 +120,10 @@ impl Scheduler {
         let body = RegisterServer {
             server_id: id.map(str::to_owned),
             url: format!("ws://127.0.0.1:9/{}", id.unwrap_or("outside")),
-            capacity: Capacity { rooms, members_per_room: 50 },
+            capacity: Capacity {
+                rooms,
+                members_per_room: 50,
+            },
             rooms: hosted,
             connections: 0,
             draining: false,
@@ -126,15 +143,34 @@ impl Scheduler {
         rooms: Vec<HostedRoom>,
         draining: bool,
     ) -> Result<HeartbeatAck, (StatusCode, String)> {
-        let body = Heartbeat { connections: 1, rooms, draining };
-        let res = self.put(&format!("/v1/servers/{id}/heartbeat")).json(&body).send().await.unwrap();
-        if res.status() == StatusCode::OK { Ok(res.json().await.unwrap()) } else { Err(error_of(res).await) }
+        let body = Heartbeat {
+            connections: 1,
+            rooms,
+            draining,
+        };
+        let res = self
+            .put(&format!("/v1/servers/{id}/heartbeat"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::OK {
+            Ok(res.json().await.unwrap())
+        } else {
+            Err(error_of(res).await)
+        }
     }
 
     /// `POST /v1/rooms`: Ok(placement) or Err(status, code, Retry-After).
-    pub async fn create(&self, body: Value) -> Result<Placement, (StatusCode, String, Option<u64>)> {
+    pub async fn create(
+        &self,
+        body: Value,
+    ) -> Result<Placement, (StatusCode, String, Option<u64>)> {
         let res = self.post("/v1/rooms").json(&body).send().await.unwrap();
-        let retry = res.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        let retry = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
         if res.status() == StatusCode::CREATED {
             Ok(res.json().await.unwrap())
         } else {
@@ -144,8 +180,16 @@ impl Scheduler {
     }
 
     pub async fn lookup(&self, room_id: &str) -> Result<Placement, (StatusCode, String)> {
-        let res = self.get(&format!("/v1/rooms/{room_id}")).send().await.unwrap();
-        if res.status() == StatusCode::OK { Ok(res.json().await.unwrap()) } else { Err(error_of(res).await) }
+        let res = self
+            .get(&format!("/v1/rooms/{room_id}"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::OK {
+            Ok(res.json().await.unwrap())
+        } else {
+            Err(error_of(res).await)
+        }
     }
 
     pub async fn servers(&self) -> Vec<ServerInfo> {
@@ -159,7 +203,14 @@ impl Scheduler {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// A counter's value from `/metrics`.
@@ -176,7 +227,9 @@ impl Scheduler {
     /// Cancels the shutdown token and waits for `serve` to return.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("serve did not return");
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("serve did not return");
         result.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
@@ -185,12 +238,19 @@ impl Scheduler {
 /// Status and error code of an error answer (checks the body is the ErrorBody).
 pub async fn error_of(res: reqwest::Response) -> (StatusCode, String) {
     let status = res.status();
-    let body: ErrorBody = res.json().await.unwrap_or_else(|e| panic!("{status}: not an ErrorBody: {e}"));
+    let body: ErrorBody = res
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}: not an ErrorBody: {e}"));
     (status, body.error.code)
 }
 
 pub fn hosted(room_id: &str, epoch: u64) -> HostedRoom {
-    HostedRoom { room_id: room_id.into(), epoch, members: 1 }
+    HostedRoom {
+        room_id: room_id.into(),
+        epoch,
+        members: 1,
+    }
 }
 
 /// Polls `check` until it returns Some, or panics after `limit`.

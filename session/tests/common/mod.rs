@@ -35,12 +35,20 @@ impl Keys {
         use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
         let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
         let private_pem = signing.to_pkcs8_pem(Default::default()).unwrap();
-        let public_pem = signing.verifying_key().to_public_key_pem(Default::default()).unwrap();
-        let dir = std::env::temp_dir().join(format!("berth-session-test-{:016x}", rand::random::<u64>()));
+        let public_pem = signing
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("berth-session-test-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let public_pem_path = dir.join("ticket.pub.pem");
         std::fs::write(&public_pem_path, public_pem).unwrap();
-        Keys { encoding: EncodingKey::from_ed_pem(private_pem.as_bytes()).unwrap(), public_pem_path, dir }
+        Keys {
+            encoding: EncodingKey::from_ed_pem(private_pem.as_bytes()).unwrap(),
+            public_pem_path,
+            dir,
+        }
     }
 
     pub fn mint(&self, claims: &TicketClaims) -> String {
@@ -101,7 +109,13 @@ pub async fn start_with(keys: Keys, server_id: &str, args: Vec<String>) -> Serve
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(berth_session::serve(listener, config, shutdown.clone()));
-    Server { addr, server_id: server_id.to_owned(), keys, shutdown, handle: Some(handle) }
+    Server {
+        addr,
+        server_id: server_id.to_owned(),
+        keys,
+        shutdown,
+        handle: Some(handle),
+    }
 }
 
 impl Server {
@@ -115,7 +129,10 @@ impl Server {
 
     /// Connects `user` to `room` and reads its `welcome`.
     pub async fn join(&self, room: &str, user: &str) -> (Client, Value) {
-        let mut client = self.connect(&self.ticket(room, user)).await.expect("connect");
+        let mut client = self
+            .connect(&self.ticket(room, user))
+            .await
+            .expect("connect");
         let welcome = client.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         (client, welcome)
@@ -130,8 +147,12 @@ impl Server {
 
     /// Connects with the ticket in `Authorization: Bearer` instead of the query.
     pub async fn connect_bearer(&self, token: &str) -> Result<Client, tungstenite::Error> {
-        let mut request = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
-        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut request = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("connect timed out")?;
@@ -147,7 +168,12 @@ impl Server {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of an unlabelled metric.
@@ -162,7 +188,10 @@ impl Server {
     pub async fn stop(&mut self) -> Result<(), berth_session::Error> {
         self.shutdown.cancel();
         let handle = self.handle.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(60), handle).await.expect("serve returns").unwrap()
+        tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("serve returns")
+            .unwrap()
     }
 }
 
@@ -176,8 +205,15 @@ pub fn refusal_of(e: tungstenite::Error) -> (u16, String) {
     match e {
         tungstenite::Error::Http(resp) => {
             let status = resp.status().as_u16();
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null")).unwrap();
-            (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null")).unwrap();
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
         }
         other => panic!("expected an HTTP refusal, got {other:?}"),
     }
@@ -200,7 +236,9 @@ pub enum Event {
 impl Client {
     pub async fn next_event(&mut self) -> Event {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no frame in time");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no frame in time");
             return match msg {
                 Some(Ok(Message::Text(t))) => Event::Frame(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(frame))) => Event::Closed(frame.map(|f| u16::from(f.code))),
@@ -261,7 +299,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
