@@ -114,7 +114,7 @@ fmt() { awk -v x="$1" 'BEGIN { if (x == "" || x == "null") print "n/a"; else if 
 # --- setup -----------------------------------------------------------------------------------
 
 step "building (release)"
-cargo build --release --locked --quiet -p berth -p berth-session -p berth-scheduler -p berth-backend
+cargo build --release --locked --quiet -p berth-cli -p berth-session -p berth-scheduler -p berth-backend
 
 step "preparing the Node.js peer in $peer"
 [ -f "$PEER_SRC/server.mjs" ] || die "the Node.js peer is not at $PEER_SRC (set BENCH_NODE_PEER)"

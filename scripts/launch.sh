@@ -19,7 +19,7 @@ if [ -z "${BERTH_CLUSTER_SECRET:-}" ]; then
 fi
 
 echo "==> building (release)…"
-cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth
+cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli
 bin="$PWD/target/release"
 mkdir -p "$BERTH_DATA_DIR"
 

@@ -76,11 +76,7 @@ impl ClientError {
     }
 
     /// Builds an [`ClientError::Api`] from an HTTP error answer's parts.
-    pub(crate) fn from_http_answer(
-        status: u16,
-        retry_after: Option<u64>,
-        body: &[u8],
-    ) -> ClientError {
+    pub fn from_http_answer(status: u16, retry_after: Option<u64>, body: &[u8]) -> ClientError {
         match serde_json::from_slice::<berth_protocol::ErrorBody>(body) {
             Ok(body) => ClientError::Api {
                 status,
@@ -128,7 +124,7 @@ impl From<tungstenite::Error> for ClientError {
 }
 
 /// Parses a `Retry-After` header given in seconds (the form Berth uses).
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()

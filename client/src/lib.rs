@@ -1,4 +1,5 @@
-//! `berth`: the Rust client of Berth, and the `berth` CLI built on it.
+//! `berth`: the Rust client library of Berth. The `berth` command is built on it in `cli/`
+//! (`berth-cli`), and its load generator lives in `bench/` (`berth-bench`).
 //!
 //! - [`Backend`]: the backend's public HTTP API — log in ([`Session`]), create, look up and list
 //!   rooms.
@@ -7,8 +8,6 @@
 //! - [`Room`]: a membership that reconnects by itself (look up again, backoff, no duplicate
 //!   messages); what the CLI chat and load tools use.
 //! - [`ClientError`]: every failure, with the server's error `code` when there is one.
-//! - [`bench`]: the load generator behind `berth bench` ([`bench::run`]).
-//! - [`cli`]: the `berth` command.
 //!
 //! ```no_run
 //! # async fn demo() -> berth::Result<()> {
@@ -25,8 +24,6 @@
 //! ```
 
 pub mod backend;
-pub mod bench;
-pub mod cli;
 pub mod connection;
 pub mod error;
 pub mod room;

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth::bench::{BenchOptions, BenchReport, DirectTarget, Fleet, Target};
+use berth_bench::{BenchOptions, BenchReport, DirectTarget, Fleet, Target};
 use berth_testkit::{Cluster, ClusterOptions, bin_path, temp_dir, write_ticket_keys};
 use clap::Parser as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -61,7 +61,7 @@ async fn bench_through_the_real_flow_reports_sane_figures() {
         ..Default::default()
     })
     .await;
-    let report = berth::bench::run(BenchOptions {
+    let report = berth_bench::run(BenchOptions {
         target: Target::Backend {
             url: cluster.backend_url.clone(),
             fleet: Some(Fleet {
@@ -125,7 +125,7 @@ async fn bench_through_the_real_flow_reports_sane_figures() {
     assert!(json["steps"][0]["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
 
     // The CLI path, as a script would call it.
-    let cli = berth::cli::Cli::parse_from([
+    let cli = berth_cli::Cli::parse_from([
         "berth",
         "--backend",
         &cluster.backend_url,
@@ -141,7 +141,7 @@ async fn bench_through_the_real_flow_reports_sane_figures() {
         "--json",
         "--quiet",
     ]);
-    berth::cli::run(cli).await.unwrap();
+    berth_cli::run(cli).await.unwrap();
     cluster.stop().await;
 }
 
@@ -152,7 +152,7 @@ async fn bench_creates_only_measures_placement() {
         ..Default::default()
     })
     .await;
-    let report = berth::bench::run(BenchOptions {
+    let report = berth_bench::run(BenchOptions {
         target: Target::Backend {
             url: cluster.backend_url.clone(),
             fleet: None,
@@ -229,7 +229,7 @@ async fn bench_direct_loads_a_standalone_session_server() {
         })
     };
 
-    let report = berth::bench::run(BenchOptions {
+    let report = berth_bench::run(BenchOptions {
         target: direct("s-direct"),
         rooms: 2,
         members: 3,
@@ -247,7 +247,7 @@ async fn bench_direct_loads_a_standalone_session_server() {
     assert_eq!(report.servers, None);
 
     // Tickets for another server are refused before the upgrade, and counted by kind.
-    let refused = berth::bench::run(BenchOptions {
+    let refused = berth_bench::run(BenchOptions {
         target: direct("s-other"),
         rooms: 1,
         members: 2,

@@ -16,7 +16,7 @@ use super::connect::{Endpoint, Peek, Ws, error_kind, io_label};
 use super::run::{Access, Phase, Shared};
 use super::stamp;
 use super::stats::FLUSH_SAMPLES;
-use crate::error::ClientError;
+use berth::ClientError;
 
 /// How long buffered latency samples may wait before they are flushed (for the live p99).
 const FLUSH_AFTER: Duration = Duration::from_millis(250);

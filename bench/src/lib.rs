@@ -19,9 +19,9 @@
 //! - [`report`]: [`BenchReport`], as a table or JSON.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), berth::bench::BenchError> {
-//! use berth::bench::{BenchOptions, Target};
-//! let report = berth::bench::run(BenchOptions {
+//! # async fn demo() -> Result<(), berth_bench::BenchError> {
+//! use berth_bench::{BenchOptions, Target};
+//! let report = berth_bench::run(BenchOptions {
 //!     target: Target::Backend { url: "http://127.0.0.1:8080".into(), fleet: None },
 //!     rooms: 2,
 //!     members: 3,

@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::member::{self, MemberPlan};
-use super::options::{BenchOptions, Target};
+use super::options::{BenchOptions, Fleet, Target};
 use super::progress::{Progress, Stage};
 use super::report::{BenchReport, GeneratorReport, LatencySummary, SetupReport, StepReport};
 use super::setup::{self, CreatedRoom};
 use super::stats::{Counters, Errors, Latencies, Timing};
 use super::ticket::TicketMinter;
 use super::{BenchError, fleet, stamp, usage};
-use crate::{Backend, Session};
+use berth::{Backend, Session};
 
 /// How long members get to close their connections at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
@@ -108,7 +108,8 @@ fn username(run: u32, i: usize) -> String {
     format!("bench-{run:08x}-{i}")
 }
 
-/// Runs the whole benchmark; see [`super::run_until`].
+/// Runs the whole benchmark, phase by phase: set-up (logins and creates, or a ticket minter),
+/// connect the members, the rate steps, close; see [`super::run_until`].
 pub(crate) async fn run(
     options: BenchOptions,
     shutdown: CancellationToken,
@@ -119,12 +120,115 @@ pub(crate) async fn run(
     let cpu_start = usage::cpu_time();
     let progress = Progress::start(options.progress);
     let errors = Arc::new(Errors::default());
-    let create_latency = Timing::default();
-    let rooms = options.rooms as usize;
-    let members = options.members as usize;
-    let total = rooms * members;
-    let senders = options.senders_per_room();
 
+    let (access, mut setup) = set_up(&options, run_id, &errors, &progress, &shutdown).await?;
+    let shared = Arc::new(Shared::new(&options, run_id, base, access, errors.clone()));
+    let members = connect_members(&shared, &options, &mut setup, &progress, &shutdown).await;
+    let mut interrupted = members.interrupted;
+
+    let http = reqwest::Client::new();
+    let fleet = match &options.target {
+        Target::Backend { fleet, .. } => fleet.as_ref(),
+        Target::Direct(_) => None,
+    };
+    let (mut servers, servers_note) = count_servers(&http, &options.target, fleet).await;
+
+    let (mut steps, cut) = if options.members > 0 && setup.members_connected > 0 {
+        run_steps(
+            &shared,
+            &members.phase,
+            &options,
+            interrupted,
+            &shutdown,
+            &progress,
+        )
+        .await
+    } else {
+        (Vec::new(), false)
+    };
+    interrupted |= cut;
+    if let (Some(f), Some(n)) = (fleet, servers) {
+        // The fleet may have grown while members connected; report the larger count.
+        if let Ok(now) = fleet::server_count(&http, f).await {
+            servers = Some(n.max(now));
+        }
+    }
+
+    let connected_at_end = shared.connected.load(Relaxed);
+    close_members(&shared, members, progress, &mut steps).await;
+
+    let wall = base.elapsed();
+    let (mode, target) = match &options.target {
+        Target::Backend { url, .. } => ("backend", url.clone()),
+        Target::Direct(d) => ("direct", d.url.clone()),
+    };
+    Ok(BenchReport {
+        mode: mode.to_owned(),
+        target,
+        run_id: format!("{run_id:08x}"),
+        rooms: options.rooms,
+        members_per_room: options.members,
+        senders_per_room: options.senders_per_room(),
+        size: options.size,
+        step_secs: options.duration.as_secs_f64(),
+        ramp_up_secs: options.ramp_up.as_secs_f64(),
+        setup,
+        steps,
+        servers,
+        servers_note,
+        members_connected_at_end: connected_at_end,
+        errors: errors.snapshot(),
+        interrupted,
+        generator: GeneratorReport {
+            worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
+            cpu_percent: usage::cpu_percent(cpu_start, usage::cpu_time(), wall),
+            peak_rss_mib: usage::peak_rss_mib(),
+        },
+    })
+}
+
+impl Shared {
+    fn new(
+        options: &BenchOptions,
+        run_id: u32,
+        base: std::time::Instant,
+        access: Access,
+        errors: Arc<Errors>,
+    ) -> Self {
+        let rooms = options.rooms as usize;
+        Shared {
+            run: run_id,
+            run_prefix: stamp::run_prefix(run_id),
+            text_marker: format!("{}{}", member::TEXT_KEY, stamp::run_prefix(run_id)),
+            base,
+            size: options.size,
+            access,
+            counters: Counters::new(rooms * options.members as usize),
+            latencies: Latencies::new(options.rates.len()),
+            errors,
+            connect_latency: Timing::default(),
+            lookup_latency: Timing::default(),
+            room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
+            connected: AtomicU64::new(0),
+            senders_connected: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            connect_permits: Semaphore::new(options.connect_concurrency),
+            connect_timeout: options.connect_timeout,
+        }
+    }
+}
+
+/// Set-up: through a backend, log every member in and create the rooms (timing both); in
+/// direct mode, load the ticket key. Fills the login and create figures of the report.
+async fn set_up(
+    options: &BenchOptions,
+    run_id: u32,
+    errors: &Errors,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Result<(Access, SetupReport), BenchError> {
+    let rooms = options.rooms as usize;
     let mut setup = SetupReport {
         logins: 0,
         login_secs: 0.0,
@@ -138,30 +242,26 @@ pub(crate) async fn run(
         connect_secs: 0.0,
         connect_latency: None,
     };
-    let (mode, target, fleet) = match &options.target {
-        Target::Backend { url, fleet } => ("backend", url.clone(), fleet.clone()),
-        Target::Direct(d) => ("direct", d.url.clone(), None),
-    };
-
     let access = match &options.target {
         Target::Backend { url, .. } => {
             let backend = Backend::new(url.clone());
             // One user per member; with --members 0, one creator per room.
-            let per_room = members.max(1);
+            let per_room = (options.members as usize).max(1);
             let logins = tokio::select! {
                 l = setup::login_all(
                     &backend,
                     rooms * per_room,
                     |i| username(run_id, i),
                     options.create_concurrency,
-                    &errors,
-                    &progress,
+                    errors,
+                    progress,
                 ) => l,
                 () = shutdown.cancelled() => return Err(BenchError::Interrupted),
             };
             setup.logins = logins.sessions.iter().filter(|s| s.is_some()).count() as u64;
             setup.login_secs = logins.elapsed.as_secs_f64();
             let sessions = logins.sessions;
+            let create_latency = Timing::default();
             let creates = tokio::select! {
                 c = setup::create_all(
                     &backend,
@@ -169,8 +269,8 @@ pub(crate) async fn run(
                     |r| sessions[r * per_room].clone(),
                     options.create_concurrency,
                     &create_latency,
-                    &errors,
-                    &progress,
+                    errors,
+                    progress,
                 ) => c,
                 () = shutdown.cancelled() => return Err(BenchError::Interrupted),
             };
@@ -193,29 +293,29 @@ pub(crate) async fn run(
             }
         }
     };
+    Ok((access, setup))
+}
 
-    let shared = Arc::new(Shared {
-        run: run_id,
-        run_prefix: stamp::run_prefix(run_id),
-        text_marker: format!("{}{}", member::TEXT_KEY, stamp::run_prefix(run_id)),
-        base,
-        size: options.size,
-        access,
-        counters: Counters::new(total),
-        latencies: Latencies::new(options.rates.len()),
-        errors: errors.clone(),
-        connect_latency: Timing::default(),
-        lookup_latency: Timing::default(),
-        room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
-        connected: AtomicU64::new(0),
-        senders_connected: AtomicU64::new(0),
-        settled: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        connect_permits: Semaphore::new(options.connect_concurrency),
-        connect_timeout: options.connect_timeout,
-    });
+/// The members' tasks and the channel that tells them the phase.
+struct Members {
+    phase: watch::Sender<Phase>,
+    tracker: TaskTracker,
+    /// Stopped (Ctrl-C) while they connected.
+    interrupted: bool,
+}
 
-    // Members, their connects spread over the ramp-up.
+/// Connect: starts every member, their connects spread over the ramp-up, and waits until each
+/// has connected or failed. Fills the connect and lookup figures of the report.
+async fn connect_members(
+    shared: &Arc<Shared>,
+    options: &BenchOptions,
+    setup: &mut SetupReport,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Members {
+    let members = options.members as usize;
+    let total = options.rooms as usize * members;
+    let senders = options.senders_per_room();
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
     let tracker = TaskTracker::new();
     let connect_started = Instant::now();
@@ -254,57 +354,78 @@ pub(crate) async fn run(
     setup.members_failed = shared.failed.load(Relaxed);
     setup.connect_latency = LatencySummary::from_us(&shared.connect_latency.snapshot());
     setup.lookup_latency = LatencySummary::from_us(&shared.lookup_latency.snapshot());
+    Members {
+        phase: phase_tx,
+        tracker,
+        interrupted,
+    }
+}
 
-    let http = reqwest::Client::new();
-    let (mut servers, servers_note) = match (&fleet, mode) {
-        (_, "direct") => (None, Some("direct mode: one server".to_owned())),
-        (None, _) => (
+/// The session servers the run needed (from the scheduler, when it can be asked), or why the
+/// report has no figure.
+async fn count_servers(
+    http: &reqwest::Client,
+    target: &Target,
+    fleet: Option<&Fleet>,
+) -> (Option<u32>, Option<String>) {
+    match (target, fleet) {
+        (Target::Direct(_), _) => (None, Some("direct mode: one server".to_owned())),
+        (_, None) => (
             None,
             Some("give --scheduler-url and the cluster secret to read it".to_owned()),
         ),
-        (Some(f), _) => match fleet::server_count(&http, f).await {
+        (_, Some(f)) => match fleet::server_count(http, f).await {
             Ok(n) => (Some(n), None),
             Err(e) => (None, Some(format!("scheduler: {e}"))),
         },
-    };
+    }
+}
 
-    // The rate steps.
+/// Measure: runs the rate steps one after the other on the same connections, until the last,
+/// an interruption, or (with `until_saturated`) the first step the server could not keep up
+/// with. Also says whether the run was interrupted.
+async fn run_steps(
+    shared: &Arc<Shared>,
+    phase: &watch::Sender<Phase>,
+    options: &BenchOptions,
+    mut interrupted: bool,
+    shutdown: &CancellationToken,
+    progress: &Progress,
+) -> (Vec<StepReport>, bool) {
     let mut steps = Vec::new();
-    if members > 0 && setup.members_connected > 0 {
-        for (index, &rate) in options.rates.iter().enumerate() {
-            if interrupted {
-                break;
-            }
-            progress.set(Stage::Step {
-                shared: shared.clone(),
-                index,
-                steps: options.rates.len(),
-                rate,
-            });
-            let connected_before = shared.connected.load(Relaxed);
-            let (report, cut) = run_step(
-                &shared, &phase_tx, &options, index, rate, &shutdown, &progress,
-            )
-            .await;
-            let saturated = !report.drained || shared.connected.load(Relaxed) < connected_before;
-            steps.push(report);
-            interrupted |= cut;
-            if options.until_saturated && saturated {
-                break;
-            }
+    for (index, &rate) in options.rates.iter().enumerate() {
+        if interrupted {
+            break;
+        }
+        progress.set(Stage::Step {
+            shared: shared.clone(),
+            index,
+            steps: options.rates.len(),
+            rate,
+        });
+        let connected_before = shared.connected.load(Relaxed);
+        let (report, cut) = run_step(shared, phase, options, index, rate, shutdown, progress).await;
+        let saturated = !report.drained || shared.connected.load(Relaxed) < connected_before;
+        steps.push(report);
+        interrupted |= cut;
+        if options.until_saturated && saturated {
+            break;
         }
     }
-    if let (Some(f), Some(n)) = (&fleet, servers) {
-        // The fleet may have grown while members connected; report the larger count.
-        if let Ok(now) = fleet::server_count(&http, f).await {
-            servers = Some(n.max(now));
-        }
-    }
+    (steps, interrupted)
+}
 
-    let connected_at_end = shared.connected.load(Relaxed);
+/// Close: tells the members to stop, waits (bounded) for them to close, and fills each step's
+/// delivery latencies from the samples they flushed on the way out.
+async fn close_members(
+    shared: &Shared,
+    members: Members,
+    progress: Progress,
+    steps: &mut [StepReport],
+) {
     progress.set(Stage::Other("closing connections"));
-    let _ = phase_tx.send(Phase::Done);
-    if tokio::time::timeout(CLOSE_WAIT, tracker.wait())
+    let _ = members.phase.send(Phase::Done);
+    if tokio::time::timeout(CLOSE_WAIT, members.tracker.wait())
         .await
         .is_err()
     {
@@ -315,31 +436,6 @@ pub(crate) async fn run(
     for (index, step) in steps.iter_mut().enumerate() {
         step.latency = LatencySummary::from_us(&shared.latencies.merged(index));
     }
-
-    let wall = base.elapsed();
-    Ok(BenchReport {
-        mode: mode.to_owned(),
-        target,
-        run_id: format!("{run_id:08x}"),
-        rooms: options.rooms,
-        members_per_room: options.members,
-        senders_per_room: senders,
-        size: options.size,
-        step_secs: options.duration.as_secs_f64(),
-        ramp_up_secs: options.ramp_up.as_secs_f64(),
-        setup,
-        steps,
-        servers,
-        servers_note,
-        members_connected_at_end: connected_at_end,
-        errors: errors.snapshot(),
-        interrupted,
-        generator: GeneratorReport {
-            worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
-            cpu_percent: usage::cpu_percent(cpu_start, usage::cpu_time(), wall),
-            peak_rss_mib: usage::peak_rss_mib(),
-        },
-    })
 }
 
 /// One rate step: announce it, let it run, wait for its deliveries, measure. Also says whether

@@ -109,7 +109,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             target: Target::Backend {
-                url: crate::DEFAULT_BACKEND_URL.to_owned(),
+                url: berth::DEFAULT_BACKEND_URL.to_owned(),
                 fleet: None,
             },
             rooms: 10,
@@ -122,7 +122,7 @@ impl Default for BenchOptions {
             drain: Duration::from_secs(5),
             create_concurrency: 16,
             connect_concurrency: 256,
-            connect_timeout: crate::connection::CONNECT_TIMEOUT,
+            connect_timeout: berth::connection::CONNECT_TIMEOUT,
             bind_ips: Vec::new(),
             until_saturated: false,
             server_pid: None,

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::connect::error_kind;
 use super::progress::{Progress, Stage};
 use super::stats::{Errors, Timing};
-use crate::{Backend, Session};
+use berth::{Backend, Session};
 
 /// A room the run created, with the creator's ticket.
 #[derive(Debug, Clone)]

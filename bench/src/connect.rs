@@ -1,5 +1,5 @@
 //! Opening a bench connection: from a chosen local address, with small buffers (a run may hold
-//! tens of thousands), up to the first frame, which must be `welcome`. [`crate::RoomConnection`]
+//! tens of thousands), up to the first frame, which must be `welcome`. [`berth::RoomConnection`]
 //! does the same for one connection; this one skips parsing the welcome into structs (in a room
 //! of 5,000 it lists 5,000 members) and hands back the raw stream.
 
@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::error::ClientError;
+use berth::ClientError;
 
 /// A bench connection.
 pub(crate) type Ws = WebSocketStream<TcpStream>;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    berth::cli::main()
+    berth_cli::main()
 }

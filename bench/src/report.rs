@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn summary_of_a_histogram_is_ordered() {
-        let mut h = crate::bench::stats::histogram();
+        let mut h = crate::stats::histogram();
         assert!(LatencySummary::from_us(&h).is_none());
         for us in 1..=1000 {
             h.record(us * 10).unwrap();

@@ -5,7 +5,8 @@ use std::time::Duration;
 use berth_protocol::cluster::{ServerList, ServerState};
 
 use super::options::Fleet;
-use crate::error::{ClientError, retry_after};
+use berth::ClientError;
+use berth::error::retry_after;
 
 /// Session servers the scheduler knows and that are not dead (starting, ready or draining).
 pub(crate) async fn server_count(

@@ -2,7 +2,7 @@
 //!
 //! `berth rooms`, `berth create`, `berth lookup ID` print the backend's JSON answers;
 //! `berth chat` joins (or creates) a room and chats line by line, reconnecting as needed;
-//! `berth bench` generates load and reports what it measured ([`crate::bench`]).
+//! `berth bench` generates load and reports what it measured ([`berth_bench`]).
 //! Errors print as `error: <code>: <message>` and exit with status 1.
 
 mod chat;
@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::{Backend, ClientError, DEFAULT_BACKEND_URL, Session};
+use berth::{Backend, ClientError, DEFAULT_BACKEND_URL, Session};
 
 /// Flags of `berth`.
 #[derive(Parser, Debug, Clone)]
@@ -70,7 +70,7 @@ pub enum Command {
     },
     /// Generate load: create rooms, connect members, send messages on a schedule, and report
     /// create, connect and delivery latency, throughput and errors.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<berth_bench::BenchArgs>),
 }
 
 /// Parses flags, runs the command, prints errors as `error: <code>: <message>`.
@@ -127,7 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let session = login(&backend, cli.username.as_deref()).await?;
             chat::run(backend, session, room, CreateRoomRequest { name, public }).await
         }
-        Command::Bench(args) => crate::bench::command::run(*args, &cli.backend).await,
+        Command::Bench(args) => berth_bench::command::run(*args, &cli.backend).await,
     }
 }
 

@@ -7,7 +7,7 @@ use berth_protocol::api::CreateRoomRequest;
 use berth_protocol::frames::{ChatMessage, ServerFrame};
 use tokio::io::AsyncBufReadExt;
 
-use crate::{Backend, ClientError, ReconnectPolicy, Room, RoomUpdate, Session, Welcome};
+use berth::{Backend, ClientError, ReconnectPolicy, Room, RoomUpdate, Session, Welcome};
 
 /// Longest line sent; longer input is cut (the server refuses past its own limit anyway).
 const MAX_LINE_BYTES: usize = 4096;
