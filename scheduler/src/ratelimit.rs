@@ -1,113 +1,92 @@
-//! Per-user limit on room creates: a token bucket per `createdBy`, `rate` tokens per minute with
-//! a burst of `rate`.
+//! Per-user limit on room creates: `rate` creates per minute with a burst of `rate`, one
+//! GCRA cell per `createdBy` (governor's keyed limiter). The fleet loop calls [`RateLimiter::prune`]
+//! so users who are back within their limit are forgotten and the map stays bounded.
 
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
-use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Gcra};
 
-/// Buckets kept before full (idle) ones are pruned on the spot.
-const MAX_BUCKETS: usize = 100_000;
+type Keyed<C> =
+    Gcra<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-/// Token buckets by user id.
-pub struct RateLimiter {
-    per_minute: u32,
-    buckets: DashMap<String, Bucket>,
+/// Creates by user id (`limiter` is `None` when the limit is off).
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    limiter: Option<Keyed<C>>,
 }
 
 impl RateLimiter {
     /// `per_minute == 0` disables the limit.
     pub fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter {
-            per_minute,
-            buckets: DashMap::new(),
-        }
+        RateLimiter::with_clock(per_minute, DefaultClock::default())
     }
+}
 
-    fn refill_per_sec(&self) -> f64 {
-        f64::from(self.per_minute) / 60.0
-    }
-
-    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        (bucket.tokens + elapsed * self.refill_per_sec()).min(f64::from(self.per_minute))
-    }
-
-    /// Takes one token for `key`, or says how long until one is available.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
-    }
-
-    fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        if self.per_minute == 0 {
-            return Ok(());
-        }
-        if self.buckets.len() >= MAX_BUCKETS {
-            self.prune_at(now);
-        }
-        let burst = f64::from(self.per_minute);
-        let mut bucket = self.buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
+impl<C: Clock> RateLimiter<C> {
+    fn with_clock(per_minute: u32, clock: C) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|n| {
+            Gcra::new(
+                Quota::per_minute(n),
+                DefaultKeyedStateStore::default(),
+                clock,
+            )
         });
-        let tokens = self.refilled(&bucket, now);
-        bucket.updated = now;
-        if tokens >= 1.0 {
-            bucket.tokens = tokens - 1.0;
-            Ok(())
-        } else {
-            bucket.tokens = tokens;
-            Err(Duration::from_secs_f64(
-                (1.0 - tokens) / self.refill_per_sec(),
-            ))
-        }
+        RateLimiter { limiter }
     }
 
-    /// Forgets buckets that have filled up again (their users are within their limit anyway).
+    /// Takes one create for `key`, or says how long until one is allowed (for `Retry-After`).
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        // governor looks keys up as `&String`: one copy per create, which is rare enough.
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    }
+
+    /// Forgets users whose allowance has filled up again (they are within their limit anyway).
     pub fn prune(&self) {
-        self.prune_at(Instant::now());
-    }
-
-    fn prune_at(&self, now: Instant) {
-        let burst = f64::from(self.per_minute);
-        self.buckets.retain(|_, b| self.refilled(b, now) < burst);
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.limiter.as_ref().map_or(0, |l| l.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn burst_then_refill() {
-        let rl = RateLimiter::new(3);
-        let t0 = Instant::now();
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimiter::with_clock(3, clock.clone());
         for _ in 0..3 {
-            assert!(rl.check_at("u-1", t0).is_ok());
+            assert!(rl.check("u-1").is_ok());
         }
-        let wait = rl.check_at("u-1", t0).unwrap_err();
+        let wait = rl.check("u-1").unwrap_err();
         assert!(
             wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
             "{wait:?}"
         );
-        assert!(
-            rl.check_at("u-2", t0).is_ok(),
-            "users have their own buckets"
-        );
-        assert!(rl.check_at("u-1", t0 + Duration::from_secs(21)).is_ok());
-        assert!(rl.check_at("u-1", t0 + Duration::from_secs(21)).is_err());
+        assert!(rl.check("u-2").is_ok(), "users have their own buckets");
+        clock.advance(Duration::from_secs(21));
+        assert!(rl.check("u-1").is_ok());
+        assert!(rl.check("u-1").is_err());
     }
 
     #[test]
@@ -116,12 +95,13 @@ mod tests {
         for _ in 0..100 {
             assert!(off.check("u").is_ok());
         }
-        let rl = RateLimiter::new(60);
-        let t0 = Instant::now();
-        rl.check_at("u-1", t0).unwrap();
-        rl.prune_at(t0);
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimiter::with_clock(60, clock.clone());
+        rl.check("u-1").unwrap();
+        rl.prune();
         assert_eq!(rl.len(), 1);
-        rl.prune_at(t0 + Duration::from_secs(2));
+        clock.advance(Duration::from_secs(2));
+        rl.prune();
         assert_eq!(rl.len(), 0);
     }
 }

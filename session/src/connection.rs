@@ -167,11 +167,7 @@ async fn serve(
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let mut limiter = RateLimiter::new(
-        config.message_rate,
-        config.message_burst,
-        std::time::Instant::now(),
-    );
+    let mut limiter = RateLimiter::new(config.message_rate, config.message_burst);
 
     loop {
         tokio::select! {
@@ -203,7 +199,7 @@ async fn serve(
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
                     Some(Err(e)) => return read_error(e),
                 };
-                match limiter.check(std::time::Instant::now()) {
+                match limiter.check() {
                     Verdict::Allow => {}
                     Verdict::Refuse => {
                         shared.metrics.refused(ErrorCode::RateLimited);
