@@ -100,14 +100,7 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state.registry, &state.directory);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -7,7 +7,6 @@
 //! so the buffer is topped up right away. Failed spawns back the buffer off exponentially, so a
 //! broken `--session-bin` does not fork in a tight loop.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use berth_protocol::cluster::ServerState;
@@ -145,7 +144,7 @@ struct Backoff {
 impl Backoff {
     fn new(state: &AppState) -> Backoff {
         Backoff {
-            failures_seen: state.metrics.spawn_failures.load(Ordering::Relaxed),
+            failures_seen: state.metrics.spawn_failures.get(),
             registrations_seen: state.metrics.spawn_latency.count(),
             delay: BACKOFF_MIN,
             until: None,
@@ -159,7 +158,7 @@ impl Backoff {
             self.registrations_seen = registrations;
             self.delay = BACKOFF_MIN;
         }
-        let failures = state.metrics.spawn_failures.load(Ordering::Relaxed);
+        let failures = state.metrics.spawn_failures.get();
         if failures > self.failures_seen {
             self.failures_seen = failures;
             self.until = Some(now + self.delay);

@@ -1,13 +1,22 @@
-//! Counters and latency histograms, rendered as Prometheus text by `GET /metrics`.
+//! Counters, gauges and latency histograms (the Prometheus project's `prometheus-client`),
+//! exposed in the OpenMetrics text format by `GET /metrics`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_protocol::cluster::ServerState;
+use prometheus_client::encoding::text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as MetricRegistry;
 
 use crate::directory::Directory;
 use crate::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the placement latency buckets.
 const PLACEMENT_BUCKETS: &[f64] = &[
@@ -16,202 +25,193 @@ const PLACEMENT_BUCKETS: &[f64] = &[
 /// Upper bounds (seconds) of the spawn latency buckets.
 const SPAWN_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// A fixed-bucket histogram of durations.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Non-cumulative counts per bucket; the last one is `+Inf`.
-    buckets: Vec<AtomicU64>,
+/// Server states, each always shown (with 0 when no server is in it).
+const STATES: [ServerState; 4] = [
+    ServerState::Starting,
+    ServerState::Ready,
+    ServerState::Draining,
+    ServerState::Dead,
+];
+
+/// A histogram of durations, in seconds, with its count readable (the fleet loop watches
+/// registrations through it).
+pub struct LatencyHistogram {
+    histogram: Histogram,
     count: AtomicU64,
-    sum_micros: AtomicU64,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+impl LatencyHistogram {
+    fn new(bounds: &[f64]) -> Self {
+        LatencyHistogram {
+            histogram: Histogram::new(bounds.iter().copied()),
             count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
         }
     }
 
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.histogram.observe(d.as_secs_f64());
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
     }
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", self.count());
-    }
 }
 
-/// Everything `/metrics` shows besides the live gauges read from the registry and directory.
+/// Everything `/metrics` shows. Counters and histograms move as things happen; the gauges are
+/// read from the registry and directory on each scrape.
 pub struct Metrics {
-    pub placements: AtomicU64,
-    pub replacements: AtomicU64,
-    pub spawns: AtomicU64,
-    pub spawn_failures: AtomicU64,
-    pub no_capacity: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub servers_declared_dead: AtomicU64,
-    pub placement_latency: Histogram,
-    pub spawn_latency: Histogram,
+    pub placements: Counter,
+    pub replacements: Counter,
+    pub spawns: Counter,
+    pub spawn_failures: Counter,
+    pub no_capacity: Counter,
+    pub rate_limited: Counter,
+    pub servers_declared_dead: Counter,
+    pub placement_latency: LatencyHistogram,
+    pub spawn_latency: LatencyHistogram,
+    servers: Family<[(&'static str, &'static str); 1], Gauge>,
+    free_room_slots: Gauge,
+    rooms: Gauge,
+    orphaned_rooms: Gauge,
+    registry: MetricRegistry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = MetricRegistry::default();
+        let servers = Family::default();
+        registry.register(
+            "berth_scheduler_servers",
+            "Session servers by state",
+            servers.clone(),
+        );
+        let gauge = |registry: &mut MetricRegistry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let free_room_slots = gauge(
+            &mut registry,
+            "berth_scheduler_free_room_slots",
+            "Free room slots on ready servers",
+        );
+        let rooms = gauge(
+            &mut registry,
+            "berth_scheduler_rooms",
+            "Rooms in the directory",
+        );
+        let orphaned_rooms = gauge(
+            &mut registry,
+            "berth_scheduler_orphaned_rooms",
+            "Rooms whose server died, waiting to be re-placed",
+        );
+        // Counter names get their `_total` suffix from the encoder.
+        let counter = |registry: &mut MetricRegistry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let placements = counter(
+            &mut registry,
+            "berth_scheduler_placements",
+            "Rooms placed (new rooms)",
+        );
+        let replacements = counter(
+            &mut registry,
+            "berth_scheduler_replacements",
+            "Orphaned rooms re-placed on lookup",
+        );
+        let spawns = counter(
+            &mut registry,
+            "berth_scheduler_spawns",
+            "Session-server processes started",
+        );
+        let spawn_failures = counter(
+            &mut registry,
+            "berth_scheduler_spawn_failures",
+            "Spawns that failed to start, register in time, or exited before registering",
+        );
+        let no_capacity = counter(
+            &mut registry,
+            "berth_scheduler_no_capacity",
+            "Creates or lookups answered 503 no_capacity",
+        );
+        let rate_limited = counter(
+            &mut registry,
+            "berth_scheduler_rate_limited",
+            "Creates answered 429 rate_limited",
+        );
+        let servers_declared_dead = counter(
+            &mut registry,
+            "berth_scheduler_servers_declared_dead",
+            "Servers declared dead after missing heartbeats",
+        );
+        let placement_latency = LatencyHistogram::new(PLACEMENT_BUCKETS);
+        registry.register(
+            "berth_scheduler_placement_seconds",
+            "Time to place a room, including any wait for a spawn",
+            placement_latency.histogram.clone(),
+        );
+        let spawn_latency = LatencyHistogram::new(SPAWN_BUCKETS);
+        registry.register(
+            "berth_scheduler_spawn_seconds",
+            "Time from starting a session server to its registration",
+            spawn_latency.histogram.clone(),
+        );
         Metrics {
-            placements: AtomicU64::new(0),
-            replacements: AtomicU64::new(0),
-            spawns: AtomicU64::new(0),
-            spawn_failures: AtomicU64::new(0),
-            no_capacity: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            servers_declared_dead: AtomicU64::new(0),
-            placement_latency: Histogram::new(PLACEMENT_BUCKETS),
-            spawn_latency: Histogram::new(SPAWN_BUCKETS),
+            placements,
+            replacements,
+            spawns,
+            spawn_failures,
+            no_capacity,
+            rate_limited,
+            servers_declared_dead,
+            placement_latency,
+            spawn_latency,
+            servers,
+            free_room_slots,
+            rooms,
+            orphaned_rooms,
+            registry,
         }
     }
 }
 
 /// Adds one to a counter.
-pub fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub fn inc(counter: &Counter) {
+    counter.inc();
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), with the gauges read now.
     pub fn render(&self, registry: &Registry, directory: &Directory) -> String {
-        let mut out = String::with_capacity(4096);
         let servers = registry.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP berth_scheduler_servers Session servers by state.\n# TYPE berth_scheduler_servers gauge"
-        );
-        for state in [
-            ServerState::Starting,
-            ServerState::Ready,
-            ServerState::Draining,
-            ServerState::Dead,
-        ] {
+        for state in STATES {
             let n = servers.iter().filter(|s| s.state() == state).count();
-            let _ = writeln!(
-                out,
-                "berth_scheduler_servers{{state=\"{}\"}} {n}",
-                state.as_str()
-            );
+            self.servers
+                .get_or_create(&[("state", state.as_str())])
+                .set(gauge_value(n));
         }
         let slots: u64 = servers
             .iter()
             .filter(|s| s.accepts_rooms())
             .map(|s| u64::from(s.free_slots()))
             .sum();
-        gauge(
-            &mut out,
-            "berth_scheduler_free_room_slots",
-            "Free room slots on ready servers.",
-            slots,
-        );
-        gauge(
-            &mut out,
-            "berth_scheduler_rooms",
-            "Rooms in the directory.",
-            directory.len() as u64,
-        );
-        gauge(
-            &mut out,
-            "berth_scheduler_orphaned_rooms",
-            "Rooms whose server died, waiting to be re-placed.",
-            directory.orphaned_count() as u64,
-        );
-        let counters = [
-            (
-                "berth_scheduler_placements_total",
-                "Rooms placed (new rooms).",
-                &self.placements,
-            ),
-            (
-                "berth_scheduler_replacements_total",
-                "Orphaned rooms re-placed on lookup.",
-                &self.replacements,
-            ),
-            (
-                "berth_scheduler_spawns_total",
-                "Session-server processes started.",
-                &self.spawns,
-            ),
-            (
-                "berth_scheduler_spawn_failures_total",
-                "Spawns that failed to start, register in time, or exited before registering.",
-                &self.spawn_failures,
-            ),
-            (
-                "berth_scheduler_no_capacity_total",
-                "Creates or lookups answered 503 no_capacity.",
-                &self.no_capacity,
-            ),
-            (
-                "berth_scheduler_rate_limited_total",
-                "Creates answered 429 rate_limited.",
-                &self.rate_limited,
-            ),
-            (
-                "berth_scheduler_servers_declared_dead_total",
-                "Servers declared dead after missing heartbeats.",
-                &self.servers_declared_dead,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-        self.placement_latency.render(
-            &mut out,
-            "berth_scheduler_placement_seconds",
-            "Time to place a room, including any wait for a spawn.",
-        );
-        self.spawn_latency.render(
-            &mut out,
-            "berth_scheduler_spawn_seconds",
-            "Time from starting a session server to its registration.",
-        );
+        self.free_room_slots
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
+        self.rooms.set(gauge_value(directory.len()));
+        self.orphaned_rooms
+            .set(gauge_value(directory.orphaned_count()));
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-    );
 }
 
 #[cfg(test)]
@@ -235,5 +235,7 @@ mod tests {
         assert!(text.contains("berth_scheduler_placement_seconds_count 3\n"));
         assert!(text.contains("berth_scheduler_placements_total 1\n"));
         assert!(text.contains("berth_scheduler_servers{state=\"ready\"} 0\n"));
+        assert!(text.contains("# TYPE berth_scheduler_placements counter\n"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }

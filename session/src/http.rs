@@ -222,12 +222,5 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .0
         .metrics
         .render(state.0.rooms.len(), state.is_draining());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

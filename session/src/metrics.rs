@@ -1,12 +1,20 @@
-//! Process counters, rendered as Prometheus text at `GET /metrics`.
+//! Process counters, exposed in the OpenMetrics text format at `GET /metrics` by the Prometheus
+//! project's `prometheus-client`.
 //!
 //! Plain relaxed atomics: the hot path adds to them (rooms add a whole broadcast's deliveries in
-//! one `fetch_add`), and a scrape reads them.
+//! one `fetch_add`), and a scrape copies them into constant metrics for the encoder.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_protocol::ErrorCode;
+use prometheus_client::encoding::text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Codes counted by `berth_session_refusals_total`: HTTP refusals before the upgrade and
 /// `error` frames / policy closes after it.
@@ -57,96 +65,97 @@ impl Metrics {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition; `rooms` and `draining` are read by the caller.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]); `rooms` and `draining` are read by
+    /// the caller. The counters are copied into a registry of constant metrics, which
+    /// prometheus-client encodes.
     pub fn render(&self, rooms: usize, draining: bool) -> String {
-        let mut out = String::with_capacity(2048);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        let mut registry = Registry::default();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            registry.register(name, help, ConstGauge::new(value));
         };
-        metric(
+        gauge(
             "berth_session_connections",
-            "gauge",
-            "Open WebSocket connections.",
+            "Open WebSocket connections",
             get(&self.connections),
         );
-        metric(
+        gauge(
             "berth_session_rooms",
-            "gauge",
-            "Rooms open on this server.",
+            "Rooms open on this server",
             rooms as u64,
         );
-        metric(
+        gauge(
             "berth_session_draining",
-            "gauge",
-            "1 while the server drains.",
-            draining as u64,
+            "1 while the server drains",
+            u64::from(draining),
         );
-        metric(
-            "berth_session_connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            get(&self.connections_total),
-        );
-        metric(
-            "berth_session_messages_in_total",
-            "counter",
-            "Chat messages accepted from clients.",
-            get(&self.messages_in),
-        );
-        metric(
-            "berth_session_messages_out_total",
-            "counter",
-            "Frames queued to clients by rooms.",
-            get(&self.messages_out),
-        );
-        metric(
-            "berth_session_slow_consumers_total",
-            "counter",
-            "Connections dropped for not reading.",
-            get(&self.slow_consumers),
-        );
-        metric(
-            "berth_session_room_panics_total",
-            "counter",
-            "Rooms ended by a panic.",
-            get(&self.room_panics),
-        );
-        metric(
-            "berth_session_store_batches_total",
-            "counter",
-            "Group-commit transactions written to the store.",
-            get(&self.store_batches),
-        );
-        metric(
-            "berth_session_store_messages_total",
-            "counter",
-            "Messages made durable in the store.",
-            get(&self.store_messages),
-        );
-        metric(
-            "berth_session_store_failures_total",
-            "counter",
-            "Room appends the store refused.",
-            get(&self.store_failures),
-        );
-        metric(
-            "berth_session_handoffs_total",
-            "counter",
-            "Live rooms handed over by a drain.",
-            get(&self.handoffs),
-        );
-        let name = "berth_session_refusals_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Refused connections and frames, by error code.\n# TYPE {name} counter"
-        );
-        for (code, n) in REFUSAL_CODES.iter().zip(&self.refusals) {
-            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {}", get(n));
+        // Counter names get their `_total` suffix from the encoder.
+        let counters = [
+            // Not `berth_session_connections`: in OpenMetrics that family is the gauge above.
+            (
+                "berth_session_connections_accepted",
+                "WebSocket connections accepted",
+                &self.connections_total,
+            ),
+            (
+                "berth_session_messages_in",
+                "Chat messages accepted from clients",
+                &self.messages_in,
+            ),
+            (
+                "berth_session_messages_out",
+                "Frames queued to clients by rooms",
+                &self.messages_out,
+            ),
+            (
+                "berth_session_slow_consumers",
+                "Connections dropped for not reading",
+                &self.slow_consumers,
+            ),
+            (
+                "berth_session_room_panics",
+                "Rooms ended by a panic",
+                &self.room_panics,
+            ),
+            (
+                "berth_session_store_batches",
+                "Group-commit transactions written to the store",
+                &self.store_batches,
+            ),
+            (
+                "berth_session_store_messages",
+                "Messages made durable in the store",
+                &self.store_messages,
+            ),
+            (
+                "berth_session_store_failures",
+                "Room appends the store refused",
+                &self.store_failures,
+            ),
+            (
+                "berth_session_handoffs",
+                "Live rooms handed over by a drain",
+                &self.handoffs,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, ConstCounter::new(get(counter)));
         }
+        let refusals = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        for (code, n) in REFUSAL_CODES.iter().zip(&self.refusals) {
+            refusals
+                .get_or_create(&[("code", code.as_str())])
+                .inc_by(get(n));
+        }
+        registry.register(
+            "berth_session_refusals",
+            "Refused connections and frames, by error code",
+            refusals,
+        );
+        let mut out = String::with_capacity(2048);
+        // Writing into a String cannot fail.
+        let _ = text::encode(&mut out, &registry);
         out
     }
 }
@@ -166,5 +175,7 @@ mod tests {
         assert!(text.contains("berth_session_refusals_total{code=\"bad_frame\"} 0\n"));
         assert!(text.contains("berth_session_connections 3\n"));
         assert!(text.contains("berth_session_rooms 2\n"));
+        assert!(text.contains("berth_session_connections_accepted_total 0\n"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }
