@@ -8,8 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use berth_protocol::api::{
-    CreateRoomRequest, DEFAULT_PAGE_LIMIT, LoginRequest, LoginResponse, MAX_PAGE_LIMIT,
-    MAX_ROOM_NAME_CHARS, MessagePage, RoomList, RoomSummary, RoomTicket,
+    CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_ROOM_NAME_CHARS, MessagePage,
+    RoomList, RoomSummary, RoomTicket,
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
@@ -43,39 +43,8 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
-        let claims = state
-            .issuer()
-            .verify_user_token(token)
-            .map_err(|e| ApiError::unauthorized("invalid or expired user token").with_cause(e))?;
-        Ok(AuthUser(claims))
+        Ok(AuthUser(crate::accounts::authenticate(state, token).await?))
     }
-}
-
-/// `POST /api/login`: a user token for a valid username. The user id is `u-<username>`, so one
-/// name is one user across tabs and logins (presence counts it once); there are no passwords.
-pub async fn login(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<LoginResponse>, ApiError> {
-    let req: LoginRequest = parse_json(body?)?;
-    if !ids::is_valid_username(&req.username) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidUsername,
-            "usernames are 1-32 letters, digits, '_' or '-'",
-        ));
-    }
-    let user_id = format!("u-{}", req.username);
-    let token = state
-        .issuer()
-        .mint_user_token(&user_id, &req.username)
-        .map_err(ApiError::internal)?;
-    tracing::debug!(user_id = %user_id, "login");
-    Ok(Json(LoginResponse {
-        token,
-        user_id,
-        username: req.username,
-    }))
 }
 
 /// `POST /api/rooms`: place a new room and hand back a ticket into it.
@@ -280,7 +249,7 @@ fn validate_room_name(name: String) -> Result<Option<String>, ApiError> {
     Ok(Some(name.to_owned()))
 }
 
-fn parse_json<T: DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
 }

@@ -58,6 +58,10 @@ pub struct Config {
     /// (`--store`, `--database-url`): the session servers' store.
     #[command(flatten)]
     pub store: berth_store::StoreArgs,
+
+    /// Accounts, guests, password hashing, sign-in throttles, outside identity provider.
+    #[command(flatten)]
+    pub accounts: crate::accounts::AccountArgs,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl std::fmt::Debug for Config {
             .field("user_token_ttl_secs", &self.user_token_ttl_secs)
             .field("web_dir", &self.web_dir)
             .field("store", &self.store)
+            .field("accounts", &self.accounts)
             .finish()
     }
 }

@@ -27,6 +27,8 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("opening the message store: {0}")]
     Store(#[source] berth_store::StoreError),
+    #[error("accounts")]
+    Accounts(#[from] crate::accounts::AccountsError),
 }
 
 /// An error answer: status, the public code and message of `ErrorBody`, and an internal cause
@@ -55,6 +57,12 @@ impl ApiError {
     /// Attaches the internal cause to log (never sent to the client).
     pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
         self.cause = Some(cause.to_string());
+        self
+    }
+
+    /// Adds a `Retry-After` header (seconds) to the answer.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
         self
     }
 

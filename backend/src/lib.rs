@@ -1,24 +1,31 @@
 //! `berth-backend`: Berth's public API.
 //!
-//! It logs users in (a user token, no passwords), asks the scheduler to place or find rooms,
+//! It signs users in (accounts with passwords, guests, or an outside identity provider), asks the scheduler to place or find rooms,
 //! mints short-lived tickets that one session server accepts for one room, lists public rooms,
 //! and serves the browser client. It keeps no state of its own besides its signing key.
 //!
 //! - [`config`]: flags and environment ([`Config`]).
 //! - [`keys`]: the Ed25519 ticket key pair on disk.
 //! - [`tokens`]: minting and checking user tokens and tickets.
+//! - [`accounts`]: register, sign in (accounts and guests), `/api/me`, token refresh, password
+//!   change, and who a user token names ([`accounts::authenticate`]); with [`password`]
+//!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
 
+pub mod accounts;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod jwks;
 pub mod keys;
+pub mod password;
 pub mod scheduler;
 pub mod state;
+pub mod throttle;
 pub mod tokens;
 pub mod web;
 
@@ -44,7 +51,15 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every route of the backend over `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/login", axum::routing::post(api::login))
+        // Accounts and identity (`accounts`).
+        .route("/api/login", axum::routing::post(accounts::login))
+        .route("/api/register", axum::routing::post(accounts::register))
+        .route("/api/me", get(accounts::me))
+        .route(
+            "/api/me/password",
+            axum::routing::post(accounts::change_password),
+        )
+        .route("/api/token/refresh", axum::routing::post(accounts::refresh))
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
         .route("/api/rooms/{room_id}/messages", get(api::room_messages))
@@ -78,7 +93,9 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, scheduler_url = %config.scheduler_url, "backend serving");
 
-    let server = axum::serve(listener, router(state))
+    // Connect info: the client address the login throttle keys on.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     tokio::pin!(server);

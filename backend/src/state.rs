@@ -22,6 +22,7 @@ struct Inner {
     scheduler: SchedulerClient,
     web: WebFiles,
     store: Option<berth_store::Store>,
+    accounts: crate::accounts::Accounts,
 }
 
 impl AppState {
@@ -67,12 +68,14 @@ impl AppState {
             Some(dir) => WebFiles::Dir(dir.clone()),
             None => WebFiles::Embedded,
         };
+        let accounts = crate::accounts::Accounts::new(&config.accounts)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 issuer,
                 scheduler,
                 web,
                 store,
+                accounts,
             }),
         })
     }
@@ -90,6 +93,11 @@ impl AppState {
     /// The message store; `None` with `--store none`.
     pub fn store(&self) -> Option<&berth_store::Store> {
         self.inner.store.as_ref()
+    }
+
+    /// Accounts, guests, password hashing, sign-in throttles, the outside identity provider.
+    pub fn accounts(&self) -> &crate::accounts::Accounts {
+        &self.inner.accounts
     }
 
     /// Where the web client's files come from.

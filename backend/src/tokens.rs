@@ -53,6 +53,18 @@ impl TokenIssuer {
         user_id: &str,
         username: &str,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        Ok(self.mint_user(user_id, username, false, 0)?.0)
+    }
+
+    /// A user token and its `exp` (seconds since the epoch): a guest's, or an account's under
+    /// its token generation `token_gen`.
+    pub fn mint_user(
+        &self,
+        user_id: &str,
+        username: &str,
+        guest: bool,
+        token_gen: u64,
+    ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
         let iat = berth_protocol::now_secs();
         let claims = UserClaims {
             sub: user_id.to_owned(),
@@ -60,8 +72,12 @@ impl TokenIssuer {
             aud: USER_TOKEN_AUDIENCE.to_owned(),
             iat,
             exp: iat + self.user_token_ttl.as_secs(),
+            guest,
+            token_gen,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.keys.encoding)
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.keys.encoding)?;
+        Ok((token, claims.exp))
     }
 
     /// Checks a user token's signature, `exp` and `aud` (a ticket never passes: its `aud` is a

@@ -245,7 +245,8 @@ async fn setup() -> (Backend, Fake) {
 async fn login_mints_a_user_token_for_a_stable_user_id() {
     let (backend, _) = setup().await;
     let a = backend.login("alice").await;
-    assert_eq!(a.user_id, "u-alice");
+    assert_eq!(a.user_id, "g-alice");
+    assert!(a.guest && a.expires_at.is_some());
     assert_eq!(a.username, "alice");
     let b = backend.login("alice").await;
     assert_eq!(b.user_id, a.user_id, "same name, same user");
@@ -255,7 +256,7 @@ async fn login_mints_a_user_token_for_a_stable_user_id() {
     let claims = jsonwebtoken::decode::<UserClaims>(&a.token, &backend.public_key(), &validation)
         .unwrap()
         .claims;
-    assert_eq!(claims.sub, "u-alice");
+    assert_eq!(claims.sub, "g-alice");
     assert_eq!(claims.name, "alice");
     assert_eq!(claims.exp - claims.iat, 86_400);
 
@@ -298,11 +299,13 @@ async fn room_calls_need_a_valid_user_token() {
             .unwrap();
     let now = berth_protocol::now_secs();
     let expired = UserClaims {
-        sub: "u-a".into(),
+        sub: "g-a".into(),
         name: "a".into(),
         aud: USER_TOKEN_AUDIENCE.into(),
         iat: now - 7200,
         exp: now - 3600,
+        guest: true,
+        token_gen: 0,
     };
     let wrong_aud = UserClaims {
         aud: "s-1".into(),
@@ -373,7 +376,7 @@ async fn create_room_answers_a_ticket_for_the_placement() {
 
     let placement = fake.lock().unwrap().rooms[&ticket.room_id].clone();
     let placed = fake.lock().unwrap().placed.last().cloned().unwrap();
-    assert_eq!(placed.created_by.as_deref(), Some("u-carol"));
+    assert_eq!(placed.created_by.as_deref(), Some("g-carol"));
     assert_eq!(placed.name.as_deref(), Some("Carol's room"));
     assert!(placed.public);
 
@@ -388,7 +391,7 @@ async fn create_room_answers_a_ticket_for_the_placement() {
     assert_eq!(claims.epoch, placement.epoch);
     assert_eq!(
         (claims.sub.as_str(), claims.name.as_str()),
-        ("u-carol", "carol")
+        ("g-carol", "carol")
     );
     assert_eq!(claims.exp - claims.iat, 60);
     let expires = humantime::parse_rfc3339(&ticket.expires_at).unwrap();
@@ -494,7 +497,7 @@ async fn lookup_answers_a_fresh_ticket_or_404() {
             .claims;
     assert_eq!(
         (claims.sub.as_str(), claims.room.as_str()),
-        ("u-bob", created.room_id.as_str())
+        ("g-bob", created.room_id.as_str())
     );
 
     let resp = backend

@@ -3,11 +3,16 @@
 //! `berth rooms`, `berth create`, `berth lookup ID` print the backend's JSON answers;
 //! `berth chat` joins (or creates) a room and chats line by line, reconnecting as needed;
 //! `berth bench` generates load and reports what it measured ([`berth_bench`]).
+//! `berth register` and `berth login` sign an account in and keep its token in the user's config
+//! directory ([`credentials`]), which the other commands then use; without a stored session
+//! they sign in as a guest named `--username`.
 //! Errors print as `error: <code>: <message>` and exit with status 1.
 
 mod chat;
+pub mod credentials;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth_protocol::api::CreateRoomRequest;
@@ -32,6 +37,11 @@ pub struct Cli {
     /// Who to log in as (1-32 letters, digits, '_' or '-'). Defaults to $USER.
     #[arg(long, global = true, env = "BERTH_USERNAME")]
     pub username: Option<String>,
+
+    /// Where `berth login` keeps its token. Default: `$XDG_CONFIG_HOME/berth`, else
+    /// `~/.config/berth`.
+    #[arg(long, global = true, env = "BERTH_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -68,6 +78,23 @@ pub enum Command {
         #[arg(long, conflicts_with = "room")]
         public: bool,
     },
+    /// Create an account (`--username`, else $USER) and sign it in; the token is kept for the
+    /// other commands.
+    Register {
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Sign an account in (`--username`, else $USER); the token is kept for the other commands.
+    Login {
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the token kept for this backend.
+    Logout,
+    /// Print who the kept token (or a guest sign-in) names (JSON).
+    Whoami,
     /// Generate load: create rooms, connect members, send messages on a schedule, and report
     /// create, connect and delivery latency, throughput and errors.
     Bench(Box<berth_bench::BenchArgs>),
@@ -109,10 +136,39 @@ pub fn main() -> ExitCode {
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let backend = Backend::new(cli.backend.clone());
-    match cli.command {
+    match cli.command.clone() {
+        Command::Register { password_stdin } => {
+            let (dir, username) = (config_dir(&cli)?, username(&cli));
+            let password = read_password(password_stdin, "Choose a password: ")?;
+            let session = backend.register(&username, &password).await?;
+            credentials::save(&dir, backend.base_url(), &session)?;
+            note(&format!("registered and signed in as {}", session.username));
+            Ok(())
+        }
+        Command::Login { password_stdin } => {
+            let (dir, username) = (config_dir(&cli)?, username(&cli));
+            let password = read_password(password_stdin, "Password: ")?;
+            let session = backend.login_with_password(&username, &password).await?;
+            credentials::save(&dir, backend.base_url(), &session)?;
+            note(&format!("signed in as {}", session.username));
+            Ok(())
+        }
+        Command::Logout => {
+            let dir = config_dir(&cli)?;
+            if credentials::remove(&dir, backend.base_url())? {
+                note("signed out");
+            } else {
+                note("no sign-in kept for this backend");
+            }
+            Ok(())
+        }
+        Command::Whoami => {
+            let session = session(&backend, &cli).await?;
+            print_json(&backend.me(&session).await?)
+        }
         Command::Rooms => print_json(&backend.list_rooms().await?),
         Command::Create { name, public } => {
-            let session = login(&backend, cli.username.as_deref()).await?;
+            let session = session(&backend, &cli).await?;
             print_json(
                 &backend
                     .create_room(&session, &CreateRoomRequest { name, public })
@@ -120,23 +176,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Lookup { room_id } => {
-            let session = login(&backend, cli.username.as_deref()).await?;
+            let session = session(&backend, &cli).await?;
             print_json(&backend.lookup_room(&session, &room_id).await?)
         }
         Command::Chat { room, name, public } => {
-            let session = login(&backend, cli.username.as_deref()).await?;
+            let session = session(&backend, &cli).await?;
             chat::run(backend, session, room, CreateRoomRequest { name, public }).await
         }
         Command::Bench(args) => berth_bench::command::run(*args, &cli.backend).await,
     }
 }
 
-async fn login(backend: &Backend, username: Option<&str>) -> Result<Session, ClientError> {
-    let username = match username {
-        Some(name) => name.to_owned(),
+/// The session the room commands use: the one `berth login` kept for this backend (unless
+/// `--username` names someone else), else a guest sign-in.
+async fn session(backend: &Backend, cli: &Cli) -> anyhow::Result<Session> {
+    if let Some(dir) = credentials::config_dir(cli.config_dir.as_deref())
+        && let Some(kept) = credentials::load(&dir, backend.base_url())?
+        && cli
+            .username
+            .as_deref()
+            .is_none_or(|u| u.eq_ignore_ascii_case(&kept.username))
+    {
+        return Ok(kept);
+    }
+    match backend.login(&username(cli)).await {
+        Err(e) if e.code() == Some("password_required") => {
+            Err(anyhow::anyhow!("{e} (run `berth login` first)"))
+        }
+        other => Ok(other?),
+    }
+}
+
+fn username(cli: &Cli) -> String {
+    match &cli.username {
+        Some(name) => name.clone(),
         None => default_username(std::env::var("USER").ok().as_deref()),
+    }
+}
+
+fn config_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    credentials::config_dir(cli.config_dir.as_deref()).ok_or_else(|| {
+        anyhow::anyhow!("no config directory: set --config-dir, XDG_CONFIG_HOME or HOME")
+    })
+}
+
+/// The password: the first line of stdin with `--password-stdin`, else asked on the terminal
+/// without echo.
+fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        rpassword::prompt_password(prompt)?
+    } else {
+        anyhow::bail!("no terminal to ask for the password on: use --password-stdin");
     };
-    backend.login(&username).await
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    Ok(password)
+}
+
+fn note(text: &str) {
+    eprintln!("{text}");
 }
 
 /// `$USER` reduced to what a username may hold (letters, digits, `_`, `-`, at most 32), or

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use berth_protocol::api::{
-    CreateRoomRequest, LoginRequest, LoginResponse, MessagePage, RoomList, RoomTicket,
+    ChangePasswordRequest, CreateRoomRequest, LoginRequest, LoginResponse, MeResponse, MessagePage,
+    RegisterRequest, RoomList, RoomTicket,
 };
 use reqwest::Url;
 use serde::de::DeserializeOwned;
@@ -22,6 +23,10 @@ pub struct Session {
     pub token: String,
     pub user_id: String,
     pub username: String,
+    /// A guest (a name without an account).
+    pub guest: bool,
+    /// When the token stops working (RFC 3339), if the backend said.
+    pub expires_at: Option<String>,
 }
 
 impl From<LoginResponse> for Session {
@@ -30,6 +35,22 @@ impl From<LoginResponse> for Session {
             token: r.token,
             user_id: r.user_id,
             username: r.username,
+            guest: r.guest,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+impl Session {
+    /// A session from a user token obtained elsewhere (e.g. the application's own identity
+    /// provider); who it names is known after [`Backend::me`].
+    pub fn from_token(token: impl Into<String>) -> Session {
+        Session {
+            token: token.into(),
+            user_id: String::new(),
+            username: String::new(),
+            guest: false,
+            expires_at: None,
         }
     }
 }
@@ -40,6 +61,8 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("user_id", &self.user_id)
             .field("username", &self.username)
+            .field("guest", &self.guest)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -75,16 +98,82 @@ impl Backend {
         &self.base
     }
 
-    /// `POST /api/login`: a [`Session`] for `username` (1–32 letters, digits, `_`, `-`;
-    /// otherwise `Api { code: "invalid_username" }`).
+    /// `POST /api/login` without a password: a guest [`Session`] for `username` (1–32 letters,
+    /// digits, `_`, `-`; otherwise `invalid_username`). `password_required` when the name
+    /// belongs to an account, `guests_disabled` when the backend takes no guests.
     pub async fn login(&self, username: &str) -> Result<Session> {
+        self.sign_in(username, None).await
+    }
+
+    /// `POST /api/login` with a password: the account's [`Session`]. `invalid_credentials`
+    /// (401) for a wrong password or an unknown name, `rate_limited` (429, with
+    /// [`ClientError::retry_after`]) after repeated failures.
+    pub async fn login_with_password(&self, username: &str, password: &str) -> Result<Session> {
+        self.sign_in(username, Some(password)).await
+    }
+
+    async fn sign_in(&self, username: &str, password: Option<&str>) -> Result<Session> {
         let req = self
             .http
             .post(self.url(&["api", "login"])?)
             .json(&LoginRequest {
                 username: username.to_owned(),
+                password: password.map(str::to_owned),
             });
         let resp: LoginResponse = call(req, "login answer").await?;
+        Ok(resp.into())
+    }
+
+    /// `POST /api/register`: creates an account and signs it in. `invalid_username`,
+    /// `weak_password` (8–256 characters), `username_taken` (names compare case-insensitively).
+    pub async fn register(&self, username: &str, password: &str) -> Result<Session> {
+        let req = self
+            .http
+            .post(self.url(&["api", "register"])?)
+            .json(&RegisterRequest {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            });
+        let resp: LoginResponse = call(req, "register answer").await?;
+        Ok(resp.into())
+    }
+
+    /// `GET /api/me`: who `session`'s token names (`unauthorized` when it no longer works).
+    pub async fn me(&self, session: &Session) -> Result<MeResponse> {
+        let req = self
+            .http
+            .get(self.url(&["api", "me"])?)
+            .bearer_auth(&session.token);
+        call(req, "me answer").await
+    }
+
+    /// `POST /api/token/refresh`: a new session with a fresh expiry for a still valid one.
+    pub async fn refresh(&self, session: &Session) -> Result<Session> {
+        let req = self
+            .http
+            .post(self.url(&["api", "token", "refresh"])?)
+            .bearer_auth(&session.token);
+        let resp: LoginResponse = call(req, "refresh answer").await?;
+        Ok(resp.into())
+    }
+
+    /// `POST /api/me/password`: changes the account's password. Tokens issued before stop
+    /// working; the answer is the new session.
+    pub async fn change_password(
+        &self,
+        session: &Session,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<Session> {
+        let req = self
+            .http
+            .post(self.url(&["api", "me", "password"])?)
+            .bearer_auth(&session.token)
+            .json(&ChangePasswordRequest {
+                old_password: old_password.to_owned(),
+                new_password: new_password.to_owned(),
+            });
+        let resp: LoginResponse = call(req, "password change answer").await?;
         Ok(resp.into())
     }
 

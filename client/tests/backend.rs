@@ -17,7 +17,7 @@ async fn login_create_lookup_list() {
     let session = backend.login("alice").await.unwrap();
     assert_eq!(
         (session.user_id.as_str(), session.username.as_str()),
-        ("u-alice", "alice")
+        ("g-alice", "alice")
     );
     assert!(
         !format!("{session:?}").contains(&session.token),

@@ -64,7 +64,7 @@ async fn create(s: &Setup) -> Room {
     )
     .await
     .unwrap();
-    assert_eq!(welcome.you.user_id, "u-alice");
+    assert_eq!(welcome.you.user_id, "g-alice");
     assert_eq!(room.room_id(), ticket.room_id);
     room.set_policy(fast());
     room
@@ -197,7 +197,7 @@ async fn join_by_id_sees_history() {
     let (room, welcome) = Room::join(s.backend.clone(), bob, first.room_id())
         .await
         .unwrap();
-    assert_eq!(welcome.you.user_id, "u-bob");
+    assert_eq!(welcome.you.user_id, "g-bob");
     assert_eq!(welcome.history.len(), 1);
     assert_eq!(room.last_seq(), 1);
     room.close().await.unwrap();

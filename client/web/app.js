@@ -98,6 +98,16 @@ function describeError(e, roomId) {
       return "Your session expired. Please log in again.";
     case "invalid_username":
       return "That username isn't allowed: use 1–32 letters, digits, _ or -.";
+    case "invalid_credentials":
+      return "Wrong username or password.";
+    case "password_required":
+      return "That name belongs to an account: enter its password to sign in.";
+    case "guests_disabled":
+      return "Guests can't join here: create an account or sign in.";
+    case "weak_password":
+      return "Passwords need 8 to 256 characters.";
+    case "username_taken":
+      return "That username is taken. Pick another, or sign in if it's yours.";
     case "network":
       return "Can't reach the Berth server. Check your connection.";
     case "scheduler_unavailable":
@@ -140,8 +150,12 @@ function showLogin(pendingRoomId) {
 async function onLogin(event) {
   event.preventDefault();
   const input = /** @type {HTMLInputElement} */ ($("username-input"));
+  const passwordInput = /** @type {HTMLInputElement} */ ($("password-input"));
   const error = $("login-error");
   const name = input.value.trim();
+  const password = passwordInput.value;
+  // Enter submits with the first button (Sign in); with no password that is a guest.
+  const action = event.submitter?.dataset.action ?? "login";
   if (!USERNAME.test(name)) {
     error.textContent = describeError({ code: "invalid_username" });
     input.setAttribute("aria-invalid", "true");
@@ -150,16 +164,25 @@ async function onLogin(event) {
   }
   input.removeAttribute("aria-invalid");
   error.textContent = "";
-  const button = /** @type {HTMLButtonElement} */ ($("login-button"));
-  button.disabled = true;
+  if (action === "register" && password.length < 8) {
+    error.textContent = describeError({ code: "weak_password" });
+    passwordInput.focus();
+    return;
+  }
+  const buttons = /** @type {HTMLButtonElement[]} */ ([...$("login-form").querySelectorAll("button")]);
+  for (const b of buttons) b.disabled = true;
   try {
-    await client.login(name);
+    if (action === "register") await client.register(name, password);
+    else if (action === "guest" || !password) await client.login(name);
+    else await client.login(name, password);
+    passwordInput.value = "";
     enterApp();
     route();
   } catch (e) {
     error.textContent = describeError(e);
+    if (e.code === "password_required" || e.code === "invalid_credentials") passwordInput.focus();
   } finally {
-    button.disabled = false;
+    for (const b of buttons) b.disabled = false;
   }
 }
 
@@ -169,6 +192,8 @@ function enterApp() {
   $("login-view").hidden = true;
   $("app-view").hidden = false;
   $("current-user").textContent = session.username;
+  $("current-user-kind").textContent = session.guest ? "guest" : "";
+  $("current-user-kind").title = session.guest ? "Signed in as a guest: anyone may use this name until it is registered" : "";
   const av = $("current-user-avatar");
   av.textContent = (session.username[0] ?? "?").toUpperCase();
   av.style.setProperty("--hue", String(hueOf(session.username)));
@@ -180,6 +205,8 @@ function logout() {
   activeRoomId = null;
   renderNav();
   client.logout();
+  $("password-input").value = "";
+  $("login-error").textContent = "";
   history.replaceState(null, "", location.pathname + location.search);
   showLogin(null);
 }

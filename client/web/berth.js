@@ -10,7 +10,7 @@
  * import { BerthClient } from "./berth.js";
  *
  * const berth = new BerthClient();             // same origin; or { baseUrl: "http://host:8080" }
- * if (!berth.session) await berth.login("alice");
+ * if (!berth.session) await berth.login("alice");             // a guest; or login("alice", password)
  * const { roomId } = await berth.createRoom({ name: "Standup", public: true });
  * const room = berth.joinRoom(roomId);
  * room.on("status", (e) => console.log("state:", e.state));       // connecting/open/reconnecting/closed
@@ -31,7 +31,15 @@
  * @module berth
  */
 
-/** @typedef {{token: string, userId: string, username: string}} Session A logged-in user. */
+/**
+ * A signed-in user.
+ * @typedef {object} Session
+ * @property {string} token      The user token.
+ * @property {string} userId
+ * @property {string} username
+ * @property {boolean} guest     A guest (a name without an account).
+ * @property {string} [expiresAt] When the token stops working (RFC 3339).
+ */
 
 /**
  * Where a room lives and a short-lived ticket to get in (answer of create and look-up).
@@ -203,13 +211,61 @@ export class BerthClient {
   }
 
   /**
-   * Logs in (there are no passwords: a username is enough) and remembers the session.
+   * Signs in and remembers the session: with a password, an account; without one, a guest
+   * (rejects with `password_required` when the name belongs to an account, `guests_disabled`
+   * when the server takes no guests). Wrong passwords reject with `invalid_credentials`, and
+   * repeated ones with `rate_limited` (see `retryAfter`).
    * @param {string} username 1–32 of letters, digits, `_` and `-`.
+   * @param {string} [password]
    * @returns {Promise<Session>}
    */
-  async login(username) {
-    const body = await this._request("POST", "/api/login", { username }, false);
-    const session = { token: body.token, userId: body.userId, username: body.username };
+  async login(username, password) {
+    const body = { username };
+    if (password) body.password = password;
+    return this._remember(await this._request("POST", "/api/login", body, false));
+  }
+
+  /**
+   * Creates an account and signs it in. Rejects with `invalid_username`, `weak_password`
+   * (8–256 characters) or `username_taken`.
+   * @param {string} username
+   * @param {string} password
+   * @returns {Promise<Session>}
+   */
+  async register(username, password) {
+    return this._remember(await this._request("POST", "/api/register", { username, password }, false));
+  }
+
+  /** @returns {Promise<{userId: string, username: string, guest: boolean}>} who the token names. */
+  async me() {
+    return this._request("GET", "/api/me", undefined, true);
+  }
+
+  /** Renews the user token (a fresh expiry). @returns {Promise<Session>} */
+  async refreshToken() {
+    return this._remember(await this._request("POST", "/api/token/refresh", undefined, true));
+  }
+
+  /**
+   * Changes the account's password; every other session of the account is signed out.
+   * @param {string} oldPassword
+   * @param {string} newPassword
+   * @returns {Promise<Session>}
+   */
+  async changePassword(oldPassword, newPassword) {
+    const body = await this._request("POST", "/api/me/password", { oldPassword, newPassword }, true);
+    return this._remember(body);
+  }
+
+  /** @returns {Session} */
+  _remember(body) {
+    const session = {
+      token: body.token,
+      userId: body.userId,
+      username: body.username,
+      guest: Boolean(body.guest),
+      expiresAt: body.expiresAt,
+    };
     this._session = session;
     try {
       this.storage?.setItem(SESSION_KEY, JSON.stringify(session));
@@ -297,7 +353,8 @@ export class BerthClient {
   }
 
   /**
-   * One API call. On a 401 with a remembered username, logs in again once and retries.
+   * One API call. On a 401 of a guest, signs the guest in again once and retries (an account
+   * cannot: its session ends, and the caller sees `unauthorized`).
    * @param {string} method
    * @param {string} path
    * @param {unknown} body
@@ -307,7 +364,7 @@ export class BerthClient {
   async _request(method, path, body, auth) {
     if (auth && !this._session) throw new BerthError("not_logged_in", "Log in first.");
     let res = await this._send(method, path, body, auth);
-    if (res.status === 401 && auth && this._session) {
+    if (res.status === 401 && auth && this._session?.guest) {
       const { username } = this._session;
       this._relogin ??= this.login(username).finally(() => {
         this._relogin = null;
@@ -325,7 +382,7 @@ export class BerthClient {
       const retry = Number(res.headers.get("Retry-After"));
       const code = json?.error?.code ?? (res.status >= 500 ? "server_error" : `http_${res.status}`);
       const message = json?.error?.message ?? `The server answered ${res.status}.`;
-      if (code === "unauthorized" && auth) this.logout();
+      if ((code === "unauthorized" || code === "password_required") && auth) this.logout();
       throw new BerthError(code, message, {
         status: res.status,
         retryAfter: Number.isFinite(retry) && retry > 0 ? retry : null,
@@ -768,8 +825,12 @@ export function defaultClient() {
   return shared;
 }
 
-/** @param {string} username @returns {Promise<Session>} */
-export const login = (username) => defaultClient().login(username);
+/** @param {string} username @param {string} [password] @returns {Promise<Session>} */
+export const login = (username, password) => defaultClient().login(username, password);
+/** @param {string} username @param {string} password @returns {Promise<Session>} */
+export const register = (username, password) => defaultClient().register(username, password);
+/** @returns {Promise<{userId: string, username: string, guest: boolean}>} */
+export const me = () => defaultClient().me();
 /** @param {{name?: string, public?: boolean}} [options] @returns {Promise<RoomTicket>} */
 export const createRoom = (options) => defaultClient().createRoom(options);
 /** @param {string} roomId @param {{ticket?: RoomTicket}} [options] @returns {RoomConnection} */

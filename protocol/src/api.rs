@@ -2,19 +2,83 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `POST /api/login`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/login`: with a password, signs an account in; without one, a guest (when the
+/// name belongs to no account and guests are allowed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginRequest {
     pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
-/// Answer to `POST /api/login`: a user token for the other calls.
+/// `POST /api/register`: a new account.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// `POST /api/me/password`: changes an account's password; tokens issued before stop working.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePasswordRequest {
+    pub old_password: String,
+    pub new_password: String,
+}
+
+// Hand-written: a password must never reach a log line through `{:?}`.
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ChangePasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangePasswordRequest")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest password accepted, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted, in characters.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// Answer to `POST /api/login`, `POST /api/register`, `POST /api/token/refresh` and
+/// `POST /api/me/password`: a user token for the other calls, and who it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
     pub token: String,
     pub user_id: String,
     pub username: String,
+    /// A guest: a name without an account.
+    #[serde(default)]
+    pub guest: bool,
+    /// When the token stops working (RFC 3339); renew it before with `POST /api/token/refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Answer to `GET /api/me`: who the user token names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeResponse {
+    pub user_id: String,
+    pub username: String,
+    pub guest: bool,
 }
 
 /// `POST /api/rooms` (the body is optional; every field has a default).

@@ -17,6 +17,17 @@ pub struct UserClaims {
     pub aud: String,
     pub iat: u64,
     pub exp: u64,
+    /// A guest (a name without an account). Absent in tokens minted before accounts existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest: bool,
+    /// The account's token generation when the token was minted: changing the password moves
+    /// it on, which refuses every older token.
+    #[serde(default, rename = "gen", skip_serializing_if = "is_zero")]
+    pub token_gen: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Claims of a room ticket: one user, one room, one session server, short-lived.

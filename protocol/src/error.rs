@@ -16,6 +16,14 @@ pub enum ErrorCode {
     NotFound,
     Internal,
     SchedulerUnavailable,
+    // Accounts.
+    WeakPassword,
+    UsernameTaken,
+    InvalidCredentials,
+    PasswordRequired,
+    GuestsDisabled,
+    /// The call needs an account (guests and outside identities cannot make it).
+    AccountRequired,
     // Session server, before the upgrade.
     InvalidTicket,
     WrongServer,
@@ -46,6 +54,12 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Internal => "internal",
             ErrorCode::SchedulerUnavailable => "scheduler_unavailable",
+            ErrorCode::WeakPassword => "weak_password",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::PasswordRequired => "password_required",
+            ErrorCode::GuestsDisabled => "guests_disabled",
+            ErrorCode::AccountRequired => "account_required",
             ErrorCode::InvalidTicket => "invalid_ticket",
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",

@@ -29,6 +29,31 @@ pub fn new_user_id() -> String {
     random_id("u-", 10)
 }
 
+/// User ids live in namespaces told apart by their prefix, so that one kind can never take the
+/// id of another: an account's id is random (`a-…`), a guest's is its name (`g-<name in lower
+/// case>`), and a user of an outside identity provider gets `x-<hash of issuer and subject>`.
+pub const ACCOUNT_ID_PREFIX: &str = "a-";
+/// See [`ACCOUNT_ID_PREFIX`].
+pub const GUEST_ID_PREFIX: &str = "g-";
+/// See [`ACCOUNT_ID_PREFIX`].
+pub const EXTERNAL_ID_PREFIX: &str = "x-";
+
+/// A new account id such as `a-9c2kx7qd4m7w` (60 bits of randomness).
+pub fn new_account_id() -> String {
+    random_id(ACCOUNT_ID_PREFIX, 12)
+}
+
+/// The user id of the guest `name` (names compare case-insensitively, so `Bob` and `bob` are
+/// one guest).
+pub fn guest_user_id(name: &str) -> String {
+    format!("{GUEST_ID_PREFIX}{}", username_key(name))
+}
+
+/// The form a username is compared in: ASCII lower case (usernames are ASCII).
+pub fn username_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 /// Whether `id` is an acceptable room id: 1–64 of ASCII letters, digits, `-` and `_`.
 /// Ids come from URLs, so everything else is refused before it reaches a map or a log.
 pub fn is_valid_room_id(id: &str) -> bool {
@@ -64,6 +89,14 @@ mod tests {
         assert!(is_valid_room_id(&a) && a.starts_with("r-") && a.len() == 12);
         assert_ne!(a, b);
         assert!(is_valid_server_id(&new_server_id()));
+    }
+
+    #[test]
+    fn user_id_namespaces_never_meet() {
+        assert_eq!(guest_user_id("Bob"), "g-bob");
+        let account = new_account_id();
+        assert!(account.starts_with(ACCOUNT_ID_PREFIX) && account.len() == 14);
+        assert_ne!(guest_user_id(&account), account);
     }
 
     #[test]

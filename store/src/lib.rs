@@ -18,6 +18,10 @@
 //!   so a stale owner (a server declared dead that is still running) can never write again, and
 //!   the primary key makes a duplicate `seq` impossible in any case.
 //!
+//! - `berth_accounts`: registered users (id, display name, lower-case name key, argon2id hash,
+//!   token generation). The hash never leaves this crate in a `{:?}` and is bound as a
+//!   parameter that prints redacted, so that no driver's debug log can show it.
+//!
 //! Appends are batched by the caller (group commit): [`Store::append`] writes the messages of
 //! many rooms in one transaction and answers per room.
 
@@ -44,6 +48,33 @@ pub struct RoomMeta {
     pub created_by: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+}
+
+/// A registered account. `Debug` leaves the password hash out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// `a-…`, stable for the account's life.
+    pub user_id: String,
+    /// The name as registered (its case kept for display).
+    pub username: String,
+    /// The PHC string of the argon2id hash of the password.
+    pub password_hash: String,
+    /// Moves on when the password changes; user tokens carry the generation they were minted
+    /// under, and older ones are refused.
+    pub token_gen: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .field("token_gen", &self.token_gen)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The messages one room appends in a batch, under the placement epoch it holds.
@@ -86,6 +117,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// An account with this name (compared case-insensitively) exists already.
+    #[error("the username is taken")]
+    UsernameTaken,
 }
 
 /// Which store a process uses.
@@ -338,6 +372,54 @@ impl Store {
             Backend::Sqlite(s) => s.public_rooms(limit).await,
             Backend::Postgres(p) => p.public_rooms(limit).await,
         }
+    }
+}
+
+/// Accounts.
+impl Store {
+    /// Records a new account; [`StoreError::UsernameTaken`] when its name, compared
+    /// case-insensitively, is taken.
+    pub async fn create_account(&self, account: &Account) -> Result<(), StoreError> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.create_account(account.clone()).await,
+            Backend::Postgres(p) => p.create_account(account).await,
+        }
+    }
+
+    /// The account named `username` (case-insensitively).
+    pub async fn account_by_name(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let key = berth_protocol::ids::username_key(username);
+        match &*self.0 {
+            Backend::Sqlite(s) => s.account_where("username_key", key).await,
+            Backend::Postgres(p) => p.account_where("username_key", &key).await,
+        }
+    }
+
+    /// The account with the id `user_id`.
+    pub async fn account_by_id(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.account_where("user_id", user_id.to_owned()).await,
+            Backend::Postgres(p) => p.account_where("user_id", user_id).await,
+        }
+    }
+
+    /// Replaces the password hash of `user_id` and moves its token generation on, if the
+    /// generation is still `expected_gen` (so two concurrent changes cannot both win). Answers
+    /// the new generation, or `None` when the account is gone or was changed meanwhile.
+    pub async fn set_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        expected_gen: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let changed = match &*self.0 {
+            Backend::Sqlite(s) => {
+                s.set_password(user_id.to_owned(), password_hash.to_owned(), expected_gen)
+                    .await?
+            }
+            Backend::Postgres(p) => p.set_password(user_id, password_hash, expected_gen).await?,
+        };
+        Ok(changed.then_some(expected_gen + 1))
     }
 }
 

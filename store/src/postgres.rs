@@ -15,7 +15,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::{
-    BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql,
+    Account, BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql,
+    to_sql,
 };
 
 /// Bound on one store call (connecting included).
@@ -48,6 +49,14 @@ CREATE TABLE IF NOT EXISTS berth_messages (
 CREATE TABLE IF NOT EXISTS berth_fences (
     room_id TEXT PRIMARY KEY,
     epoch   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS berth_accounts (
+    user_id       TEXT PRIMARY KEY,
+    username      TEXT NOT NULL,
+    username_key  TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    token_gen     BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
 );
 ";
 
@@ -304,6 +313,107 @@ impl PgStore {
         })
         .await
     }
+}
+
+impl PgStore {
+    pub(crate) async fn create_account(&self, a: &Account) -> Result<(), StoreError> {
+        self.call(true, async |client| {
+            let done = client
+                .execute(
+                    "INSERT INTO berth_accounts (user_id, username, username_key, password_hash, token_gen, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &a.user_id,
+                        &a.username,
+                        &berth_protocol::ids::username_key(&a.username),
+                        &Redacted(&a.password_hash),
+                        &to_sql(a.token_gen),
+                        &to_sql(a.created_at_ms),
+                    ],
+                )
+                .await;
+            match done {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::UsernameTaken),
+                Err(e) => Err(pg_error(e)),
+            }
+        })
+        .await
+    }
+
+    /// The account whose `column` (`user_id` or `username_key`, never caller input) is `value`.
+    pub(crate) async fn account_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        self.call(false, async |client| {
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT user_id, username, password_hash, token_gen, created_at_ms
+                         FROM berth_accounts WHERE {column} = $1"
+                    ),
+                    &[&value],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|r| Account {
+                user_id: r.get(0),
+                username: r.get(1),
+                password_hash: r.get(2),
+                token_gen: from_sql(r.get(3)),
+                created_at_ms: from_sql(r.get(4)),
+            }))
+        })
+        .await
+    }
+
+    pub(crate) async fn set_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        expected_gen: u64,
+    ) -> Result<bool, StoreError> {
+        self.call(true, async |client| {
+            let changed = client
+                .execute(
+                    "UPDATE berth_accounts SET password_hash = $1, token_gen = token_gen + 1
+                     WHERE user_id = $2 AND token_gen = $3",
+                    &[&Redacted(hash), &user_id, &to_sql(expected_gen)],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+/// A text parameter whose `Debug` hides it: tokio-postgres logs the parameters of every
+/// statement at debug level, and a password hash must never reach a log line.
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl tokio_postgres::types::ToSql for Redacted<'_> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A batch as one array per column, for `UNNEST`.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql, to_sql,
+    Account, BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql,
+    to_sql,
 };
 
 /// How long a write waits for another process's transaction before the store counts as
@@ -43,6 +44,14 @@ CREATE TABLE IF NOT EXISTS berth_fences (
     room_id TEXT PRIMARY KEY,
     epoch   INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS berth_accounts (
+    user_id       TEXT PRIMARY KEY,
+    username      TEXT NOT NULL,
+    username_key  TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    token_gen     INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
 ";
 
 pub(crate) struct SqliteStore {
@@ -282,6 +291,78 @@ impl SqliteStore {
                 .map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn create_account(&self, a: Account) -> Result<(), StoreError> {
+        self.run(true, move |conn| {
+            let done = conn.execute(
+                "INSERT INTO berth_accounts (user_id, username, username_key, password_hash, token_gen, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    a.user_id,
+                    a.username,
+                    berth_protocol::ids::username_key(&a.username),
+                    a.password_hash,
+                    to_sql(a.token_gen),
+                    to_sql(a.created_at_ms)
+                ],
+            );
+            match done {
+                Ok(_) => Ok(()),
+                Err(e) if is_constraint(&e) => Err(StoreError::UsernameTaken),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
+    /// The account whose `column` (`user_id` or `username_key`, never caller input) is `value`.
+    pub(crate) async fn account_where(
+        &self,
+        column: &'static str,
+        value: String,
+    ) -> Result<Option<Account>, StoreError> {
+        self.run(false, move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT user_id, username, password_hash, token_gen, created_at_ms
+                 FROM berth_accounts WHERE {column} = ?1"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row([&value], |r| {
+                    Ok(Account {
+                        user_id: r.get(0)?,
+                        username: r.get(1)?,
+                        password_hash: r.get(2)?,
+                        token_gen: from_sql(r.get(3)?),
+                        created_at_ms: from_sql(r.get(4)?),
+                    })
+                })
+                .optional()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    pub(crate) async fn set_password(
+        &self,
+        user_id: String,
+        hash: String,
+        expected_gen: u64,
+    ) -> Result<bool, StoreError> {
+        self.run(true, move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE berth_accounts SET password_hash = ?1, token_gen = token_gen + 1
+                     WHERE user_id = ?2 AND token_gen = ?3",
+                    params![hash, user_id, to_sql(expected_gen)],
+                )
+                .map_err(unavailable)?;
+            Ok(changed == 1)
         })
         .await
     }

@@ -179,6 +179,87 @@ async fn conformance(store: Store) {
     assert_eq!(public, ["r-n", "r-1"]);
 }
 
+/// Accounts: names unique case-insensitively with their case kept, looked up by name and id,
+/// password changes compare-and-set on the token generation.
+async fn accounts(store: Store) {
+    let bob = Account {
+        user_id: "a-bob1".into(),
+        username: "Bob".into(),
+        password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        token_gen: 1,
+        created_at_ms: 1_700_000_000_000,
+    };
+    assert_eq!(store.account_by_name("bob").await.unwrap(), None);
+    store.create_account(&bob).await.unwrap();
+    assert_eq!(
+        store.account_by_name("BOB").await.unwrap(),
+        Some(bob.clone())
+    );
+    assert_eq!(
+        store.account_by_id("a-bob1").await.unwrap(),
+        Some(bob.clone())
+    );
+    assert_eq!(store.account_by_id("a-none").await.unwrap(), None);
+    // Another case of the same name is the same name.
+    let twin = Account {
+        user_id: "a-bob2".into(),
+        username: "bOb".into(),
+        ..bob.clone()
+    };
+    assert_eq!(
+        store.create_account(&twin).await,
+        Err(StoreError::UsernameTaken)
+    );
+    assert!(
+        !format!("{bob:?}").contains("argon2"),
+        "Debug hides the hash"
+    );
+
+    // A change under the current generation wins once; a stale one loses.
+    assert_eq!(
+        store
+            .set_password("a-bob1", "$argon2id$new", 1)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .set_password("a-bob1", "$argon2id$x", 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .set_password("a-none", "$argon2id$x", 0)
+            .await
+            .unwrap(),
+        None
+    );
+    let now = store.account_by_name("bob").await.unwrap().unwrap();
+    assert_eq!(
+        (now.password_hash.as_str(), now.token_gen),
+        ("$argon2id$new", 2)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_accounts() {
+    let path = temp_sqlite();
+    accounts(Store::sqlite(path.clone()).await.unwrap()).await;
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn postgres_accounts() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin).await;
+    accounts(Store::postgres(&db.url).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn sqlite_conformance() {
     let path = temp_sqlite();

@@ -633,6 +633,115 @@ async fn wait_messages(page: &Browser, who: &str, room_id: &str, expected: &[(&s
         .await;
 }
 
+// --- accounts -------------------------------------------------------------------------------
+
+/// Whether the sign-in view is showing.
+const SIGN_IN_SHOWN: &str = "return !document.getElementById('login-view').hidden";
+/// The signed-in user's name and kind once the app shows, e.g. `Hana|` or `ivy|guest`.
+const SIGNED_IN_AS: &str = "return !document.getElementById('app-view').hidden \
+     && document.getElementById('current-user').textContent + '|' + document.getElementById('current-user-kind').textContent";
+
+/// Sets an input's value as a person clearing it would.
+async fn clear(page: &Browser, css: &str) {
+    page.js(
+        "const i = document.querySelector(arguments[0]); i.value = ''; i.dispatchEvent(new Event('input'));",
+        vec![json!(css)],
+    )
+    .await;
+}
+
+/// The sign-in screen: create an account, sign out, be refused as a guest on its name and with a
+/// wrong password, sign in again (any case of the name), then continue as a guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_sign_out_and_sign_in_in_a_browser() {
+    let Some(driver) = ChromeDriver::start().await else {
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions {
+        backend_args: ["--argon2-memory-kib", "64", "--argon2-iterations", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let page = driver.session("hana", Window::Desktop).await;
+    page.goto(&cluster.backend_url).await;
+    page.wait_for("the sign-in screen", SIGN_IN_SHOWN).await;
+
+    // Create an account.
+    page.type_into("#username-input", "Hana").await;
+    page.type_into("#password-input", "hana-secret-1").await;
+    page.click("#register-button").await;
+    let who = page.wait_for("the app after sign-up", SIGNED_IN_AS).await;
+    assert_eq!(who, "Hana|", "an account, not a guest");
+    save_screenshot(&page, "accounts-signed-in").await;
+
+    // Sign out: back to the sign-in screen, nothing kept.
+    page.click("#logout-button").await;
+    page.wait_for("the sign-in screen after signing out", SIGN_IN_SHOWN)
+        .await;
+    assert_eq!(
+        page.js("return localStorage.getItem('berth.session')", vec![])
+            .await,
+        Value::Null
+    );
+
+    // The name without a password (Enter) is refused: it belongs to an account.
+    clear(&page, "#username-input").await;
+    page.type_into("#username-input", &format!("hana{ENTER}"))
+        .await;
+    let error = page
+        .wait_for(
+            "the password-required message",
+            "return document.getElementById('login-error').textContent",
+        )
+        .await;
+    assert!(
+        error.as_str().unwrap().contains("belongs to an account"),
+        "{error}"
+    );
+    // A wrong password.
+    page.type_into("#password-input", "not-her-password").await;
+    page.click("#login-button").await;
+    page.wait_for(
+        "the wrong-password message",
+        "return document.getElementById('login-error').textContent.includes('Wrong username or password')",
+    )
+    .await;
+    save_screenshot(&page, "accounts-sign-in").await;
+    // The right one, signing in with another case of the name.
+    clear(&page, "#password-input").await;
+    page.type_into("#password-input", &format!("hana-secret-1{ENTER}"))
+        .await;
+    let who = page
+        .wait_for("the app after signing in", SIGNED_IN_AS)
+        .await;
+    assert_eq!(who, "Hana|", "the registered case is shown");
+    let me = page
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             import('/berth.js').then(m => m.me()).then(done, e => done(String(e)));",
+            vec![],
+        )
+        .await;
+    assert_eq!(me["username"], "Hana", "{me}");
+    assert_eq!(me["guest"], false, "{me}");
+
+    // Sign out again, and continue as a guest under another name.
+    page.click("#logout-button").await;
+    page.wait_for("the sign-in screen", SIGN_IN_SHOWN).await;
+    clear(&page, "#username-input").await;
+    page.type_into("#username-input", "ivy").await;
+    page.click("#guest-button").await;
+    let who = page.wait_for("the app as a guest", SIGNED_IN_AS).await;
+    assert_eq!(who, "ivy|guest");
+
+    page.assert_no_uncaught_errors("hana").await;
+    page.close().await;
+    driver.stop().await;
+    cluster.stop().await;
+}
+
 // --- screenshots --------------------------------------------------------------------------
 
 async fn save_screenshot(page: &Browser, name: &str) {
