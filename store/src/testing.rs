@@ -5,23 +5,48 @@
 //! `postgres://postgres:postgres@127.0.0.1:5432/postgres`). Without it the PostgreSQL variants
 //! are skipped on a developer's machine, and *fail* under CI (`CI=true`), so that CI can never
 //! pass by silently not testing PostgreSQL.
+//!
+//! [`skip`] is how any test that cannot run here says so (here, the testkit's browser tests).
+
+use std::io::Write as _;
 
 use tokio_postgres::NoTls;
+
+/// The environment variable naming a file where [`skip`] records skipped suites, one line each;
+/// `scripts/test.sh` sets it and names them in its last line.
+pub const SKIP_LOG_ENV: &str = "BERTH_SKIP_LOG";
+
+/// Reports that a test of `suite` cannot run on this machine, and why: a loud
+/// `BERTH-SKIP: <suite>: <reason>` line on stderr and in `$BERTH_SKIP_LOG`. Under `CI=true` it
+/// panics instead, so that CI can never pass by not running a suite.
+pub fn skip(suite: &str, reason: &str) {
+    let line = format!("BERTH-SKIP: {suite}: {reason}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{line}: nothing may be skipped under CI=true");
+    }
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV).filter(|p| !p.is_empty()) {
+        // One short append per line: concurrent tests do not interleave within a line.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = appended {
+            panic!("cannot record the skip in {}: {e}", path.to_string_lossy());
+        }
+    }
+}
 
 /// The environment variable holding the admin URL.
 pub const TEST_DATABASE_URL_ENV: &str = "BERTH_TEST_DATABASE_URL";
 
-/// The admin URL, or `None` to skip (printing why). Panics under `CI=true` without one.
+/// The admin URL, or `None` to skip (reported by [`skip`]). Panics under `CI=true` without one.
 pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(TEST_DATABASE_URL_ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "{TEST_DATABASE_URL_ENV} is not set under CI: the PostgreSQL tests must run there"
-            )
-        }
         _ => {
-            eprintln!("skipping a PostgreSQL test: {TEST_DATABASE_URL_ENV} is not set");
+            skip("postgres", &format!("{TEST_DATABASE_URL_ENV} unset"));
             None
         }
     }

@@ -4,6 +4,9 @@
 //! listeners bound to `127.0.0.1:0`) and lets the scheduler spawn real `testkit-session`
 //! processes, exactly as `berth-scheduler` spawns `berth-session` in production. The
 //! `testkit-*` binaries are one-line copies of the real ones, so `cargo test` rebuilds them.
+//!
+//! [`browser`] drives Chromium for the web client's tests; [`skip`] is how a test that cannot run
+//! here (no Chromium, no PostgreSQL, not root) says so, loudly, and fails under `CI=true`.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod browser;
+
 pub use berth_protocol as protocol;
+pub use berth_store::testing::skip;
 
 /// How to shape a test cluster. Defaults follow DESIGN.md except `warm_servers` (0, so that
 /// tests can count exactly the servers their creates needed).

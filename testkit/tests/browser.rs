@@ -11,28 +11,19 @@
 //!    reconnecting, then chat again on the room's new server without a reload, with no message
 //!    shown twice.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`BERTH_CHROMEDRIVER` / `BERTH_CHROMIUM`
-//! override the paths). Without them the test says so on stderr and passes, except when
-//! `CI=true`, where it fails. Screenshots go to `target/screenshots/`, and also to
-//! `docs/screenshots/` when `BERTH_UPDATE_SCREENSHOTS=1`.
-//!
-//! The WebDriver client is the few commands this test needs, over the workspace's `reqwest`.
+//! Needs Debian's `chromium` and `chromium-driver` (see [`berth_testkit::browser`]): without
+//! them the test reports a skip (`BERTH-SKIP: browser: ...`), which fails under `CI=true`.
+//! Screenshots go to `target/screenshots/`, and also to `docs/screenshots/` when
+//! `BERTH_UPDATE_SCREENSHOTS=1`.
 
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_testkit::browser::{Browser, ChromeDriver, ENTER, SHIFT, WAIT, Window};
 use berth_testkit::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
 
-/// How long any one condition may take to come true.
-const WAIT: Duration = Duration::from_secs(30);
 /// Failover includes the scheduler noticing the dead server and spawning another.
 const FAILOVER_WAIT: Duration = Duration::from_secs(60);
-/// The W3C WebDriver key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
-const ENTER: &str = "\u{E007}";
-const SHIFT: &str = "\u{E008}";
 
 const HOSTILE: &str = r#"<img src=x onerror="window.__berthPwned=true">"#;
 /// The room in view.
@@ -210,8 +201,8 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
             "{who}: the onerror handler never ran"
         );
     }
-    save_screenshot(&alice, "room").await;
-    save_screenshot(&bob, "room-phone").await;
+    alice.save_screenshot("room").await;
+    bob.save_screenshot("room-phone").await;
 
     // --- several rooms: a second room in view, unread count on the first ----------------------
     alice.click("[data-testid=lobby-link]").await;
@@ -263,7 +254,7 @@ async fn chat_sharing_hostile_text_and_failover_in_a_browser() {
             ),
         )
         .await;
-    save_screenshot(&alice, "lobby").await;
+    alice.save_screenshot("lobby").await;
 
     // Back in the first room the unread count is gone and the message is there.
     alice
@@ -674,7 +665,7 @@ async fn sign_up_sign_out_and_sign_in_in_a_browser() {
     page.click("#register-button").await;
     let who = page.wait_for("the app after sign-up", SIGNED_IN_AS).await;
     assert_eq!(who, "Hana|", "an account, not a guest");
-    save_screenshot(&page, "accounts-signed-in").await;
+    page.save_screenshot("accounts-signed-in").await;
 
     // Sign out: back to the sign-in screen, nothing kept.
     page.click("#logout-button").await;
@@ -708,7 +699,7 @@ async fn sign_up_sign_out_and_sign_in_in_a_browser() {
         "return document.getElementById('login-error').textContent.includes('Wrong username or password')",
     )
     .await;
-    save_screenshot(&page, "accounts-sign-in").await;
+    page.save_screenshot("accounts-sign-in").await;
     // The right one, signing in with another case of the name.
     clear(&page, "#password-input").await;
     page.type_into("#password-input", &format!("hana-secret-1{ENTER}"))
@@ -740,435 +731,4 @@ async fn sign_up_sign_out_and_sign_in_in_a_browser() {
     page.close().await;
     driver.stop().await;
     cluster.stop().await;
-}
-
-// --- screenshots --------------------------------------------------------------------------
-
-async fn save_screenshot(page: &Browser, name: &str) {
-    let png = page.screenshot().await;
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let mut dirs = vec![screenshot_dir()];
-    if std::env::var("BERTH_UPDATE_SCREENSHOTS").as_deref() == Ok("1")
-        && !name.starts_with("failure-")
-    {
-        dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots"));
-    }
-    for dir in dirs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.png"));
-        std::fs::write(&path, &png).unwrap();
-        eprintln!("screenshot: {}", path.display());
-    }
-}
-
-/// `target/screenshots/` of the workspace.
-fn screenshot_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
-}
-
-// --- WebDriver ------------------------------------------------------------------------------
-
-/// A `chromedriver` process on a free port; killed when dropped.
-struct ChromeDriver {
-    url: String,
-    chromium: String,
-    http: reqwest::Client,
-    child: tokio::process::Child,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Window {
-    Desktop,
-    /// Chrome's mobile emulation at a phone's size (390×844 CSS pixels).
-    Phone,
-}
-
-impl ChromeDriver {
-    /// Starts chromedriver, or returns `None` (after saying why) when it is not installed
-    /// outside CI.
-    async fn start() -> Option<ChromeDriver> {
-        let driver =
-            std::env::var("BERTH_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let chromium =
-            std::env::var("BERTH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let installed = Path::new(&driver).exists() && Path::new(&chromium).exists();
-        if !installed {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "{driver} or {chromium} is missing: CI must install chromium and chromium-driver"
-                );
-            }
-            eprintln!(
-                "skipping browser tests: install chromium chromium-driver (apt-get install chromium chromium-driver)"
-            );
-            return None;
-        }
-        // Failure screenshots of an earlier run would only confuse.
-        if let Ok(entries) = std::fs::read_dir(screenshot_dir()) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("failure-") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {driver}: {e}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .unwrap();
-        let status = format!("{url}/status");
-        berth_testkit::eventually(WAIT, || {
-            let (http, status) = (http.clone(), status.clone());
-            async move {
-                match http.get(&status).send().await {
-                    Ok(r) => r
-                        .json::<Value>()
-                        .await
-                        .map(|v| v["value"]["ready"] == true)
-                        .unwrap_or(false),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        Some(ChromeDriver {
-            url,
-            chromium,
-            http,
-            child,
-        })
-    }
-
-    /// Stops chromedriver and reaps it.
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// A new browser with a fresh profile.
-    async fn session(&self, name: &str, window: Window) -> Browser {
-        let profile = berth_testkit::temp_dir(&format!("chromium-{name}"));
-        let mut args = vec![
-            "--headless=new".to_owned(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-dev-shm-usage".into(),
-            "--disable-quic".into(),
-            "--no-first-run".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            format!("--user-data-dir={}", profile.display()),
-        ];
-        let mut options = json!({ "binary": self.chromium });
-        match window {
-            Window::Desktop => args.push("--window-size=1280,900".into()),
-            Window::Phone => {
-                args.push("--window-size=500,900".into());
-                options["mobileEmulation"] =
-                    json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 } });
-            }
-        }
-        options["args"] = json!(args);
-        let caps = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": options,
-            "goog:loggingPrefs": { "browser": "ALL" },
-        } } });
-        let res = self
-            .http
-            .post(format!("{}/session", self.url))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap();
-        let body: Value = res.json().await.unwrap();
-        let id = body["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("new session: {body}"))
-            .to_owned();
-        Browser {
-            name: name.to_owned(),
-            http: self.http.clone(),
-            driver: self.url.clone(),
-            session: id,
-            profile,
-            open: true,
-        }
-    }
-}
-
-/// One browser session. Dropping it (say, on a failed assertion) still closes the browser.
-struct Browser {
-    name: String,
-    http: reqwest::Client,
-    driver: String,
-    session: String,
-    profile: PathBuf,
-    open: bool,
-}
-
-impl Browser {
-    /// One WebDriver command; panics with the driver's message on failure.
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{}", self.driver, self.session, path);
-        let mut req = self.http.request(method.clone(), &url);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{}: {method} {path}: {e}", self.name));
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        assert!(
-            status.is_success(),
-            "{}: {method} {path}: {status} {}",
-            self.name,
-            body["value"]
-        );
-        body["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    /// Runs `script` (a function body; `arguments` holds `args`) in the page.
-    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
-    }
-
-    /// Runs an asynchronous `script`: it reports by calling its last argument.
-    async fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/async",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
-    }
-
-    async fn find(&self, css: &str) -> String {
-        let v = self
-            .cmd(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        v[ELEMENT_KEY]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: no element {css}", self.name))
-            .to_owned()
-    }
-
-    /// Types like a person (key events), into the element `css`.
-    async fn type_into(&self, css: &str, text: &str) {
-        let id = self.find(css).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-    }
-
-    async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self) -> Vec<u8> {
-        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        base64_decode(v.as_str().unwrap())
-    }
-
-    /// Polls `script` until it returns something truthy, and returns that.
-    async fn wait_for(&self, what: &str, script: &str) -> Value {
-        self.wait_for_args(what, script, vec![], WAIT).await
-    }
-
-    async fn wait_for_within(&self, what: &str, script: &str, timeout: Duration) -> Value {
-        self.wait_for_args(what, script, vec![], timeout).await
-    }
-
-    async fn wait_for_args(
-        &self,
-        what: &str,
-        script: &str,
-        args: Vec<Value>,
-        timeout: Duration,
-    ) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let v = self.js(script, args.clone()).await;
-            let truthy = match &v {
-                Value::Null => false,
-                Value::Bool(b) => *b,
-                Value::String(s) => !s.is_empty(),
-                Value::Number(n) => n.as_f64() != Some(0.0),
-                _ => true,
-            };
-            if truthy {
-                return v;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                self.fail(what, timeout).await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Reports a condition that never came true: a screenshot, the console, what the page showed.
-    async fn fail(&self, what: &str, timeout: Duration) -> ! {
-        let shot = format!("failure-{}", self.name);
-        save_screenshot(self, &shot).await;
-        let seen = self
-            .js(
-                "return JSON.stringify(window.__berthLastMessages ?? null)",
-                vec![],
-            )
-            .await;
-        let status = self
-            .js(
-                "return [...document.querySelectorAll('[data-testid=room]')].map(r => r.dataset.roomId + ': ' + r.dataset.state + ' / ' + r.querySelector('[data-testid=room-status]').textContent).join('; ')",
-                vec![],
-            )
-            .await;
-        for line in self.console().await {
-            eprintln!("{} console: {line}", self.name);
-        }
-        panic!(
-            "{}: waited {timeout:?} for {what}; rooms: {status}; last messages seen: {seen}",
-            self.name
-        );
-    }
-
-    /// The browser console so far (chromedriver's log endpoint), or nothing where unsupported.
-    async fn console(&self) -> Vec<String> {
-        let url = format!("{}/session/{}/se/log", self.driver, self.session);
-        let Ok(res) = self
-            .http
-            .post(&url)
-            .json(&json!({ "type": "browser" }))
-            .send()
-            .await
-        else {
-            return vec![];
-        };
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        body["value"]
-            .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .map(|e| format!("{} {}", e["level"], e["message"]))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Fails on any uncaught exception in the page. (Failed WebSocket attempts during a
-    /// failover are logged as errors too; they are expected.)
-    async fn assert_no_uncaught_errors(&self, who: &str) {
-        let uncaught: Vec<String> = self
-            .console()
-            .await
-            .into_iter()
-            .filter(|l| l.contains("Uncaught"))
-            .collect();
-        assert!(
-            uncaught.is_empty(),
-            "{who}: uncaught errors in the page: {uncaught:#?}"
-        );
-    }
-
-    async fn close(mut self) {
-        self.cmd(reqwest::Method::DELETE, "", None).await;
-        self.open = false;
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Drop for Browser {
-    /// Closes the browser even when the test failed half-way: a blocking `DELETE /session`.
-    fn drop(&mut self) {
-        if !self.open {
-            return;
-        }
-        let Some(addr) = self.driver.strip_prefix("http://") else {
-            return;
-        };
-        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
-            let request = format!(
-                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                self.session
-            );
-            if stream.write_all(request.as_bytes()).is_ok() {
-                let _ = stream.read_to_end(&mut Vec::new());
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// Standard base64 (as WebDriver screenshots are encoded).
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c) << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
-}
-
-#[test]
-fn base64_decodes() {
-    assert_eq!(base64_decode("aGVsbG8="), b"hello");
-    assert_eq!(base64_decode("aGk="), b"hi");
-    assert_eq!(base64_decode("YWJj"), b"abc");
-    assert_eq!(base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
 }
