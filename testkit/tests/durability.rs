@@ -14,6 +14,8 @@
 //!   and the numbering goes on without a gap once the store is back.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use berth::protocol::api::CreateRoomRequest;
@@ -175,6 +177,52 @@ fn assert_gap_free(messages: &[ChatMessage], what: &str) {
         expected,
         "{what}: seq must run 1, 2, 3… without a gap or a repeat"
     );
+}
+
+/// How soon a drained server's rooms must be served elsewhere (the drain timeout is far longer).
+const HAND_OVER: Duration = Duration::from_secs(10);
+
+/// `http://host:port` of a session server from its WebSocket URL.
+fn http_base(ws_url: &str) -> String {
+    let mut url = reqwest::Url::parse(ws_url).unwrap();
+    url.set_scheme("http").unwrap();
+    url.set_path("");
+    url.set_query(None);
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// Polls `GET {server}/metrics` until the server stops answering; yields the highest value of
+/// the counter `name` seen (`None`: never read).
+fn spawn_metric_watch(server: &str, name: &'static str) -> tokio::task::JoinHandle<Option<u64>> {
+    let url = format!("{server}/metrics");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    tokio::spawn(async move {
+        let mut highest = None;
+        loop {
+            let res = http.get(&url).send().await;
+            let text = match res {
+                Ok(res) => res.text().await,
+                Err(e) => Err(e),
+            };
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("metrics watch of {url} ended: {e}");
+                    break;
+                }
+            };
+            let value = text.lines().find_map(|l| {
+                let (metric, value) = l.split_once(' ')?;
+                (metric == name).then(|| value.trim().parse::<u64>().ok())?
+            });
+            highest = highest.max(value);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        highest
+    })
 }
 
 async fn wait_closed(conn: &mut RoomConnection) -> Option<u16> {
@@ -358,13 +406,11 @@ async fn a_sigkill_mid_stream_loses_nothing_anyone_saw(postgres: bool) {
     })
     .await;
     // One more message after the kill, so readers have something to wait for.
-    let (mut last, _) = loop {
-        let t = backend.lookup_room(&alice, &ticket.room_id).await.unwrap();
-        if let Ok(c) = RoomConnection::connect(&t.url, &t.token).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut last, _) = eventually_some(WAIT, || async {
+        let t = backend.lookup_room(&alice, &ticket.room_id).await.ok()?;
+        RoomConnection::connect(&t.url, &t.token).await.ok()
+    })
+    .await;
     let final_seq = send_and_echo(&mut last, "final").await;
     assert!(final_seq > stored.last().unwrap().seq);
     stop_tx.send(final_seq).unwrap();
@@ -390,9 +436,10 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     let Some(backing) = Backing::new(postgres).await else {
         return;
     };
+    // A drain timeout far beyond HAND_OVER: the room moves by hand-off, or the test fails.
     let cluster = backing
         .cluster(ClusterOptions {
-            scheduler_args: args(&["--drain-timeout-secs", "10"]),
+            scheduler_args: args(&["--drain-timeout-secs", "120"]),
             ..Default::default()
         })
         .await;
@@ -434,12 +481,25 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     b.close().await.unwrap();
 
     // The server drains: the room is handed over and its members told to come back (1012).
+    // The old server's hand-off counter is watched until it exits; alice reads her close only
+    // then (the server waits a moment for her answer, which keeps it up to be read).
+    let handoffs = spawn_metric_watch(&http_base(&room.url), "berth_session_handoffs_total");
+    let drained_at = tokio::time::Instant::now();
     let res = cluster
         .scheduler_post(&format!("/v1/servers/{}/drain", room.server_id))
         .await;
     assert_eq!(res.status(), 202);
+    let handoffs = tokio::time::timeout(WAIT, handoffs)
+        .await
+        .expect("the old server went away")
+        .unwrap();
+    assert_eq!(
+        handoffs,
+        Some(1),
+        "the old server counted the room it handed over"
+    );
     assert_eq!(wait_closed(&mut a).await, Some(close::RESTART));
-    let moved = eventually_some(WAIT, || async {
+    let moved = eventually_some(HAND_OVER, || async {
         backend
             .lookup_room(&bob, &room.room_id)
             .await
@@ -451,6 +511,12 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
         .await
         .unwrap();
     assert_eq!((seqs(&welcome.history), welcome.seq), (vec![5, 6], 6));
+    let served_after = drained_at.elapsed();
+    assert!(
+        served_after < HAND_OVER,
+        "the room was served elsewhere {served_after:?} after the drain: a hand-off, not the drain timeout"
+    );
+    eprintln!("hand-over: the room was served on its new server {served_after:?} after the drain");
     let t = backend.lookup_room(&alice, &room.room_id).await.unwrap();
     let (mut a, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6))
         .await
@@ -595,16 +661,19 @@ struct Chatter {
 /// as stored when its echo comes, or when a resumed `welcome` holds it; it is sent again only
 /// when the server said it was not stored (an `error` frame naming it) or when a reconnect
 /// shows it is not there. Sending stops when `stop` is set; the task ends once it has seen
-/// `finish` (the room's last seq).
+/// `finish` (the room's last seq). Once stopped with nothing in doubt, it counts itself in
+/// `settled`.
 fn spawn_chatter(
     mut room: Room,
     welcome: Welcome,
     prefix: String,
     stop: watch::Receiver<bool>,
     finish: watch::Receiver<u64>,
+    settled: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<Chatter> {
     tokio::spawn(async move {
         let (mut stop, mut finish) = (stop, finish);
+        let mut counted = false;
         let mut seen: Vec<ChatMessage> = welcome.history;
         let mut acked: Vec<String> = Vec::new();
         let mut next = 0u32;
@@ -613,6 +682,10 @@ fn spawn_chatter(
         let mut due = true;
         let mut pace = tokio::time::interval(Duration::from_millis(80));
         loop {
+            if !counted && *stop.borrow() && outstanding.is_none() {
+                settled.fetch_add(1, Ordering::SeqCst);
+                counted = true;
+            }
             let target = *finish.borrow();
             if target > 0 && outstanding.is_none() && seen.last().is_some_and(|m| m.seq >= target) {
                 return Chatter { seen, acked };
@@ -694,6 +767,7 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
     assert_eq!(first_servers.len(), 3, "one room per server");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let settled = Arc::new(AtomicUsize::new(0));
     let mut finish = Vec::new();
     let mut chatters = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
@@ -711,13 +785,30 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
                 format!("r{r}u{u}"),
                 stop_rx.clone(),
                 finish_rx.clone(),
+                settled.clone(),
             );
             chatters.push((r, chatter));
         }
     }
 
-    // Drain the three original servers one after the other while everyone chats.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Drain the three original servers one after the other while everyone chats; before each
+    // drain and at the end, every room has moved on by a few messages.
+    let progress = |min_growth: usize, from: Vec<usize>| {
+        let (cluster, owner, rooms) = (&cluster, &owner, &rooms);
+        eventually_some(WAIT, move || {
+            let from = from.clone();
+            async move {
+                let mut now = Vec::new();
+                for (room, before) in rooms.iter().zip(&from) {
+                    let len = stored_history(cluster, owner, &room.room_id).await.len();
+                    (len >= before + min_growth).then_some(())?;
+                    now.push(len);
+                }
+                Some(now)
+            }
+        })
+    };
+    let mut stored_counts = progress(3, vec![0; rooms.len()]).await;
     for server in &first_servers {
         let res = cluster
             .scheduler_post(&format!("/v1/servers/{server}/drain"))
@@ -727,15 +818,17 @@ async fn a_rolling_drain_under_live_traffic_loses_and_duplicates_nothing(postgre
             cluster.servers().await.iter().all(|s| &s.id != server)
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        stored_counts = progress(3, stored_counts).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     stop_tx.send(true).unwrap();
 
     // Once every send is settled, the stored history is final: everyone must end up with it.
+    eventually(WAIT, || async {
+        settled.load(Ordering::SeqCst) == chatters.len()
+    })
+    .await;
     let mut stored = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let history = stored_history(&cluster, &owner, &room.room_id).await;
         assert!(
             history.len() >= 5,

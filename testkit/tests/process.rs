@@ -1,14 +1,63 @@
 //! The real `berth-scheduler` binary supervises its session processes: stopping it with SIGTERM
-//! leaves none behind.
+//! leaves none behind, and neither does SIGKILL (the parent-death signal the session processes
+//! ask for).
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use berth_protocol::cluster::{PlaceRoomRequest, Placement, ServerList};
 use berth_testkit::{bin_path, eventually, process_alive, signal, temp_dir, write_ticket_keys};
+use tokio::process::Child;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_scheduler_stops_its_session_servers() {
+    let (dir, mut scheduler, pids) = scheduler_with_two_session_processes().await;
+    signal(scheduler.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), scheduler.wait())
+        .await
+        .expect("scheduler exits")
+        .unwrap();
+    assert!(status.success(), "graceful exit: {status:?}");
+    for pid in pids {
+        eventually(
+            Duration::from_secs(5),
+            || async move { !process_alive(pid) },
+        )
+        .await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_scheduler_leaves_no_session_process_behind() {
+    let (dir, mut scheduler, pids) = scheduler_with_two_session_processes().await;
+    // SIGKILL: the scheduler cleans nothing up; only the kernel's parent-death signal
+    // (PR_SET_PDEATHSIG, SIGTERM) tells the session processes to go.
+    signal(scheduler.id().unwrap(), "KILL");
+    let status = tokio::time::timeout(Duration::from_secs(5), scheduler.wait())
+        .await
+        .expect("the scheduler is gone")
+        .unwrap();
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    let killed_at = std::time::Instant::now();
+    for pid in pids {
+        eventually(
+            Duration::from_secs(10),
+            || async move { !process_alive(pid) },
+        )
+        .await;
+    }
+    eprintln!(
+        "the orphaned session processes were gone {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts the `testkit-scheduler` binary on a free port and has it spawn two session processes
+/// (two rooms at one room per server). Returns the data dir, the scheduler and their pids.
+async fn scheduler_with_two_session_processes() -> (PathBuf, Child, Vec<u32>) {
     let dir = temp_dir("process");
     let keys = write_ticket_keys(&dir);
     // A free port for the scheduler process (it must be known before it starts).
@@ -19,7 +68,7 @@ async fn stopping_the_scheduler_stops_its_session_servers() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let secret = "process-test-secret";
-    let mut scheduler = tokio::process::Command::new(bin_path("testkit-scheduler"))
+    let scheduler = tokio::process::Command::new(bin_path("testkit-scheduler"))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -74,19 +123,5 @@ async fn stopping_the_scheduler_stops_its_session_servers() {
         "two rooms at one per server: two session processes"
     );
     assert!(pids.iter().all(|&pid| process_alive(pid)));
-
-    signal(scheduler.id().unwrap(), "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(15), scheduler.wait())
-        .await
-        .expect("scheduler exits")
-        .unwrap();
-    assert!(status.success(), "graceful exit: {status:?}");
-    for pid in pids {
-        eventually(
-            Duration::from_secs(5),
-            || async move { !process_alive(pid) },
-        )
-        .await;
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    (dir, scheduler, pids)
 }
