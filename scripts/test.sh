@@ -6,7 +6,7 @@
 # report a skip into $BERTH_SKIP_LOG; the last line printed names every skipped suite and why,
 # beside cargo's totals:
 #   tests: 412 passed, 0 failed, 0 ignored; skipped: postgres (BERTH_TEST_DATABASE_URL unset, 14 tests)
-# Under CI=true a skip fails the test itself, and this script fails too.
+# Under CI=true a skip fails the test itself (and is still named), and this script fails too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
