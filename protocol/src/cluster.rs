@@ -123,6 +123,11 @@ pub struct Registered {
     pub server_id: String,
     /// How often the scheduler expects a heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// How long the scheduler waits for a heartbeat before it declares the server dead and may
+    /// place its rooms elsewhere. A server that cannot renew within this lease stops serving
+    /// first (fencing). Absent from schedulers that predate it: no lease then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// `PUT /v1/servers/{id}/heartbeat`: the server's load.

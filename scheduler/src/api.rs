@@ -343,6 +343,7 @@ async fn register_server(
     Ok(Json(Registered {
         server_id: server.id.clone(),
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
+        heartbeat_timeout_ms: Some(state.config.heartbeat_timeout_ms),
     }))
 }
 

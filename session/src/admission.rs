@@ -72,6 +72,15 @@ impl Refusal {
     pub(crate) fn invalid_request(message: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
+    /// The server could not renew its lease with the scheduler: its rooms may be placed
+    /// elsewhere, so it serves none of them until it gets through again.
+    pub(crate) fn lease_lost() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SchedulerUnavailable,
+            "this server lost touch with the scheduler",
+        )
+    }
     pub(crate) fn scheduler_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -183,6 +192,9 @@ pub(crate) async fn admit(
     let shared = &state.0;
     if state.is_draining() {
         return Err(Refusal::draining());
+    }
+    if state.is_fenced() {
+        return Err(Refusal::lease_lost());
     }
     let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
         .ok_or_else(|| Refusal::server_full("the server is at its connection limit"))?;

@@ -211,6 +211,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "status": "ok",
         "serverId": state.server_id().as_deref(),
         "draining": state.is_draining(),
+        "fenced": state.is_fenced(),
         "rooms": state.0.rooms.len(),
         "connections": state.0.metrics.connections(),
     });

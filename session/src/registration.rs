@@ -1,6 +1,14 @@
 //! The server's side of the scheduler conversation: register (with backoff until it works),
 //! heartbeat with the load, register again when the scheduler forgot us, and act on what the
 //! heartbeat answers (drain, revoked rooms).
+//!
+//! Fencing. Every registration or heartbeat that gets through renews the server's *lease*. The
+//! scheduler declares a silent server dead after its heartbeat timeout and may then place the
+//! server's rooms elsewhere; a server cut off from the scheduler (while its clients may still
+//! reach it) must not keep serving those rooms. So when the lease runs out — [`LEASE_SHARE`] of
+//! the timeout after the last renewing request was *sent*, hence before the scheduler can have
+//! given up on it — the server closes every room (members get 1012 and look the room up again)
+//! and refuses connections (503 `scheduler_unavailable`) until a request gets through again.
 
 use std::time::Duration;
 
@@ -15,16 +23,82 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Repeated failures are logged at warn at most this often (the rest at debug).
 const WARN_EVERY: Duration = Duration::from_secs(30);
+/// The lease lasts this share of the scheduler's heartbeat timeout, counted from the sending of
+/// the request that renewed it: the rest is the margin by which the server stops serving before
+/// the scheduler may place its rooms elsewhere.
+const LEASE_SHARE: f64 = 0.75;
 
 /// Runs until `stop` is cancelled. The caller deregisters afterwards.
 pub(crate) async fn run(state: AppState, client: SchedulerClient, stop: CancellationToken) {
+    let mut lease = Lease::default();
     loop {
-        let Some(registered) = register(&state, &client, &stop).await else {
+        let Some(registered) = register(&state, &client, &stop, &mut lease).await else {
             return;
         };
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(20, 60_000));
-        if !heartbeats(&state, &client, &stop, interval).await {
+        if !heartbeats(&state, &client, &stop, interval, &mut lease).await {
             return;
+        }
+    }
+}
+
+/// How long this server may keep serving without hearing from the scheduler.
+#[derive(Default)]
+struct Lease {
+    /// `None` until a scheduler named its heartbeat timeout (older schedulers do not).
+    length: Option<Duration>,
+    /// When the request that last renewed it was sent.
+    renewed: Option<Instant>,
+}
+
+impl Lease {
+    /// When the lease runs out; `None` without a lease or once the server is fenced.
+    fn deadline(&self, state: &AppState) -> Option<Instant> {
+        if state.is_fenced() {
+            return None;
+        }
+        Some(self.renewed? + self.length?)
+    }
+
+    /// A request sent at `sent` got through: the lease runs again, and a fenced server serves
+    /// again.
+    fn renew(&mut self, state: &AppState, sent: Instant, timeout_ms: Option<u64>) {
+        if let Some(ms) = timeout_ms {
+            self.length = Some(Duration::from_millis(ms).mul_f64(LEASE_SHARE));
+        }
+        self.renewed = Some(sent);
+        if state
+            .0
+            .fenced
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("the scheduler answers again; accepting connections");
+        }
+    }
+}
+
+/// Resolves when `deadline` passes; never without one.
+async fn expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The lease ran out: close every room (1012) and refuse connections until it is renewed.
+fn fence(state: &AppState) {
+    state
+        .0
+        .fenced
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let rooms = state.0.rooms.all();
+    tracing::warn!(
+        rooms = rooms.len(),
+        "no answer from the scheduler within the lease; closing every room and refusing connections until it answers"
+    );
+    for room in rooms {
+        if state.0.rooms.remove_instance(&room.id, room.instance) {
+            room.revoke();
         }
     }
 }
@@ -49,6 +123,7 @@ async fn register(
     state: &AppState,
     client: &SchedulerClient,
     stop: &CancellationToken,
+    lease: &mut Lease,
 ) -> Option<Registered> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
@@ -67,13 +142,19 @@ async fn register(
             draining: state.is_draining(),
             pid: Some(std::process::id()),
         };
+        let sent = Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => return None,
             r = client.register(&body) => r,
+            () = expiry(lease.deadline(state)) => {
+                fence(state);
+                continue;
+            }
         };
         attempts += 1;
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
+                lease.renew(state, sent, registered.heartbeat_timeout_ms);
                 state.set_server_id(&registered.server_id);
                 state
                     .0
@@ -107,6 +188,7 @@ async fn register(
         tokio::select! {
             () = stop.cancelled() => return None,
             () = tokio::time::sleep(backoff) => {}
+            () = expiry(lease.deadline(state)) => fence(state),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -119,6 +201,7 @@ async fn heartbeats(
     client: &SchedulerClient,
     stop: &CancellationToken,
     interval: Duration,
+    lease: &mut Lease,
 ) -> bool {
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,6 +210,10 @@ async fn heartbeats(
         tokio::select! {
             () = stop.cancelled() => return false,
             _ = tick.tick() => {}
+            () = expiry(lease.deadline(state)) => {
+                fence(state);
+                continue;
+            }
         }
         let Some(server_id) = state.server_id() else {
             return true;
@@ -136,12 +223,18 @@ async fn heartbeats(
             rooms: state.0.rooms.hosted(),
             draining: state.is_draining(),
         };
+        let sent = Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => return false,
             r = client.heartbeat(&server_id, &body) => r,
+            () = expiry(lease.deadline(state)) => {
+                fence(state);
+                continue;
+            }
         };
         match result {
             Ok(ack) => {
+                lease.renew(state, sent, None);
                 throttle = Throttle::default();
                 apply(state, ack);
             }

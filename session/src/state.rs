@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     server_id: RwLock<Option<Arc<str>>>,
     /// Set once the scheduler has accepted a registration (so there is something to leave).
     pub registered: AtomicBool,
+    /// Set while the server's lease with the scheduler has run out: it serves no room and
+    /// admits nobody until a heartbeat or registration gets through again.
+    pub fenced: AtomicBool,
     pub verifier: TicketVerifier,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
@@ -145,6 +148,7 @@ impl AppState {
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             verifier,
             rooms: Arc::default(),
             metrics,
@@ -192,6 +196,11 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.0.draining.is_cancelled()
+    }
+
+    /// Whether the lease with the scheduler ran out (see `registration`).
+    pub fn is_fenced(&self) -> bool {
+        self.0.fenced.load(Ordering::Relaxed)
     }
 
     /// Stops taking rooms and connections; `serve` then drains and returns.

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,22 @@ struct Fake {
     unauthorized: AtomicU32,
     /// Id given to servers that register without one.
     assign_id: String,
+    /// The heartbeat timeout announced at registration, in ms (0: none, as older schedulers).
+    timeout_ms: AtomicU64,
+    /// Registrations and heartbeats hang, as when the network to the scheduler is cut.
+    unreachable: AtomicBool,
+}
+
+impl Fake {
+    fn lease_ms(&self) -> Option<u64> {
+        Some(self.timeout_ms.load(Ordering::SeqCst)).filter(|&ms| ms > 0)
+    }
+
+    async fn hang_while_unreachable(&self) {
+        if self.unreachable.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 type Shared = Arc<Fake>;
@@ -61,6 +77,7 @@ async fn register(
     if !authorized(&f, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    f.hang_while_unreachable().await;
     f.registration_attempts.fetch_add(1, Ordering::SeqCst);
     if f.fail_registrations.load(Ordering::SeqCst) > 0 {
         f.fail_registrations.fetch_sub(1, Ordering::SeqCst);
@@ -74,6 +91,7 @@ async fn register(
     Json(Registered {
         server_id,
         heartbeat_interval_ms: 50,
+        heartbeat_timeout_ms: f.lease_ms(),
     })
     .into_response()
 }
@@ -87,6 +105,7 @@ async fn heartbeat(
     if !authorized(&f, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    f.hang_while_unreachable().await;
     if f.forget.swap(false, Ordering::SeqCst) {
         let body = ErrorBody::new(ErrorCode::UnknownServer, "who are you?");
         return (StatusCode::NOT_FOUND, Json(body)).into_response();
@@ -377,4 +396,54 @@ async fn registration_retries_and_takes_the_assigned_id() {
         Ok(_) => panic!("a ticket for another server was accepted"),
         Err(e) => assert_eq!(refusal_of(e), (421, "wrong_server".into())),
     }
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_renew_its_lease_closes_its_rooms_until_the_scheduler_answers() {
+    let fake = Fake::default();
+    fake.timeout_ms.store(2000, Ordering::SeqCst);
+    let (fake, addr) = start_fake(fake).await;
+    let server = start_session(addr, Some("s-4"), &[]).await;
+    eventually("registration", || async {
+        !fake.registrations.lock().unwrap().is_empty()
+    })
+    .await;
+    place(&fake, "r-l", "s-4", 1);
+    let mut alice = server
+        .connect(&ticket(&server, "r-l", "alice", 1))
+        .await
+        .unwrap();
+    assert_eq!(alice.recv().await["type"], "welcome");
+    // Heartbeats (every 50 ms) keep renewing the lease well past its length (1.5 s).
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    alice.say("still served", None).await;
+    assert_eq!(alice.recv_type("message").await["text"], "still served");
+
+    // Cut off: the server closes the room before the scheduler's 2 s timeout could have let
+    // another server take it, and admits nobody while it cannot renew.
+    fake.unreachable.store(true, Ordering::SeqCst);
+    let cut = tokio::time::Instant::now();
+    assert_eq!(alice.close_code().await, Some(1012));
+    let fenced_after = cut.elapsed();
+    assert!(
+        fenced_after < Duration::from_millis(2000),
+        "fenced after {fenced_after:?}"
+    );
+    assert_eq!(
+        server.refusal(&ticket(&server, "r-l", "alice", 1)).await,
+        (503, "scheduler_unavailable".into())
+    );
+
+    // The scheduler answers again: the server takes connections again.
+    fake.unreachable.store(false, Ordering::SeqCst);
+    let mut back = None;
+    for _ in 0..200 {
+        if let Ok(client) = server.connect(&ticket(&server, "r-l", "alice", 1)).await {
+            back = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut alice = back.expect("admitted again once the scheduler answers");
+    assert_eq!(alice.recv().await["type"], "welcome");
 }
