@@ -23,6 +23,12 @@ use crate::{
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on connecting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Session options unless the URL sets `options`: the database aborts a transaction left idle
+/// this long. A writer cut off mid-batch (its host lost the network) otherwise keeps its locks
+/// on the room's fence until the database notices the dead connection, which can take hours,
+/// and the room's next placement cannot open meanwhile. Berth's own transactions are a few
+/// round trips long.
+const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5000";
 /// Any constant: the advisory lock that serialises schema creation between processes.
 const SCHEMA_LOCK: i64 = 0x0062_6572_7468; // "berth"
 
@@ -85,6 +91,9 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::Config(format!("invalid --database-url: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_options().is_none() {
+            config.options(SESSION_OPTIONS);
+        }
         if config.get_application_name().is_none() {
             config.application_name("berth");
         }

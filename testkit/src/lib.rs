@@ -7,6 +7,7 @@
 //!
 //! [`browser`] drives Chromium for the web client's tests; [`skip`] is how a test that cannot run
 //! here (no Chromium, no PostgreSQL, not root) says so, loudly, and fails under `CI=true`.
+//! [`netns`] makes simulated machines (network namespaces) for the multi-host tests.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub mod browser;
 
 pub use berth_protocol as protocol;
 pub use berth_store::testing::skip;
+
+pub mod netns;
 
 /// How to shape a test cluster. Defaults follow DESIGN.md except `warm_servers` (0, so that
 /// tests can count exactly the servers their creates needed).
