@@ -1,0 +1,32 @@
+# Berth: one image with the four binaries (berth-backend, berth-scheduler, berth-session and the
+# `berth` CLI). The web client is compiled into berth-backend. Pick the program with the
+# container's command, e.g. `docker run … berth-scheduler`. See docs/deploy.md.
+
+# --- build -------------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+# Everything the workspace needs (see .dockerignore); --locked builds exactly Cargo.lock.
+COPY . .
+RUN cargo build --release --locked \
+        -p berth-backend -p berth-scheduler -p berth-session -p berth \
+    && mkdir -p /out \
+    && cp target/release/berth-backend target/release/berth-scheduler \
+          target/release/berth-session target/release/berth /out/
+
+# --- run ---------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/berth --create-home berth
+COPY --from=builder /out/ /usr/local/bin/
+USER 10001:10001
+WORKDIR /var/lib/berth
+# Inside a container every service listens on all interfaces; the defaults elsewhere are
+# loopback-only.
+ENV BERTH_DATA_DIR=/var/lib/berth \
+    BERTH_BACKEND_LISTEN=0.0.0.0:8080 \
+    BERTH_SCHEDULER_LISTEN=0.0.0.0:7070 \
+    BERTH_SESSION_LISTEN=0.0.0.0:9000
+EXPOSE 8080 7070 9000
+CMD ["berth-backend"]
