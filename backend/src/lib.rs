@@ -35,6 +35,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use berth_runtime::layers::{DEFAULT_REQUEST_TIMEOUT, Layers, WEB_CLIENT_CSP};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,9 +49,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// How long in-flight requests get to finish once shutdown starts.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every route of the backend over `state`.
+/// Every route of the backend over `state`, inside the shared layers (the web client's CSP).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         // Accounts and identity (`accounts`).
         .route("/api/login", axum::routing::post(accounts::login))
         .route("/api/register", axum::routing::post(accounts::register))
@@ -71,7 +72,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    Layers {
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        max_body_bytes: MAX_BODY_BYTES,
+        content_security_policy: Some(WEB_CLIENT_CSP),
+    }
+    .apply(routes)
 }
 
 /// Serves the backend on `listener` until `shutdown` is cancelled, then lets in-flight requests

@@ -101,11 +101,8 @@ async fn serve(state: &AppState, asset: &Asset) -> Result<Response, ApiError> {
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
         ),
+        // nosniff, no-referrer and the CSP come from the shared layers (`berth_runtime::layers`).
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
     ];
     Ok((headers, body).into_response())
 }

@@ -7,6 +7,8 @@
 //!   data directory, flattened into each service's config; [`secret`] the file behind it.
 //! - `http` (feature `http`, on by default): [`http::ApiError`], the one error answer of every
 //!   HTTP service, and the extractors that produce it.
+//! - `layers` (feature `http`): the tower-http layers around every service's routes (timeout,
+//!   body limit, security headers, request tracing), whose own refusals carry that answer.
 //! - [`run`]: a binary's `main`: tracing, the tokio runtime, signals, exit code.
 //!
 //! TLS belongs here too when it comes: [`bind`] is where every service gets its listener, so a
@@ -15,6 +17,8 @@
 pub mod cluster;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod layers;
 pub mod secret;
 pub mod signal;
 pub mod trace;

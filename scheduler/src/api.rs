@@ -13,6 +13,7 @@ use berth_protocol::cluster::{
 };
 use berth_protocol::ids;
 use berth_runtime::http::{ClusterRoomId, Json as Body, JsonOrDefault, Query, ServerId};
+use berth_runtime::layers::{DEFAULT_REQUEST_TIMEOUT, Layers};
 use serde::Deserialize;
 use tracing::{debug, info};
 
@@ -34,7 +35,7 @@ const MAX_REPORTED_ROOMS: usize = 10_000;
 const MAX_CAPACITY_ROOMS: u32 = 100_000;
 const MAX_MEMBERS_PER_ROOM: u32 = 1_000_000;
 
-/// The scheduler's router (testable with `oneshot`).
+/// The scheduler's router (testable with `oneshot`), inside the shared layers.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/rooms", post(create_room).get(list_rooms))
@@ -50,14 +51,20 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_secret,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    Layers {
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        max_body_bytes: MAX_BODY_BYTES,
+        content_security_policy: None,
+    }
+    .apply(routes)
 }
 
 /// Bearer cluster secret, compared in constant time.

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
+use berth_runtime::layers::{DEFAULT_REQUEST_TIMEOUT, Layers};
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,15 +29,26 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (flushes write earlier).
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// The session server's routes over `state`.
+/// Largest request body: no route of the session server reads one.
+const MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// The session server's routes over `state`, inside the shared layers. The request timeout bounds
+/// a WebSocket's admission (until the `101`) but not the connection: that runs in a task of its
+/// own once upgraded.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    Layers {
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        max_body_bytes: MAX_BODY_BYTES,
+        content_security_policy: None,
+    }
+    .apply(routes)
 }
 
 #[derive(Deserialize)]
