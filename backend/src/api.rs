@@ -54,11 +54,22 @@ pub async fn create_room(
 ) -> Result<impl IntoResponse, ApiError> {
     let name = berth_protocol::api::room_name(req.name.as_deref())
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    if req.private && req.public {
+        return Err(ApiError::invalid_request(
+            "a room is either public or private",
+        ));
+    }
+    if req.private && state.store().is_none() {
+        return Err(ApiError::invalid_request(
+            "private rooms need a store (this deployment runs with --store none)",
+        ));
+    }
     let placement = state
         .scheduler()
         .place_room(&PlaceRoomRequest {
             name,
             public: req.public,
+            private: req.private,
             created_by: Some(user.sub.clone()),
         })
         .await?;
@@ -73,6 +84,7 @@ pub async fn lookup_room(
     // Ids come from URLs: anything odd is refused before it reaches the scheduler or a log.
     RoomId(room_id): RoomId,
 ) -> Result<Json<RoomTicket>, ApiError> {
+    crate::conversations::check_access(&state, &room_id, &user.sub).await?;
     let placement = state.scheduler().lookup_room(&room_id).await?;
     Ok(Json(ticket(&state, &user, placement)?))
 }
@@ -89,10 +101,11 @@ pub struct PageQuery {
 /// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
 pub async fn room_messages(
     State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
+    AuthUser(user): AuthUser,
     RoomId(room_id): RoomId,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
+    crate::conversations::check_access(&state, &room_id, &user.sub).await?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().ok().filter(|&b| b >= 1).ok_or_else(|| {
@@ -170,7 +183,7 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
     }
 }
 
-fn ticket(
+pub(crate) fn ticket(
     state: &AppState,
     user: &UserClaims,
     placement: Placement,

@@ -10,6 +10,8 @@
 //! - [`accounts`]: register, sign in (accounts and guests), `/api/me`, token refresh, password
 //!   change, and who a user token names ([`accounts::authenticate`]); with [`password`]
 //!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
+//! - [`conversations`]: private rooms (membership checks, adding members), direct messages
+//!   and `/api/me/rooms`.
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
@@ -19,6 +21,7 @@ pub mod accounts;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod error;
 pub mod jwks;
 pub mod keys;
@@ -64,10 +67,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
         .route("/api/rooms/{room_id}/messages", get(api::room_messages))
+        // Private rooms, direct messages, my rooms (`conversations`).
+        .route(
+            "/api/rooms/{room_id}/members",
+            axum::routing::post(conversations::add_member),
+        )
+        .route("/api/dms", axum::routing::post(conversations::open_dm))
+        .route("/api/me/rooms", get(conversations::my_rooms))
         .route("/healthz", get(api::healthz))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
+        .route("/conversations.js", get(web::conversations))
         .route("/style.css", get(web::style))
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)

@@ -52,6 +52,11 @@ const APP: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     embedded: include_str!("../../client/web/app.js"),
 };
+const CONVERSATIONS: Asset = Asset {
+    name: "conversations.js",
+    content_type: "text/javascript; charset=utf-8",
+    embedded: include_str!("../../client/web/conversations.js"),
+};
 const STYLE: Asset = Asset {
     name: "style.css",
     content_type: "text/css; charset=utf-8",
@@ -71,6 +76,11 @@ pub async fn sdk(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// `GET /app.js`.
 pub async fn app(State(state): State<AppState>) -> Result<Response, ApiError> {
     serve(&state, &APP).await
+}
+
+/// `GET /conversations.js`: the chat UI's direct messages, my rooms, read state and typing.
+pub async fn conversations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    serve(&state, &CONVERSATIONS).await
 }
 
 /// `GET /style.css`.

@@ -97,6 +97,7 @@ pub(crate) async fn create_all(
                 let req = CreateRoomRequest {
                     name: Some(format!("bench {r}")),
                     public: false,
+                    private: false,
                 };
                 let t = Instant::now();
                 let result = backend.create_room(&session, &req).await;

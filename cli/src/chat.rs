@@ -107,7 +107,10 @@ fn print_frame(frame: &ServerFrame) {
         ServerFrame::Error { code, message } => {
             note(&format!("error: {code}: {}", printable(message)))
         }
-        ServerFrame::Welcome { .. } => {}
+        ServerFrame::Typing { user, active: true } => {
+            note(&format!("{} is typing…", user.username))
+        }
+        ServerFrame::Welcome { .. } | ServerFrame::Read { .. } | ServerFrame::Typing { .. } => {}
     }
 }
 

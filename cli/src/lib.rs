@@ -49,8 +49,13 @@ pub struct Cli {
 /// What `berth` does.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Print the public rooms (JSON).
-    Rooms,
+    /// Print the public rooms (JSON); with `--mine`, this user's rooms with unread counts.
+    Rooms {
+        /// Every room this user created, joined or was added to, with `lastSeq`, `readSeq` and
+        /// `unread`, most recent activity first.
+        #[arg(long)]
+        mine: bool,
+    },
     /// Create a room and print the answer: its id, URL and a ticket (JSON).
     Create {
         /// Name shown in the room list (defaults to the room id).
@@ -59,6 +64,21 @@ pub enum Command {
         /// List the room publicly.
         #[arg(long)]
         public: bool,
+        /// Members only (add them with `berth invite`).
+        #[arg(long, conflicts_with = "public")]
+        private: bool,
+    },
+    /// Add an account to a private room you belong to.
+    Invite {
+        /// The room id.
+        room_id: String,
+        /// The account to add.
+        username: String,
+    },
+    /// Chat in the direct-message room of this account and USER (created on first use).
+    Dm {
+        /// The other account's name.
+        user: String,
     },
     /// Look a room up and print where it lives with a fresh ticket (JSON).
     Lookup {
@@ -159,14 +179,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let session = session(&backend, &cli).await?;
             print_json(&backend.me(&session).await?)
         }
-        Command::Rooms => print_json(&backend.list_rooms().await?),
-        Command::Create { name, public } => {
+        Command::Rooms { mine: false } => print_json(&backend.list_rooms().await?),
+        Command::Rooms { mine: true } => {
             let session = session(&backend, &cli).await?;
-            print_json(
-                &backend
-                    .create_room(&session, &CreateRoomRequest { name, public })
-                    .await?,
-            )
+            print_json(&backend.my_rooms(&session).await?)
+        }
+        Command::Create {
+            name,
+            public,
+            private,
+        } => {
+            let session = session(&backend, &cli).await?;
+            let req = CreateRoomRequest {
+                name,
+                public,
+                private,
+            };
+            print_json(&backend.create_room(&session, &req).await?)
+        }
+        Command::Invite { room_id, username } => {
+            let session = session(&backend, &cli).await?;
+            backend.add_member(&session, &room_id, &username).await?;
+            note(&format!("{username} is now a member of {room_id}"));
+            Ok(())
+        }
+        Command::Dm { user } => {
+            let session = session(&backend, &cli).await?;
+            let dm = backend.open_dm(&session, &user).await?;
+            note(&format!("direct messages with {}", dm.dm.username));
+            let room = Some(dm.ticket.room_id);
+            chat::run(backend, session, room, CreateRoomRequest::default()).await
         }
         Command::Lookup { room_id } => {
             let session = session(&backend, &cli).await?;
@@ -174,7 +216,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Chat { room, name, public } => {
             let session = session(&backend, &cli).await?;
-            chat::run(backend, session, room, CreateRoomRequest { name, public }).await
+            let create = CreateRoomRequest {
+                name,
+                public,
+                private: false,
+            };
+            chat::run(backend, session, room, create).await
         }
         Command::Bench(args) => berth_bench::command::run(*args, &cli.backend).await,
     }

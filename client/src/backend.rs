@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use berth_protocol::api::{
-    ChangePasswordRequest, CreateRoomRequest, LoginRequest, LoginResponse, MeResponse, MessagePage,
-    RegisterRequest, RoomList, RoomTicket,
+    AddMemberRequest, ChangePasswordRequest, CreateRoomRequest, DmRequest, DmTicket, LoginRequest,
+    LoginResponse, MeResponse, MessagePage, MyRooms, RegisterRequest, RoomList, RoomTicket,
 };
 use reqwest::Url;
 use serde::de::DeserializeOwned;
@@ -224,6 +224,42 @@ impl Backend {
         }
         let req = self.http.get(url).bearer_auth(&session.token);
         call(req, "message page").await
+    }
+
+    /// `POST /api/dms`: the direct-message room of this account and `username` (the same room
+    /// whichever of the two asks) and a ticket into it; `user_not_found` (404).
+    pub async fn open_dm(&self, session: &Session, username: &str) -> Result<DmTicket> {
+        let req = self
+            .http
+            .post(self.url(&["api", "dms"])?)
+            .bearer_auth(&session.token)
+            .json(&DmRequest {
+                username: username.to_owned(),
+            });
+        call(req, "direct-message ticket").await
+    }
+
+    /// `POST /api/rooms/{roomId}/members`: adds the account `username` to a private room this
+    /// user belongs to; `not_a_member` (403), `user_not_found` (404).
+    pub async fn add_member(&self, session: &Session, room_id: &str, username: &str) -> Result<()> {
+        let req = self
+            .http
+            .post(self.url(&["api", "rooms", room_id, "members"])?)
+            .bearer_auth(&session.token)
+            .json(&AddMemberRequest {
+                username: username.to_owned(),
+            });
+        let resp = req.send().await?;
+        check(resp).await.map(drop)
+    }
+
+    /// `GET /api/me/rooms`: this user's rooms with unread counts, most recent activity first.
+    pub async fn my_rooms(&self, session: &Session) -> Result<MyRooms> {
+        let req = self
+            .http
+            .get(self.url(&["api", "me", "rooms"])?)
+            .bearer_auth(&session.token);
+        call(req, "my rooms").await
     }
 
     /// `GET /api/rooms`: the public rooms (no login needed).

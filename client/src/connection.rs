@@ -38,6 +38,8 @@ pub struct Welcome {
     pub server_id: String,
     /// The room's placement epoch on that server (absent from older servers).
     pub epoch: Option<u64>,
+    /// Stored read positions of the room's members, furthest first.
+    pub reads: Vec<berth_protocol::frames::ReadPosition>,
 }
 
 impl TryFrom<ServerFrame> for Welcome {
@@ -54,6 +56,7 @@ impl TryFrom<ServerFrame> for Welcome {
                 seq,
                 server_id,
                 epoch,
+                reads,
             } => Ok(Welcome {
                 room_id,
                 you,
@@ -62,6 +65,7 @@ impl TryFrom<ServerFrame> for Welcome {
                 seq,
                 server_id,
                 epoch,
+                reads,
             }),
             other => Err(other),
         }
@@ -163,6 +167,26 @@ impl RoomConnection {
         };
         let json = serde_json::to_string(&frame).map_err(|source| ClientError::Decode {
             what: "send frame",
+            source,
+        })?;
+        self.send_raw(Message::text(json)).await
+    }
+
+    /// Sends a `read` frame: this user has read the room up to `seq` (stored; it never moves
+    /// backwards, and the others get `read {userId, seq}`).
+    pub async fn send_read(&mut self, seq: u64) -> Result<()> {
+        self.send_frame(&ClientFrame::Read { seq }).await
+    }
+
+    /// Sends a `typing` frame. Renew `true` within [`berth_protocol::frames::TYPING_TIMEOUT_MS`]
+    /// or the server ends it; sending a message ends it too.
+    pub async fn send_typing(&mut self, active: bool) -> Result<()> {
+        self.send_frame(&ClientFrame::Typing { active }).await
+    }
+
+    async fn send_frame(&mut self, frame: &ClientFrame) -> Result<()> {
+        let json = serde_json::to_string(frame).map_err(|source| ClientError::Decode {
+            what: "client frame",
             source,
         })?;
         self.send_raw(Message::text(json)).await

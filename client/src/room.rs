@@ -148,6 +148,26 @@ impl Room {
         result
     }
 
+    /// Sends a `read` frame (see [`RoomConnection::send_read`]); errors as [`Room::send`].
+    pub async fn send_read(&mut self, seq: u64) -> Result<()> {
+        let conn = self.conn.as_mut().ok_or(ClientError::NotConnected)?;
+        let result = conn.send_read(seq).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Sends a `typing` frame (see [`RoomConnection::send_typing`]); errors as [`Room::send`].
+    pub async fn send_typing(&mut self, active: bool) -> Result<()> {
+        let conn = self.conn.as_mut().ok_or(ClientError::NotConnected)?;
+        let result = conn.send_typing(active).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     /// The next update, reconnecting as needed. Fails when reconnecting is hopeless (the room
     /// is gone: `room_not_found`; the user token expired: `unauthorized`) or the policy's
     /// attempts ran out. Cancel-safe: it can sit in a `select!` beside other work.

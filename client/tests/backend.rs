@@ -30,6 +30,7 @@ async fn login_create_lookup_list() {
             &CreateRoomRequest {
                 name: Some("lobby".into()),
                 public: true,
+                private: false,
             },
         )
         .await

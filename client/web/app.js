@@ -4,8 +4,14 @@
 // `textContent` or attributes, never through HTML parsing.
 
 import { BerthClient, MAX_TEXT_BYTES, utf8Length } from "./berth.js";
+import { MyRooms, RoomConversation } from "./conversations.js";
 
 const client = new BerthClient();
+// The sidebar's "Direct messages" and "Rooms" (conversations.js).
+const myRooms = new MyRooms(client, {
+  open: (roomId) => openRoom(roomId),
+  isOpen: (roomId) => rooms.has(roomId),
+});
 
 /** @type {Map<string, RoomView>} open rooms by id, in the order they were opened */
 const rooms = new Map();
@@ -197,9 +203,24 @@ function enterApp() {
   const av = $("current-user-avatar");
   av.textContent = (session.username[0] ?? "?").toUpperCase();
   av.style.setProperty("--hue", String(hueOf(session.username)));
+  if (!myRooms.timer) myRooms.start();
+}
+
+/** Opens the direct-message room with `username` (conversations). @param {string} username */
+async function openDm(username) {
+  try {
+    const ticket = await client.openDm(username);
+    await openRoom(ticket.roomId, ticket);
+    myRooms.refresh();
+  } catch (e) {
+    toast(e.code === "account_required" ? "Direct messages need an account: register to use them." : describeError(e), "error");
+  }
 }
 
 function logout() {
+  myRooms.stop();
+  myRooms.byId.clear();
+  myRooms.render();
   for (const view of [...rooms.values()]) view.destroy();
   rooms.clear();
   activeRoomId = null;
@@ -322,11 +343,13 @@ async function onCreateRoom(event) {
   hideLobbyError();
   const nameInput = /** @type {HTMLInputElement} */ ($("room-name-input"));
   const isPublic = /** @type {HTMLInputElement} */ ($("room-public-input")).checked;
+  const isPrivate = /** @type {HTMLInputElement} */ ($("room-private-input")).checked;
   const button = /** @type {HTMLButtonElement} */ ($("create-room-button"));
   const name = nameInput.value.trim();
   button.disabled = true;
   try {
-    const ticket = await client.createRoom({ name: name || undefined, public: isPublic });
+    const ticket = await client.createRoom({ name: name || undefined, public: isPublic && !isPrivate, private: isPrivate });
+    if (isPrivate) myRooms.refresh();
     nameInput.value = "";
     await openRoom(ticket.roomId, ticket);
   } catch (e) {
@@ -470,6 +493,7 @@ function renderNav() {
   const active = activeRoomId ? rooms.get(activeRoomId) : null;
   const base = active ? `${active.conn.name} · Berth` : "Berth";
   document.title = totalUnread > 0 ? `(${totalUnread}) ${base}` : base;
+  myRooms.render();
 }
 
 /** One open room: its connection and its part of the page. */
@@ -548,6 +572,13 @@ class RoomView {
     this.conn.on("left", ({ user }) => this.onLeft(user));
     this.conn.on("error", (e) => this.onError(e));
     this.conn.on("failed", (e) => this.onFailed(e));
+    // Read state, typing, DMs from members' names, invites (conversations.js).
+    this.convo = new RoomConversation(this, {
+      client,
+      openDm,
+      isPrivate: () => myRooms.isPrivate(roomId),
+      toast,
+    });
     this.onStatus({ state: "connecting", previous: "connecting", attempt: 0 });
   }
 
@@ -565,6 +596,8 @@ class RoomView {
   /** The room came into view. */
   shown() {
     this.unread = 0;
+    this.convo.markRead();
+    this.convo.refreshInvite();
     if (this.atBottom) this.scrollToBottom(false);
     if (matchMedia("(pointer: fine)").matches && !this.input.disabled) this.input.focus({ preventScroll: true });
   }
@@ -754,6 +787,7 @@ class RoomView {
     });
     node.dataset.pending = "true";
     node.dataset.clientId = clientId;
+    this.convo.sent();
     this.pending.set(clientId, node);
     this.emptyState.remove();
     this.list.append(node);
@@ -908,9 +942,11 @@ class RoomView {
         const name = el("span", "member-name", u.username);
         li.append(avatar(u.username), name);
         if (u.userId === me) li.append(el("span", "tag", "you"));
+        this.convo?.decorateMember(li, u);
         return li;
       }),
     );
+    this.convo?.refreshInvite();
     this.membersCount.textContent = String(members.length);
     this.membersCountInline.textContent = `(${members.length})`;
     this.section.querySelector(".members-toggle").setAttribute("aria-label", `Members: ${members.length}`);
@@ -1006,6 +1042,7 @@ function boot() {
     const view = activeRoomId ? rooms.get(activeRoomId) : null;
     if (!document.hidden && view) {
       view.unread = 0;
+      view.convo.markRead();
       renderNav();
     }
   });

@@ -287,11 +287,13 @@ export class BerthClient {
 
   /**
    * Creates a room on some session server.
-   * @param {{name?: string, public?: boolean}} [options] Public rooms are listed by `listRooms`.
+   * @param {{name?: string, public?: boolean, private?: boolean}} [options] Public rooms are
+   *   listed by `listRooms`; private rooms admit their members only (add them with `addMember`).
    * @returns {Promise<RoomTicket>}
    */
   async createRoom(options = {}) {
     const body = { public: Boolean(options.public) };
+    if (options.private) body.private = true;
     if (options.name) body.name = options.name;
     return this._request("POST", "/api/rooms", body, true);
   }
@@ -321,6 +323,35 @@ export class BerthClient {
     const path = `/api/rooms/${encodeURIComponent(roomId)}/messages${qs ? `?${qs}` : ""}`;
     const body = await this._request("GET", path, undefined, true);
     return { messages: Array.isArray(body?.messages) ? body.messages : [], hasMore: Boolean(body?.hasMore) };
+  }
+
+  /**
+   * The direct-message room of this account and `username` (the same whichever of the two asks),
+   * with a ticket. Rejects with `user_not_found`, `account_required` (guests).
+   * @param {string} username
+   * @returns {Promise<RoomTicket & {dm: User}>}
+   */
+  async openDm(username) {
+    return this._request("POST", "/api/dms", { username }, true);
+  }
+
+  /**
+   * Adds the account `username` to a private room this user belongs to. Rejects with
+   * `not_a_member`, `user_not_found`.
+   * @param {string} roomId @param {string} username
+   */
+  async addMember(roomId, username) {
+    await this._request("POST", `/api/rooms/${encodeURIComponent(roomId)}/members`, { username }, true);
+  }
+
+  /**
+   * This user's rooms, most recent activity first: `{roomId, name, private, dm, lastSeq,
+   * readSeq, unread}` (`dm` is the other person of a direct message, else null).
+   * @returns {Promise<Array<{roomId: string, name: string, private: boolean, dm: User|null, lastSeq: number, readSeq: number, unread: number}>>}
+   */
+  async myRooms() {
+    const body = await this._request("GET", "/api/me/rooms", undefined, true);
+    return Array.isArray(body?.rooms) ? body.rooms : [];
   }
 
   /** @returns {Promise<RoomSummary[]>} the public rooms with their member counts. */
@@ -445,6 +476,11 @@ export class RoomConnection {
 
     /** @type {Map<string, User>} */
     this._members = new Map();
+    /** @type {Map<string, number>} how far each member has read (`read` events tell changes) */
+    this.reads = new Map();
+    /** @type {Map<string, User>} who is typing now (`typing` events tell changes) */
+    this.typing = new Map();
+    this._readSent = 0;
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map();
     /** @type {Map<string, {clientId: string, text: string, sentAt: number}>} unconfirmed sends */
@@ -523,6 +559,43 @@ export class RoomConnection {
     this._outbox.set(clientId, item);
     if (this.state === "open") this._transmit(item);
     return clientId;
+  }
+
+  /**
+   * Tells the room this user has read up to `seq` (stored on the server; positions never move
+   * backwards, so lower values are not sent).
+   * @param {number} seq
+   */
+  markRead(seq) {
+    seq = Math.min(Number(seq) || 0, this.lastSeq);
+    if (seq <= this._readSent || this.state !== "open") return;
+    this._readSent = seq;
+    if (this.you) this._advanceRead(this.you.userId, seq);
+    this._sendFrame({ type: "read", seq });
+  }
+
+  /**
+   * Says whether this user is typing. Send `true` again at least every few seconds while typing
+   * (the server ends a typing state not renewed for 6 s); sending a message ends it.
+   * @param {boolean} active
+   */
+  setTyping(active) {
+    if (this.state === "open") this._sendFrame({ type: "typing", active: Boolean(active) });
+  }
+
+  _sendFrame(frame) {
+    try {
+      this._ws?.send(JSON.stringify(frame));
+    } catch {
+      /* a lost connection reports itself */
+    }
+  }
+
+  /** @param {string} userId @param {number} seq */
+  _advanceRead(userId, seq) {
+    if ((this.reads.get(userId) ?? 0) >= seq) return false;
+    this.reads.set(userId, seq);
+    return true;
   }
 
   /** Skips the wait of a scheduled retry and tries now. */
@@ -701,9 +774,27 @@ export class RoomConnection {
         break;
       case "message": {
         const msg = this._accept(frame);
-        if (msg) this._emit("message", msg);
+        if (msg) {
+          // A sender has read its own message, and is no longer typing.
+          this._advanceRead(msg.userId, msg.seq);
+          if (this.typing.delete(msg.userId)) this._emit("typing", { user: { userId: msg.userId, username: msg.username }, active: false });
+          this._emit("message", msg);
+        }
         break;
       }
+      case "read":
+        if (frame.userId && this._advanceRead(String(frame.userId), Number(frame.seq) || 0)) {
+          if (frame.userId === this.you?.userId) this._readSent = Math.max(this._readSent, Number(frame.seq) || 0);
+          this._emit("read", { userId: String(frame.userId), seq: Number(frame.seq) || 0 });
+        }
+        break;
+      case "typing":
+        if (frame.user?.userId) {
+          if (frame.active) this.typing.set(frame.user.userId, frame.user);
+          else this.typing.delete(frame.user.userId);
+          this._emit("typing", { user: frame.user, active: Boolean(frame.active) });
+        }
+        break;
       case "joined":
         if (frame.user?.userId) {
           this._members.set(frame.user.userId, frame.user);
@@ -713,6 +804,7 @@ export class RoomConnection {
       case "left":
         if (frame.user?.userId) {
           this._members.delete(frame.user.userId);
+          this.typing.delete(frame.user.userId);
           this._emit("left", { user: frame.user });
         }
         break;
@@ -747,6 +839,11 @@ export class RoomConnection {
     this.you = frame.you ?? null;
     if (frame.serverId) this.serverId = frame.serverId;
     this._members = new Map((frame.members ?? []).map((u) => [u.userId, u]));
+    this.typing.clear();
+    for (const r of Array.isArray(frame.reads) ? frame.reads : []) {
+      if (r?.userId) this._advanceRead(String(r.userId), Number(r.seq) || 0);
+    }
+    if (this.you) this._readSent = Math.max(this._readSent, this.reads.get(this.you.userId) ?? 0);
 
     const delivered = new Set(history.map((m) => m.clientId).filter(Boolean));
     const fresh = [];

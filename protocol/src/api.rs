@@ -87,9 +87,13 @@ pub struct CreateRoomRequest {
     /// Shown in the room list; 1–64 characters. Defaults to the room id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Public rooms are listed by `GET /api/rooms`. Defaults to private.
+    /// Public rooms are listed by `GET /api/rooms`. Defaults to unlisted.
     #[serde(default)]
     pub public: bool,
+    /// Only members (the creator, and accounts members add) may look the room up, page its
+    /// history or connect. Never together with `public`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// Answer to `POST /api/rooms` and `GET /api/rooms/{roomId}`: where the room lives and a ticket
@@ -202,3 +206,51 @@ pub struct MessagePage {
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
 /// Most messages per history page.
 pub const MAX_PAGE_LIMIT: usize = 200;
+
+/// `POST /api/rooms/{roomId}/members`: a member adds an account to a private room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    pub username: String,
+}
+
+/// `POST /api/dms`: the direct-message room of the caller and `username`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmRequest {
+    pub username: String,
+}
+
+/// Answer to `POST /api/dms`: a ticket into the room, and who the other person is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmTicket {
+    #[serde(flatten)]
+    pub ticket: RoomTicket,
+    pub dm: crate::frames::User,
+}
+
+/// Answer to `GET /api/me/rooms`: every room the user created, joined or was added to, most
+/// recent activity first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MyRooms {
+    pub rooms: Vec<MyRoom>,
+}
+
+/// One room in [`MyRooms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MyRoom {
+    pub room_id: String,
+    /// For a direct message, the other person's name.
+    pub name: String,
+    pub private: bool,
+    /// The other person of a direct message; `null` for other rooms.
+    pub dm: Option<crate::frames::User>,
+    /// The room's latest message `seq`.
+    pub last_seq: u64,
+    /// Where the user has read up to.
+    pub read_seq: u64,
+    /// Messages after `readSeq`.
+    pub unread: u64,
+}
+
+/// Most rooms `GET /api/me/rooms` answers (the most recently active).
+pub const MAX_MY_ROOMS: usize = 5000;

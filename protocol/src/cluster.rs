@@ -24,6 +24,9 @@ pub struct PlaceRoomRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub public: bool,
+    /// Members only (recorded in the store with the room; the creator is its first member).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
     /// Who asked (for logs and per-user limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,

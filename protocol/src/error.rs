@@ -24,6 +24,11 @@ pub enum ErrorCode {
     GuestsDisabled,
     /// The call needs an account (guests and outside identities cannot make it).
     AccountRequired,
+    // Private rooms and direct messages.
+    /// The room is private and the caller is not one of its members.
+    NotAMember,
+    /// No account has that name.
+    UserNotFound,
     // Session server, before the upgrade.
     InvalidTicket,
     WrongServer,
@@ -65,6 +70,8 @@ impl ErrorCode {
             ErrorCode::PasswordRequired => "password_required",
             ErrorCode::GuestsDisabled => "guests_disabled",
             ErrorCode::AccountRequired => "account_required",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::InvalidTicket => "invalid_ticket",
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",

@@ -55,6 +55,19 @@ pub enum ServerFrame {
     Left {
         user: User,
     },
+    /// `userId` has read up to `seq` (read positions never move backwards). A user's own
+    /// `message` moves its read position too, without a `read` frame.
+    #[serde(rename_all = "camelCase")]
+    Read {
+        user_id: String,
+        seq: u64,
+    },
+    /// `user` started or stopped typing (never sent to the typist's own connections). The
+    /// server sends `active: false` itself when the user sends, leaves, or stops renewing.
+    Typing {
+        user: User,
+        active: bool,
+    },
     /// A refused frame; the connection stays open unless a close follows.
     Error {
         code: String,
@@ -72,7 +85,25 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
     },
+    /// The user has read the room up to `seq` (stored; never moves backwards).
+    Read { seq: u64 },
+    /// The user is typing (`true`, renewed at least every [`TYPING_TIMEOUT_MS`]) or stopped.
+    Typing { active: bool },
 }
+
+/// One member's read position, in `welcome.reads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadPosition {
+    pub user_id: String,
+    pub seq: u64,
+}
+
+/// Most read positions a `welcome` carries.
+pub const MAX_WELCOME_READS: usize = 256;
+
+/// A typing state not renewed for this long is ended by the server (`typing {active: false}`).
+pub const TYPING_TIMEOUT_MS: u64 = 6000;
 
 /// WebSocket close codes Berth uses.
 pub mod close {
@@ -142,6 +173,32 @@ mod tests {
     }
 
     #[test]
+    fn read_and_typing_frames() {
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"read","seq":4}"#).unwrap();
+        assert_eq!(f, ClientFrame::Read { seq: 4 });
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"typing","active":true}"#).unwrap();
+        assert_eq!(f, ClientFrame::Typing { active: true });
+        let v = serde_json::to_value(ServerFrame::Read {
+            user_id: "u-1".into(),
+            seq: 4,
+        })
+        .unwrap();
+        assert_eq!(v, json!({"type": "read", "userId": "u-1", "seq": 4}));
+        let v = serde_json::to_value(ServerFrame::Typing {
+            user: User {
+                user_id: "u-1".into(),
+                username: "a".into(),
+            },
+            active: false,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "typing", "user": {"userId": "u-1", "username": "a"}, "active": false})
+        );
+    }
+
+    #[test]
     fn welcome_uses_camel_case() {
         let v = serde_json::to_value(ServerFrame::Welcome {
             room_id: "r-1".into(),
@@ -154,6 +211,10 @@ mod tests {
             seq: 0,
             server_id: "s-1".into(),
             epoch: Some(9),
+            reads: vec![ReadPosition {
+                user_id: "u-2".into(),
+                seq: 3,
+            }],
         })
         .unwrap();
         assert_eq!(v["type"], "welcome");
@@ -161,6 +222,7 @@ mod tests {
         assert_eq!(v["you"]["userId"], "u-1");
         assert_eq!(v["serverId"], "s-1");
         assert_eq!(v["epoch"], 9);
+        assert_eq!(v["reads"], json!([{"userId": "u-2", "seq": 3}]));
         // Older servers send no epoch.
         let old = json!({"type": "welcome", "roomId": "r", "you": {"userId": "u", "username": "a"},
                          "members": [], "history": [], "seq": 0});

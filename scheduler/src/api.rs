@@ -167,7 +167,15 @@ async fn create_room(
     }
     let room_id = ids::new_room_id();
     let name = name.unwrap_or_else(|| room_id.clone());
-    let placement = placement::place_new(&state, room_id, name, req.public, req.created_by).await?;
+    let placement = placement::place_new(
+        &state,
+        room_id,
+        name,
+        req.public && !req.private,
+        req.private,
+        req.created_by,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(placement)))
 }
 

@@ -110,6 +110,7 @@ pub async fn place_new(
     room_id: String,
     name: String,
     public: bool,
+    private: bool,
     created_by: Option<String>,
 ) -> Result<Placement, ApiError> {
     let started = Instant::now();
@@ -118,6 +119,7 @@ pub async fn place_new(
             room_id: room_id.clone(),
             name: name.clone(),
             public,
+            private,
             created_by,
             created_at_ms: berth_protocol::now_ms(),
         };
@@ -251,7 +253,15 @@ mod tests {
         for i in 0..80 {
             let state = state.clone();
             tasks.spawn(async move {
-                place_new(&state, format!("r-{i}"), format!("r-{i}"), false, None).await
+                place_new(
+                    &state,
+                    format!("r-{i}"),
+                    format!("r-{i}"),
+                    false,
+                    false,
+                    None,
+                )
+                .await
             });
         }
         let mut placed = 0;

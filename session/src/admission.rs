@@ -85,6 +85,33 @@ pub(crate) fn check_ticket(
         .verify(token.unwrap_or(""), server_id.as_deref())?)
 }
 
+/// A private room admits its members only: the ticket names its user, and the store says
+/// whether that user belongs to the room (a valid ticket alone is not enough).
+async fn check_membership(state: &AppState, claims: &TicketClaims) -> Result<(), ApiError> {
+    let Some(durability) = &state.0.durability else {
+        return Ok(());
+    };
+    match durability
+        .store
+        .room_access(&claims.room, &claims.sub)
+        .await
+    {
+        Ok(Some(access)) if access.private && !access.member => {
+            tracing::info!(room_id = %claims.room, user_id = %claims.sub, "not a member of the private room");
+            Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                ErrorCode::NotAMember,
+                "this room is private and you are not one of its members",
+            ))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(room_id = %claims.room, error = %e, "cannot check the room's members");
+            Err(error::store_unavailable())
+        }
+    }
+}
+
 /// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).
 /// With `since`, its `welcome` resumes after that `seq` (reading the store when the room's
 /// memory does not reach back far enough).
@@ -102,6 +129,7 @@ pub(crate) async fn admit(
     }
     let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
         .ok_or_else(|| error::server_full("the server is at its connection limit"))?;
+    check_membership(state, &claims).await?;
     let user = User {
         user_id: claims.sub.clone(),
         username: claims.name.clone(),

@@ -81,6 +81,10 @@ pub struct Config {
     #[arg(long, env = "BERTH_ROOM_IDLE_SECS", default_value_t = 300)]
     pub room_idle_secs: u64,
 
+    /// A typing state not renewed for this long is ended by the server (milliseconds).
+    #[arg(long, env = "BERTH_TYPING_TIMEOUT_MS", default_value_t = berth_protocol::frames::TYPING_TIMEOUT_MS)]
+    pub typing_timeout_ms: u64,
+
     /// How long a drain waits for rooms to empty before closing what remains.
     #[arg(long, env = "BERTH_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -106,6 +110,10 @@ pub struct Config {
 impl Config {
     pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub(crate) fn typing_timeout(&self) -> Duration {
+        Duration::from_millis(self.typing_timeout_ms.max(1))
     }
 
     pub(crate) fn room_idle(&self) -> Duration {

@@ -207,9 +207,16 @@ async fn serve(
                     }
                 }
                 let refusal = match text.as_deref().map(|t| parse(t, config.max_text_bytes)) {
-                    Some(Ok((text, client_id))) => {
-                        shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if let Err(end) = kicked.guard(room.send(conn, text, client_id)).await {
+                    Some(Ok(inbound)) => {
+                        let sent = match inbound {
+                            Inbound::Send { text, client_id } => {
+                                shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                kicked.guard(room.send(conn, text, client_id)).await
+                            }
+                            Inbound::Read(seq) => kicked.guard(room.read(conn, seq)).await,
+                            Inbound::Typing(active) => kicked.guard(room.typing(conn, active)).await,
+                        };
+                        if let Err(end) = sent {
                             return match end {
                                 End::Gone => kicked.room_gone().await,
                                 end => end,
@@ -251,10 +258,24 @@ fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     }
 }
 
-/// A client `send` frame: its text and clientId, or the error code refusing it.
-fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), ErrorCode> {
+/// What a client frame asks of the room.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    Send {
+        text: String,
+        client_id: Option<String>,
+    },
+    Read(u64),
+    Typing(bool),
+}
+
+/// A client frame (each counts against the connection's rate like a `send`), or the error code
+/// refusing it.
+fn parse(raw: &str, max_text_bytes: usize) -> Result<Inbound, ErrorCode> {
     let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
     match frame {
+        ClientFrame::Read { seq } => Ok(Inbound::Read(seq)),
+        ClientFrame::Typing { active } => Ok(Inbound::Typing(active)),
         ClientFrame::Send { text, client_id } => {
             if client_id
                 .as_ref()
@@ -265,7 +286,7 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), E
             if text.len() > max_text_bytes {
                 return Err(ErrorCode::TextTooLong);
             }
-            Ok((text, client_id))
+            Ok(Inbound::Send { text, client_id })
         }
     }
 }
@@ -296,13 +317,25 @@ mod tests {
 
     #[test]
     fn parses_send_frames_and_refuses_the_rest() {
+        let send = |text: &str, client_id: Option<&str>| Inbound::Send {
+            text: text.into(),
+            client_id: client_id.map(Into::into),
+        };
         assert_eq!(
             parse(r#"{"type":"send","text":"hi"}"#, 10),
-            Ok(("hi".into(), None))
+            Ok(send("hi", None))
         );
         assert_eq!(
             parse(r#"{"type":"send","text":"hi","clientId":"c"}"#, 10),
-            Ok(("hi".into(), Some("c".into())))
+            Ok(send("hi", Some("c")))
+        );
+        assert_eq!(
+            parse(r#"{"type":"read","seq":3}"#, 10),
+            Ok(Inbound::Read(3))
+        );
+        assert_eq!(
+            parse(r#"{"type":"typing","active":true}"#, 10),
+            Ok(Inbound::Typing(true))
         );
         assert_eq!(
             parse(r#"{"type":"send","text":"hello world"}"#, 10),

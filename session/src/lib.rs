@@ -25,6 +25,7 @@ mod hosting;
 pub mod http;
 pub mod metrics;
 pub mod rate;
+mod reads;
 mod registration;
 mod room;
 mod rooms;
@@ -32,6 +33,7 @@ pub mod scheduler;
 mod server;
 pub mod state;
 pub mod ticket;
+mod typing;
 mod writer;
 
 pub use config::Config;

@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use berth_protocol::ErrorCode;
-use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, ServerFrame, User};
+use berth_protocol::frames::{
+    ChatMessage, MAX_RESUME_MESSAGES, MAX_WELCOME_READS, ReadPosition, ServerFrame, User,
+};
 use berth_store::{RoomAppend, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +46,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::reads::Reads;
 use crate::rooms::Rooms;
+use crate::typing::Typing;
 use crate::writer::{Ack, Writer};
 
 /// Id of one WebSocket connection within the process.
@@ -104,6 +108,16 @@ enum Command {
         conn: ConnId,
         text: String,
         client_id: Option<String>,
+    },
+    /// The connection's user has read up to `seq`.
+    Read {
+        conn: ConnId,
+        seq: u64,
+    },
+    /// The connection's user is typing (or stopped).
+    Typing {
+        conn: ConnId,
+        active: bool,
     },
     /// Placed elsewhere by the scheduler: close every member with 1012 and end.
     Revoke,
@@ -192,6 +206,18 @@ impl RoomHandle {
         self.tx.send(cmd).await.map_err(|_| RoomGone)
     }
 
+    /// Connection `conn`'s user has read up to `seq`.
+    pub async fn read(&self, conn: ConnId, seq: u64) -> Result<(), RoomGone> {
+        let cmd = Command::Read { conn, seq };
+        self.tx.send(cmd).await.map_err(|_| RoomGone)
+    }
+
+    /// Connection `conn`'s user is typing (or stopped).
+    pub async fn typing(&self, conn: ConnId, active: bool) -> Result<(), RoomGone> {
+        let cmd = Command::Typing { conn, active };
+        self.tx.send(cmd).await.map_err(|_| RoomGone)
+    }
+
     /// Tells the room that `conn` left, without waiting. Queued behind the connection's
     /// earlier commands, so that its last sends are not lost.
     pub fn leave(&self, conn: ConnId) {
@@ -245,6 +271,8 @@ pub(crate) struct RoomSettings {
     pub draining: CancellationToken,
     /// Cancelled when the server closes everything.
     pub close_all: CancellationToken,
+    /// A typing state not renewed for this long ends.
+    pub typing_timeout: Duration,
 }
 
 /// The store (reads) and the group-commit writer (appends).
@@ -286,6 +314,9 @@ pub(crate) fn new(
         hand_off: None,
         stats,
         pending_kicks: Vec::new(),
+        reads: Reads::default(),
+        typing: Typing::new(settings.typing_timeout),
+        busy: false,
         settings,
     };
     (handle, room.run(rx, ack_rx))
@@ -337,6 +368,11 @@ struct Room {
     stats: Arc<RoomStats>,
     /// Members found slow during a broadcast, removed once it is over.
     pending_kicks: Vec<ConnId>,
+    /// Read positions (stored with the messages) and who is typing (never stored).
+    reads: Reads,
+    typing: Typing,
+    /// A submission (messages and/or read positions) is with the writer.
+    busy: bool,
     settings: RoomSettings,
 }
 
@@ -352,6 +388,7 @@ struct WelcomeRef<'a> {
     seq: u64,
     server_id: &'a str,
     epoch: Option<u64>,
+    reads: Vec<ReadPosition>,
 }
 
 /// A serialized `error` frame.
@@ -407,7 +444,8 @@ impl Room {
         loop {
             let empty = self.members.is_empty();
             // An empty room may end only once nothing waits for the store.
-            let settled = empty && self.pending.is_empty();
+            let settled = empty && self.pending.is_empty() && !self.busy && !self.reads.has_dirty();
+            let typing_ends = self.typing.next_deadline();
             tokio::select! {
                 biased;
                 () = &mut closed => {
@@ -437,6 +475,13 @@ impl Room {
                     // Every handle is gone: nobody can reach the room any more.
                     None => return Exit::Shutdown,
                 },
+                () = tokio::time::sleep_until(typing_ends.unwrap_or_else(Instant::now)),
+                    if typing_ends.is_some() =>
+                {
+                    for user in self.typing.expired(Instant::now()) {
+                        self.broadcast_typing(&user, false);
+                    }
+                }
                 () = &mut idle, if settled => break,
                 () = &mut drain, if settled && self.hand_off.is_none() => break,
             }
@@ -473,6 +518,17 @@ impl Room {
                 self.seq = opened.last_seq;
                 self.durable = opened.last_seq;
                 self.history.extend(opened.recent.into_iter().map(Arc::new));
+                match durability
+                    .store
+                    .read_positions(&self.id, MAX_WELCOME_READS)
+                    .await
+                {
+                    Ok(stored) => self.reads.load(stored),
+                    Err(e) => {
+                        tracing::warn!(room_id = %self.id, error = %e, "cannot load read positions");
+                        return Err(Exit::Unavailable);
+                    }
+                }
                 Ok(())
             }
             Err(StoreError::Fenced(_)) => {
@@ -509,6 +565,8 @@ impl Room {
                 text,
                 client_id,
             } => self.message(conn, text, client_id),
+            Command::Read { conn, seq } => self.read(conn, seq),
+            Command::Typing { conn, active } => self.typing(conn, active),
             Command::HandOff(flushed) => {
                 self.hand_off = Some(HandOff {
                     flushed: Some(flushed),
@@ -633,6 +691,7 @@ impl Room {
             seq: self.durable,
             server_id: &self.settings.server_id,
             epoch: Some(self.epoch),
+            reads: self.reads.snapshot(),
         };
         let welcome = Utf8Bytes::from(serde_json::to_string(&welcome).expect("welcome serializes"));
         if first {
@@ -643,6 +702,11 @@ impl Room {
                 Some(conn),
             );
             self.settle();
+            // Joining makes the room one of the user's rooms (stored as a read position of 0).
+            if self.settings.durability.is_some() {
+                self.reads.joined(&user.user_id);
+                self.flush_reads();
+            }
         }
         Ok((welcome, reply))
     }
@@ -682,6 +746,15 @@ impl Room {
                 .try_send(not_stored("the store is behind", client_id.as_deref()));
             return;
         }
+        // Sending ends the sender's typing state.
+        let sender = member.user.clone();
+        if let Some(user) = self.typing.stop(&sender.user_id) {
+            self.broadcast_typing(&user, false);
+            self.settle();
+        }
+        let Some(member) = self.members.get(&conn) else {
+            return;
+        };
         self.seq += 1;
         let frame = ServerFrame::Message(ChatMessage {
             seq: self.seq,
@@ -706,7 +779,71 @@ impl Room {
             frame: bytes,
             sender: conn,
         });
-        if self.in_flight == 0 {
+        if !self.busy {
+            self.submit();
+        }
+    }
+
+    /// A `read` frame: moves the user's position (never backwards, never past the last durable
+    /// message), tells the others, and stores it with the next write.
+    fn read(&mut self, conn: ConnId, seq: u64) {
+        let Some(member) = self.members.get(&conn) else {
+            return;
+        };
+        let user = member.user.clone();
+        let seq = seq.min(self.durable);
+        let store = self.settings.durability.is_some();
+        if seq == 0 || !self.reads.advance(&user.user_id, seq, store) {
+            return;
+        }
+        self.broadcast(
+            &ServerFrame::Read {
+                user_id: user.user_id.clone(),
+                seq,
+            },
+            Some(conn),
+        );
+        self.settle();
+        self.flush_reads();
+    }
+
+    /// A `typing` frame: the others learn when the user starts or stops (renewals are silent).
+    fn typing(&mut self, conn: ConnId, active: bool) {
+        let Some(member) = self.members.get(&conn) else {
+            return;
+        };
+        let user = member.user.clone();
+        if active {
+            if self.typing.start(&user, Instant::now()) {
+                self.broadcast_typing(&user, true);
+            }
+        } else if let Some(user) = self.typing.stop(&user.user_id) {
+            self.broadcast_typing(&user, false);
+        }
+        self.settle();
+    }
+
+    /// Tells everyone but `user`'s own connections that it started or stopped typing.
+    fn broadcast_typing(&mut self, user: &Arc<User>, active: bool) {
+        let frame = ServerFrame::Typing {
+            user: (**user).clone(),
+            active,
+        };
+        let bytes = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
+        for (&conn, member) in &self.members {
+            if member.user.user_id == user.user_id {
+                continue;
+            }
+            if member.tx.try_send(bytes.clone()).is_err() {
+                self.pending_kicks.push(conn);
+            }
+        }
+    }
+
+    /// Hands moved read positions to the writer unless a submission is already in flight (its
+    /// answer submits what accumulated meanwhile).
+    fn flush_reads(&mut self) {
+        if !self.busy && self.reads.has_dirty() {
             self.submit();
         }
     }
@@ -717,11 +854,17 @@ impl Room {
             return;
         };
         let messages: Vec<Arc<ChatMessage>> = self.pending.iter().map(|p| p.msg.clone()).collect();
+        let reads = self.reads.take_dirty();
+        if messages.is_empty() && reads.is_empty() {
+            return;
+        }
         self.in_flight = messages.len();
+        self.busy = true;
         let append = RoomAppend {
             room_id: self.id.clone(),
             epoch: self.epoch,
             messages,
+            reads,
         };
         durability.writer.submit(append, &self.ack_tx);
     }
@@ -729,6 +872,8 @@ impl Room {
     /// The writer's answer for the messages in flight. `Some` when the room must end.
     fn stored(&mut self, ack: Ack) -> Option<Exit> {
         let done = std::mem::take(&mut self.in_flight);
+        self.busy = false;
+        self.reads.stored(ack.is_ok());
         match ack {
             Ok(()) => {
                 for p in self
@@ -739,7 +884,7 @@ impl Room {
                     self.deliver(p.msg, p.frame);
                 }
                 self.settle();
-                if !self.pending.is_empty() {
+                if !self.pending.is_empty() || self.reads.has_dirty() {
                     self.submit();
                 }
                 self.check_flushed();
@@ -776,6 +921,8 @@ impl Room {
     fn deliver(&mut self, msg: Arc<ChatMessage>, frame: Utf8Bytes) {
         self.broadcast_bytes(&frame, None);
         self.durable = msg.seq;
+        // A sender has read its own message (the store derives the write from the message).
+        self.reads.advance(&msg.user_id, msg.seq, false);
         if self.settings.history > 0 {
             if self.history.len() >= self.settings.history {
                 self.history.pop_front();
@@ -851,6 +998,9 @@ impl Room {
             None => false,
         };
         if last {
+            if let Some(user) = self.typing.stop(user_id) {
+                self.broadcast_typing(&user, false);
+            }
             self.users.remove(user_id);
             self.stats
                 .users
@@ -905,6 +1055,10 @@ mod tests {
             seq: 3,
             server_id: "s-1",
             epoch: Some(7),
+            reads: vec![ReadPosition {
+                user_id: "u-2".into(),
+                seq: 2,
+            }],
         })
         .unwrap();
         let parsed: ServerFrame = serde_json::from_str(&json).unwrap();
@@ -918,6 +1072,10 @@ mod tests {
                 seq: 3,
                 server_id: "s-1".into(),
                 epoch: Some(7),
+                reads: vec![ReadPosition {
+                    user_id: "u-2".into(),
+                    seq: 2,
+                }],
             }
         );
     }
@@ -948,6 +1106,7 @@ mod tests {
             durability,
             draining: CancellationToken::new(),
             close_all: CancellationToken::new(),
+            typing_timeout: Duration::from_millis(200),
         };
         let (handle, run) = new("r-1".into(), epoch, 1, settings);
         TestRoom {

@@ -6,7 +6,7 @@
 //! room's ack channel. Batching is natural: while one transaction runs, submissions pile up in the
 //! queue, and the next transaction takes all of them (up to [`MAX_BATCH_MESSAGES`]). Under light
 //! load a message waits for one transaction; under heavy load one transaction carries many
-//! rooms' messages.
+//! rooms' messages. Read positions ride along in the same transactions.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -85,17 +85,18 @@ async fn run(
                 }
             }
         };
-        let mut messages = first.append.messages.len();
+        let mut messages = first.append.messages.len() + first.append.reads.len();
         batch.push(first);
         while messages < MAX_BATCH_MESSAGES {
             let Ok(next) = rx.try_recv() else { break };
-            messages += next.append.messages.len();
+            messages += next.append.messages.len() + next.append.reads.len();
             batch.push(next);
         }
         appends.extend(batch.iter_mut().map(|s| RoomAppend {
             room_id: s.append.room_id.clone(),
             epoch: s.append.epoch,
             messages: std::mem::take(&mut s.append.messages),
+            reads: std::mem::take(&mut s.append.reads),
         }));
         let results = store.append(&appends).await;
         metrics.store_batches.fetch_add(1, Ordering::Relaxed);

@@ -22,12 +22,22 @@
 //!   token generation). The hash never leaves this crate in a `{:?}` and is bound as a
 //!   parameter that prints redacted, so that no driver's debug log can show it.
 //!
+//! - `berth_members`: who belongs to which room and how far each has read (`read_seq`, which
+//!   never moves backwards): the creator and added members of private rooms, both people of a
+//!   direct message, and everyone who joined a room. `berth_dms`: the one room of each pair of
+//!   accounts (primary key: the sorted pair). `berth_room_activity`: each room's last `seq` and
+//!   when it was written, kept by the append batch, so that "my rooms" is one query
+//!   (see [`conversations`]).
+//!
 //! Appends are batched by the caller (group commit): [`Store::append`] writes the messages of
 //! many rooms in one transaction and answers per room.
 
+pub mod conversations;
 mod postgres;
 mod sqlite;
 pub mod testing;
+
+pub use conversations::{MyRoomRow, RoomAccess};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +55,8 @@ pub struct RoomMeta {
     pub room_id: String,
     pub name: String,
     pub public: bool,
+    /// Members only; the creator (`created_by`) is recorded as its first member.
+    pub private: bool,
     pub created_by: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
@@ -84,6 +96,10 @@ pub struct RoomAppend {
     pub epoch: u64,
     /// In `seq` order, without gaps, continuing the room's stored sequence.
     pub messages: Vec<Arc<ChatMessage>>,
+    /// Read positions `(user id, seq)` to store in the same transaction (each only moves a
+    /// position forward). Senders of `messages` have read their own messages: the store adds
+    /// those itself.
+    pub reads: Vec<(Arc<str>, u64)>,
 }
 
 /// What a room finds in the store when it opens.

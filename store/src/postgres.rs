@@ -14,6 +14,9 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
+mod conversations;
+
+use crate::conversations::Marks;
 use crate::{
     Account, BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql,
     to_sql,
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS berth_rooms (
     room_id       TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
     public        BOOLEAN NOT NULL,
+    private       BOOLEAN NOT NULL DEFAULT false,
     created_by    TEXT,
     created_at_ms BIGINT NOT NULL
 );
@@ -64,6 +68,26 @@ CREATE TABLE IF NOT EXISTS berth_accounts (
     token_gen     BIGINT NOT NULL,
     created_at_ms BIGINT NOT NULL
 );
+ALTER TABLE berth_rooms ADD COLUMN IF NOT EXISTS private BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS berth_members (
+    user_id     TEXT NOT NULL,
+    room_id     TEXT NOT NULL,
+    read_seq    BIGINT NOT NULL DEFAULT 0,
+    added_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
+CREATE INDEX IF NOT EXISTS berth_members_room ON berth_members (room_id, read_seq);
+CREATE TABLE IF NOT EXISTS berth_dms (
+    user_lo TEXT NOT NULL,
+    user_hi TEXT NOT NULL,
+    room_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (user_lo, user_hi)
+);
+CREATE TABLE IF NOT EXISTS berth_room_activity (
+    room_id  TEXT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    last_ms  BIGINT NOT NULL
+);
 ";
 
 pub(crate) struct PgStore {
@@ -73,7 +97,7 @@ pub(crate) struct PgStore {
     read: Mutex<Option<Client>>,
 }
 
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
@@ -216,6 +240,13 @@ impl PgStore {
                     Err(e) => return Err(pg_error(e)),
                 }
             }
+            let mut marks = Marks::default();
+            for (room, result) in batch.iter().zip(&results) {
+                if result.is_ok() {
+                    marks.add(room);
+                }
+            }
+            conversations::write_marks(&tx, &marks).await?;
             tx.commit().await.map_err(pg_error)?;
             Ok(results)
         })
@@ -275,21 +306,26 @@ impl PgStore {
 
     pub(crate) async fn create_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
         self.call(true, async |client| {
-            client
-                .execute(
-                    "INSERT INTO berth_rooms (room_id, name, public, created_by, created_at_ms)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id) DO NOTHING",
-                    &[
-                        &meta.room_id,
-                        &meta.name,
-                        &meta.public,
-                        &meta.created_by,
-                        &to_sql(meta.created_at_ms),
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(())
+            let tx = client.transaction().await.map_err(pg_error)?;
+            tx.execute(
+                "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id) DO NOTHING",
+                &[
+                    &meta.room_id,
+                    &meta.name,
+                    &meta.public,
+                    &meta.private,
+                    &meta.created_by,
+                    &to_sql(meta.created_at_ms),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+            // The creator is the room's first member (and finds it among its rooms).
+            if let Some(user) = &meta.created_by {
+                conversations::insert_member(&tx, &meta.room_id, user, meta.created_at_ms).await?;
+            }
+            tx.commit().await.map_err(pg_error)
         })
         .await
     }
@@ -298,7 +334,7 @@ impl PgStore {
         self.call(false, async |client| {
             let row = client
                 .query_opt(
-                    "SELECT room_id, name, public, created_by, created_at_ms FROM berth_rooms WHERE room_id = $1",
+                    "SELECT room_id, name, public, created_by, created_at_ms, private FROM berth_rooms WHERE room_id = $1",
                     &[&room_id],
                 )
                 .await
@@ -312,7 +348,7 @@ impl PgStore {
         self.call(false, async |client| {
             let rows = client
                 .query(
-                    "SELECT room_id, name, public, created_by, created_at_ms FROM berth_rooms
+                    "SELECT room_id, name, public, created_by, created_at_ms, private FROM berth_rooms
                      WHERE public ORDER BY created_at_ms DESC, room_id LIMIT $1",
                     &[&to_sql(limit as u64)],
                 )
@@ -467,6 +503,7 @@ fn meta_row(r: &Row) -> RoomMeta {
         public: r.get(2),
         created_by: r.get(3),
         created_at_ms: from_sql(r.get(4)),
+        private: r.get(5),
     }
 }
 

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod conversations;
+
+use crate::conversations::Marks;
 use crate::{
     Account, BatchResult, ChatMessage, OpenedRoom, RoomAppend, RoomMeta, StoreError, from_sql,
     to_sql,
@@ -26,6 +29,7 @@ CREATE TABLE IF NOT EXISTS berth_rooms (
     room_id       TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
     public        INTEGER NOT NULL,
+    private       INTEGER NOT NULL DEFAULT 0,
     created_by    TEXT,
     created_at_ms INTEGER NOT NULL
 );
@@ -52,7 +56,48 @@ CREATE TABLE IF NOT EXISTS berth_accounts (
     token_gen     INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS berth_members (
+    user_id     TEXT NOT NULL,
+    room_id     TEXT NOT NULL,
+    read_seq    INTEGER NOT NULL DEFAULT 0,
+    added_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS berth_members_room ON berth_members (room_id, read_seq);
+CREATE TABLE IF NOT EXISTS berth_dms (
+    user_lo TEXT NOT NULL,
+    user_hi TEXT NOT NULL,
+    room_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (user_lo, user_hi)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS berth_room_activity (
+    room_id  TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    last_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Columns added after a table was first shipped: `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("berth_rooms", "private", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Adds the [`ADDED_COLUMNS`] a store made by an older version lacks (inside the schema
+/// transaction, so processes starting together do it once).
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        if present == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
 pub(crate) struct SqliteStore {
     inner: Arc<Inner>,
@@ -108,7 +153,12 @@ impl SqliteStore {
             let mut attempt = 0;
             let (write, read) = loop {
                 let opened = connection(&path).and_then(|write| {
-                    write.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+                    write.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}"))?;
+                    if let Err(e) = add_columns(&write) {
+                        let _ = write.execute_batch("ROLLBACK");
+                        return Err(e);
+                    }
+                    write.execute_batch("COMMIT")?;
                     Ok((write, connection(&path)?))
                 });
                 match opened {
@@ -189,6 +239,13 @@ impl SqliteStore {
                     results.push(Ok(()));
                 }
             }
+            let mut marks = Marks::default();
+            for (room, result) in batch.iter().zip(&results) {
+                if result.is_ok() {
+                    marks.add(room);
+                }
+            }
+            conversations::write_marks(&tx, &marks).map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(results)
         })
@@ -248,19 +305,26 @@ impl SqliteStore {
 
     pub(crate) async fn create_room(&self, meta: RoomMeta) -> Result<(), StoreError> {
         self.run(true, move |conn| {
-            conn.execute(
-                "INSERT INTO berth_rooms (room_id, name, public, created_by, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (room_id) DO NOTHING",
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (room_id) DO NOTHING",
                 params![
                     meta.room_id,
                     meta.name,
                     meta.public,
+                    meta.private,
                     meta.created_by,
                     to_sql(meta.created_at_ms)
                 ],
             )
             .map_err(unavailable)?;
-            Ok(())
+            // The creator is the room's first member (and finds it among its rooms).
+            if let Some(user) = &meta.created_by {
+                conversations::insert_member(&tx, &meta.room_id, user, meta.created_at_ms)
+                    .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
         })
         .await
     }
@@ -268,7 +332,7 @@ impl SqliteStore {
     pub(crate) async fn room(&self, room_id: String) -> Result<Option<RoomMeta>, StoreError> {
         self.run(false, move |conn| {
             conn.query_row(
-                "SELECT room_id, name, public, created_by, created_at_ms FROM berth_rooms WHERE room_id = ?1",
+                "SELECT room_id, name, public, created_by, created_at_ms, private FROM berth_rooms WHERE room_id = ?1",
                 [&room_id],
                 meta_row,
             )
@@ -282,7 +346,7 @@ impl SqliteStore {
         self.run(false, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT room_id, name, public, created_by, created_at_ms FROM berth_rooms
+                    "SELECT room_id, name, public, created_by, created_at_ms, private FROM berth_rooms
                      WHERE public = 1 ORDER BY created_at_ms DESC, room_id LIMIT ?1",
                 )
                 .map_err(unavailable)?;
@@ -375,6 +439,7 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomMeta> {
         public: r.get(2)?,
         created_by: r.get(3)?,
         created_at_ms: from_sql(r.get(4)?),
+        private: r.get(5)?,
     })
 }
 

@@ -22,6 +22,7 @@ fn append(room: &str, epoch: u64, seqs: std::ops::RangeInclusive<u64>) -> RoomAp
         room_id: Arc::from(room),
         epoch,
         messages: seqs.map(|s| msg(s, &format!("m{s}"))).collect(),
+        reads: Vec::new(),
     }
 }
 
@@ -143,6 +144,7 @@ async fn conformance(store: Store) {
         room_id: "r-1".into(),
         name: "lounge ☕".into(),
         public: true,
+        private: false,
         created_by: Some("u-a".into()),
         created_at_ms: 1_700_000_000_000,
     };
@@ -384,4 +386,231 @@ fn flags_choose_the_store() {
         !debug.contains("hunter2") && debug.contains("u:***@h/db"),
         "{debug}"
     );
+}
+
+/// Membership, read positions (forward only, written with the append batch, senders' own
+/// messages included), direct messages (one room per pair) and "my rooms" (ordering, counts).
+async fn conversations(store: Store) {
+    use crate::conversations::RoomAccess;
+    let room = |id: &str, private: bool, by: &str, at: u64| RoomMeta {
+        room_id: id.into(),
+        name: id.into(),
+        public: !private,
+        private,
+        created_by: Some(by.into()),
+        created_at_ms: at,
+    };
+    store
+        .create_room(&room("r-pub", false, "a-ann", 1))
+        .await
+        .unwrap();
+    store
+        .create_room(&room("r-priv", true, "a-ann", 2))
+        .await
+        .unwrap();
+    assert_eq!(store.room("r-priv").await.unwrap().unwrap().private, true);
+    assert_eq!(
+        store.room_access("r-priv", "a-ann").await.unwrap(),
+        Some(RoomAccess {
+            private: true,
+            member: true
+        }),
+        "the creator is the first member"
+    );
+    assert_eq!(
+        store.room_access("r-priv", "a-bob").await.unwrap(),
+        Some(RoomAccess {
+            private: true,
+            member: false
+        })
+    );
+    assert_eq!(store.room_access("r-none", "a-bob").await.unwrap(), None);
+    assert!(store.add_member("r-priv", "a-bob").await.unwrap());
+    assert!(
+        !store.add_member("r-priv", "a-bob").await.unwrap(),
+        "added once"
+    );
+    assert!(
+        store
+            .room_access("r-priv", "a-bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .member
+    );
+
+    // Messages by ann in r-priv move her read position; bob reads 2, then an older 1 is
+    // ignored (never backwards).
+    store.open_room("r-priv", 1, 10).await.unwrap();
+    let mut batch = append("r-priv", 1, 1..=3);
+    for m in &mut batch.messages {
+        Arc::make_mut(m).user_id = "a-ann".into();
+    }
+    batch.reads = vec![(Arc::from("a-bob"), 2)];
+    assert_eq!(store.append(&[batch]).await, vec![Ok(())]);
+    let only_reads = RoomAppend {
+        room_id: Arc::from("r-priv"),
+        epoch: 1,
+        messages: Vec::new(),
+        reads: vec![(Arc::from("a-bob"), 1), (Arc::from("a-bob"), 1)],
+    };
+    assert_eq!(store.append(&[only_reads]).await, vec![Ok(())]);
+    let mut reads = store.read_positions("r-priv", 10).await.unwrap();
+    reads.sort();
+    assert_eq!(reads, [("a-ann".to_owned(), 3), ("a-bob".to_owned(), 2)]);
+
+    // A direct message: one room per pair whoever asks, both members.
+    let first = store.open_dm("a-bob", "a-ann", "d-one").await.unwrap();
+    let second = store.open_dm("a-ann", "a-bob", "d-two").await.unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("d-one", "d-one"));
+    let dm = store.room("d-one").await.unwrap().unwrap();
+    assert!(dm.private && !dm.public);
+    assert!(
+        store
+            .room_access("d-one", "a-ann")
+            .await
+            .unwrap()
+            .unwrap()
+            .member
+    );
+
+    // Bob's rooms: the DM (newest), then r-priv (activity from its messages is newer than
+    // any creation time in ms since 1970 + 2).
+    let mine = store.my_rooms("a-bob", 100).await.unwrap();
+    let ids: Vec<&str> = mine.iter().map(|r| r.room_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{mine:?}");
+    let priv_row = mine.iter().find(|r| r.room_id == "r-priv").unwrap();
+    assert_eq!((priv_row.last_seq, priv_row.read_seq), (3, 2));
+    let dm_row = mine.iter().find(|r| r.room_id == "d-one").unwrap();
+    assert_eq!(dm_row.dm.as_ref().map(|d| d.0.as_str()), Some("a-ann"));
+    assert!(mine[0].activity_ms >= mine[1].activity_ms);
+    // Activity orders: a message in r-pub makes it ann's most recent room.
+    store.open_room("r-pub", 1, 10).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(
+        store.append(&[append("r-pub", 1, 1..=1)]).await,
+        vec![Ok(())]
+    );
+    let ann = store.my_rooms("a-ann", 100).await.unwrap();
+    assert_eq!(ann[0].room_id, "r-pub", "{ann:?}");
+    assert_eq!(ann.len(), 3);
+}
+
+#[tokio::test]
+async fn sqlite_conversations() {
+    let path = temp_sqlite();
+    conversations(Store::sqlite(path.clone()).await.unwrap()).await;
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test]
+async fn postgres_conversations() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin).await;
+    conversations(Store::postgres(&db.url).await.unwrap()).await;
+}
+
+/// Rooms of the user measured by the scale test.
+const SCALE_ROOMS: i64 = 5000;
+
+/// Seeds one user with [`SCALE_ROOMS`] rooms (one in five a DM with its own account), ten other
+/// members per room and some activity: `(table, statement)` pairs in SQL both stores run, over
+/// the numbers `1..=SCALE_ROOMS` as `i` (`{n}` is the store's number source).
+fn scale_seed(n: &str) -> Vec<String> {
+    [
+        "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
+         SELECT 'r-' || i, 'room ' || i, false, true, 'a-me', i FROM {n}",
+        "INSERT INTO berth_members (user_id, room_id, read_seq, added_at_ms)
+         SELECT 'a-me', 'r-' || i, i % 7, i FROM {n}",
+        "INSERT INTO berth_members (user_id, room_id, read_seq, added_at_ms)
+         SELECT 'a-o' || (i % 997 + k * 1000), 'r-' || i, 0, i
+         FROM {n} CROSS JOIN (SELECT 1 AS k UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4
+                              UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8
+                              UNION ALL SELECT 9 UNION ALL SELECT 10) AS ks",
+        "INSERT INTO berth_room_activity (room_id, last_seq, last_ms)
+         SELECT 'r-' || i, i % 50 + 10, 1000000 + (i * 7919) % 5000 FROM {n}",
+        "INSERT INTO berth_accounts (user_id, username, username_key, password_hash, token_gen, created_at_ms)
+         SELECT 'a-x' || i, 'x' || i, 'x' || i, 'h', 1, i FROM {n} WHERE i % 5 = 0",
+        "INSERT INTO berth_dms (user_lo, user_hi, room_id)
+         SELECT 'a-me', 'a-x' || i, 'r-' || i FROM {n} WHERE i % 5 = 0",
+    ]
+    .iter()
+    .map(|s| s.replace("{n}", n))
+    .collect()
+}
+
+/// Times `my_rooms` for the seeded user: answers the median of a few runs, after checking the
+/// answer (every room, newest activity first, DMs named).
+async fn time_my_rooms(store: &Store) -> std::time::Duration {
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let started = std::time::Instant::now();
+        let rooms = store.my_rooms("a-me", 10_000).await.unwrap();
+        times.push(started.elapsed());
+        assert_eq!(rooms.len(), SCALE_ROOMS as usize);
+        assert!(
+            rooms
+                .windows(2)
+                .all(|w| w[0].activity_ms >= w[1].activity_ms)
+        );
+        assert_eq!(rooms.iter().filter(|r| r.dm.is_some()).count(), 1000);
+        assert!(
+            rooms
+                .iter()
+                .all(|r| r.dm.as_ref().is_none_or(|d| d.1.is_some()))
+        );
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::test]
+async fn sqlite_my_rooms_with_thousands_of_rooms() {
+    let path = temp_sqlite();
+    let store = Store::sqlite(path.clone()).await.unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let n = format!(
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {SCALE_ROOMS}) SELECT i FROM s) AS n"
+        );
+        let mut batch = String::from("BEGIN;");
+        for sql in scale_seed(&n) {
+            batch.push_str(&sql);
+            batch.push(';');
+        }
+        batch.push_str("COMMIT;");
+        conn.execute_batch(&batch).unwrap();
+    }
+    let median = time_my_rooms(&store).await;
+    println!("my_rooms on SQLite: {SCALE_ROOMS} rooms in {median:?} (median of 7)");
+    assert!(median < std::time::Duration::from_secs(2), "{median:?}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test]
+async fn postgres_my_rooms_with_thousands_of_rooms() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin).await;
+    let store = Store::postgres(&db.url).await.unwrap();
+    let n = format!("generate_series(1, {SCALE_ROOMS}) AS n(i)");
+    let mut batch = String::from("BEGIN;");
+    for sql in scale_seed(&n) {
+        batch.push_str(&sql);
+        batch.push(';');
+    }
+    batch.push_str("COMMIT; ANALYZE;");
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(connection);
+    client.batch_execute(&batch).await.unwrap();
+    drop(client);
+    let _ = conn_task.await;
+    let median = time_my_rooms(&store).await;
+    println!("my_rooms on PostgreSQL: {SCALE_ROOMS} rooms in {median:?} (median of 7)");
+    assert!(median < std::time::Duration::from_secs(2), "{median:?}");
 }

@@ -35,6 +35,7 @@ async fn two_users_chat_in_one_room() {
             &CreateRoomRequest {
                 name: Some("lounge".into()),
                 public: true,
+                private: false,
             },
         )
         .await

@@ -251,6 +251,7 @@ async fn history_survives_disposal_and_a_cluster_restart(postgres: bool) {
     let req = CreateRoomRequest {
         name: Some("durable".into()),
         public: true,
+        private: false,
     };
     let room = backend.create_room(&alice, &req).await.unwrap();
     let (mut conn, welcome) = RoomConnection::connect(&room.url, &room.token)

@@ -261,6 +261,7 @@ async fn connection(mut socket: WebSocket, state: FakeSession, you: User) {
             seq,
             server_id: SERVER_ID.into(),
             epoch: None,
+            reads: Vec::new(),
         };
         let replay = s.messages.last().cloned().filter(|_| s.replay_on_join);
         (welcome, replay)

@@ -1,0 +1,150 @@
+//! Conversations: room membership, read positions, direct messages and "my rooms".
+//!
+//! - Membership (`berth_members`, keyed by user then room) is what a private room's access
+//!   check reads, and what "my rooms" lists: the creator of every room, the added members of
+//!   private rooms, both people of a direct message, and everyone who joined a room (the
+//!   session server records a join as a read position of 0).
+//! - Read positions live in the same rows and only move forward (`MAX` / `GREATEST` in the
+//!   upsert). They are written by the group-commit append, in the transaction of the messages.
+//! - A direct message is the one private room of a pair of accounts: `berth_dms` has the
+//!   sorted pair as its primary key, so concurrent first requests from both sides all land on
+//!   one row (`INSERT … ON CONFLICT DO NOTHING`, then read back the stored room).
+//! - "My rooms" is one query over the user's membership rows joined with the rooms, their
+//!   activity (`berth_room_activity`, written by the append batch) and the DM pair.
+
+use std::collections::BTreeMap;
+
+use crate::{Backend, RoomAppend, Store, StoreError};
+
+/// Whether a room is private and whether a user belongs to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomAccess {
+    pub private: bool,
+    pub member: bool,
+}
+
+/// One row of [`Store::my_rooms`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyRoomRow {
+    pub room_id: String,
+    pub name: String,
+    pub private: bool,
+    /// The other person of a direct message: user id and (when it is an account) name.
+    pub dm: Option<(String, Option<String>)>,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    /// When the room last had a message (or was created), ms since the Unix epoch.
+    pub activity_ms: u64,
+}
+
+/// The name stored for direct-message rooms (listings show the other person's name).
+pub const DM_ROOM_NAME: &str = "direct message";
+
+/// The sorted pair of a direct message.
+pub fn dm_pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+impl Store {
+    /// Whether `room_id` is private and whether `user_id` is a member; `None` for a room the
+    /// store does not know.
+    pub async fn room_access(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<RoomAccess>, StoreError> {
+        match &*self.0 {
+            Backend::Sqlite(s) => s.room_access(room_id.to_owned(), user_id.to_owned()).await,
+            Backend::Postgres(p) => p.room_access(room_id, user_id).await,
+        }
+    }
+
+    /// Adds `user_id` to `room_id` (answers whether it was not a member yet).
+    pub async fn add_member(&self, room_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let now = berth_protocol::now_ms();
+        match &*self.0 {
+            Backend::Sqlite(s) => {
+                s.add_member(room_id.to_owned(), user_id.to_owned(), now)
+                    .await
+            }
+            Backend::Postgres(p) => p.add_member(room_id, user_id, now).await,
+        }
+    }
+
+    /// The direct-message room of accounts `a` and `b`: records `room_id` for the pair (as a
+    /// private room created by `a`, with both as members) unless the pair has a room already,
+    /// and answers the pair's room. Safe under any number of concurrent calls for one pair.
+    pub async fn open_dm(&self, a: &str, b: &str, room_id: &str) -> Result<String, StoreError> {
+        let (lo, hi) = dm_pair(a, b);
+        let now = berth_protocol::now_ms();
+        match &*self.0 {
+            Backend::Sqlite(s) => {
+                s.open_dm(
+                    lo.to_owned(),
+                    hi.to_owned(),
+                    a.to_owned(),
+                    room_id.to_owned(),
+                    now,
+                )
+                .await
+            }
+            Backend::Postgres(p) => p.open_dm(lo, hi, a, room_id, now).await,
+        }
+    }
+
+    /// Every room of `user_id`, most recent activity first (at most `limit`), in one query.
+    pub async fn my_rooms(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<MyRoomRow>, StoreError> {
+        let limit = limit.min(crate::MAX_READ);
+        match &*self.0 {
+            Backend::Sqlite(s) => s.my_rooms(user_id.to_owned(), limit).await,
+            Backend::Postgres(p) => p.my_rooms(user_id, limit).await,
+        }
+    }
+
+    /// The stored read positions of `room_id`, furthest first (at most `limit`).
+    pub async fn read_positions(
+        &self,
+        room_id: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let limit = limit.min(crate::MAX_READ);
+        match &*self.0 {
+            Backend::Sqlite(s) => s.read_positions(room_id.to_owned(), limit).await,
+            Backend::Postgres(p) => p.read_positions(room_id, limit).await,
+        }
+    }
+}
+
+/// What an append batch writes beside its messages, for the rooms not fenced off.
+#[derive(Debug, Default)]
+pub(crate) struct Marks<'a> {
+    /// `(room, user) → seq`, one entry per pair (an upsert may touch a row once), sorted so
+    /// that concurrent writers lock rows in one order.
+    pub reads: BTreeMap<(&'a str, &'a str), u64>,
+    /// `room → last seq` of the rooms that got messages.
+    pub activity: BTreeMap<&'a str, u64>,
+}
+
+impl<'a> Marks<'a> {
+    /// Adds what `room` (accepted for writing) carries: its explicit reads, its senders' reads
+    /// of their own messages, and its last `seq`.
+    pub fn add(&mut self, room: &'a RoomAppend) {
+        let mut put = |user: &'a str, seq: u64| {
+            let e = self.reads.entry((&*room.room_id, user)).or_insert(seq);
+            *e = (*e).max(seq);
+        };
+        for (user, seq) in &room.reads {
+            put(user, *seq);
+        }
+        for m in &room.messages {
+            put(&m.user_id, m.seq);
+        }
+        if let Some(last) = room.messages.last() {
+            self.activity.insert(&room.room_id, last.seq);
+        }
+    }
+}
