@@ -47,6 +47,10 @@ pub enum ServerFrame {
         /// that predate it and in `--standalone` mode).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u64>,
+        /// Stored read positions of the room's members (furthest first, at most
+        /// [`MAX_WELCOME_READS`]); absent from servers that predate read state.
+        #[serde(default)]
+        reads: Vec<ReadPosition>,
     },
     Message(ChatMessage),
     Joined {

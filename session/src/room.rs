@@ -481,6 +481,7 @@ impl Room {
                     for user in self.typing.expired(Instant::now()) {
                         self.broadcast_typing(&user, false);
                     }
+                    self.settle();
                 }
                 () = &mut idle, if settled => break,
                 () = &mut drain, if settled && self.hand_off.is_none() => break,

@@ -138,13 +138,13 @@ impl<'a> Marks<'a> {
             *e = (*e).max(seq);
         };
         for (user, seq) in &room.reads {
-            put(user, *seq);
+            put(&**user, *seq);
         }
         for m in &room.messages {
-            put(&m.user_id, m.seq);
+            put(m.user_id.as_str(), m.seq);
         }
         if let Some(last) = room.messages.last() {
-            self.activity.insert(&room.room_id, last.seq);
+            self.activity.insert(&*room.room_id, last.seq);
         }
     }
 }

@@ -131,3 +131,87 @@ async fn register_login_and_reuse_the_kept_token() {
     let _ = std::fs::remove_dir_all(&dir);
     cluster.stop().await;
 }
+
+/// `berth rooms --mine` lists the user's rooms with unread counts; `berth dm USER` chats in the
+/// direct-message room (the history shows, typed lines are sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_mine_and_dm() {
+    use berth::protocol::frames::ServerFrame;
+    use berth::{RoomConnection, RoomEvent};
+
+    let cluster = Cluster::start(ClusterOptions {
+        backend_args: ["--argon2-memory-kib", "64", "--argon2-iterations", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let url = cluster.backend_url.clone();
+    let dir = berth_testkit::temp_dir("cli-dm");
+    let run = |args: &'static [&'static str], stdin: String| {
+        let (url, dir) = (url.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || berth(&url, &dir, args, &stdin))
+    };
+    let out = run(
+        &["--username", "ana", "register", "--password-stdin"],
+        "ana-password-1\n".into(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let backend = cluster.backend();
+    let bob = backend.register("bob", "bob-password-1").await.unwrap();
+    let dm = backend.open_dm(&bob, "ana").await.unwrap();
+    let (mut conn, _) = RoomConnection::connect_ticket(&dm.ticket).await.unwrap();
+    for text in ["one", "two"] {
+        conn.send(text, None).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < 2 {
+        if let RoomEvent::Frame(ServerFrame::Message(_)) = conn
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .await
+            .unwrap()
+        {
+            seen += 1;
+        }
+    }
+
+    let out = run(&["rooms", "--mine"], String::new()).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mine: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let room = &mine["rooms"][0];
+    assert_eq!(room["roomId"], dm.ticket.room_id.as_str(), "{mine}");
+    assert_eq!(room["name"], "bob");
+    assert_eq!(room["dm"]["username"], "bob");
+    assert_eq!(
+        (room["lastSeq"].as_u64(), room["unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    let out = run(&["dm", "bob"], "hello bob\n".into()).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("bob: one") && shown.contains("bob: two"),
+        "{}",
+        text(&out)
+    );
+    loop {
+        match conn
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .await
+            .unwrap()
+        {
+            RoomEvent::Frame(ServerFrame::Message(m)) => {
+                assert_eq!((m.username.as_str(), m.text.as_str()), ("ana", "hello bob"));
+                break;
+            }
+            RoomEvent::Frame(_) => {}
+            RoomEvent::Closed { code, reason } => panic!("closed {code:?}: {reason}"),
+        }
+    }
+    conn.close().await.unwrap();
+    cluster.stop().await;
+}

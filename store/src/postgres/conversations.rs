@@ -42,7 +42,7 @@ pub(super) async fn write_marks(
         client
             .execute(
                 "INSERT INTO berth_members (user_id, room_id, read_seq, added_at_ms)
-                 SELECT u, r, s, $4 FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(u, r, s)
+                 SELECT u, r, s, $4::int8 FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(u, r, s)
                  ON CONFLICT (user_id, room_id)
                  DO UPDATE SET read_seq = GREATEST(berth_members.read_seq, EXCLUDED.read_seq)",
                 &[&users, &rooms, &seqs, &now],
@@ -56,7 +56,7 @@ pub(super) async fn write_marks(
         client
             .execute(
                 "INSERT INTO berth_room_activity (room_id, last_seq, last_ms)
-                 SELECT r, s, $3 FROM UNNEST($1::text[], $2::int8[]) AS t(r, s)
+                 SELECT r, s, $3::int8 FROM UNNEST($1::text[], $2::int8[]) AS t(r, s)
                  ON CONFLICT (room_id) DO UPDATE
                  SET last_seq = GREATEST(berth_room_activity.last_seq, EXCLUDED.last_seq),
                      last_ms = EXCLUDED.last_ms",
