@@ -210,8 +210,8 @@ function enterApp() {
 async function openDm(username) {
   try {
     const ticket = await client.openDm(username);
+    await myRooms.refresh(); // knows the DM (and its name) before the room opens
     await openRoom(ticket.roomId, ticket);
-    myRooms.refresh();
   } catch (e) {
     toast(e.code === "account_required" ? "Direct messages need an account: register to use them." : describeError(e), "error");
   }
@@ -562,7 +562,9 @@ class RoomView {
     });
     this.input.addEventListener("input", () => this.autosize());
 
-    this.conn = client.joinRoom(roomId, { ticket });
+    // A direct message is named after the other person.
+    const known = myRooms.byId.get(roomId);
+    this.conn = client.joinRoom(roomId, { ticket, displayName: known?.dm ? known.name : undefined });
     this.title.textContent = this.conn.name;
     this.serverId.textContent = this.conn.serverId || "—";
     this.conn.on("status", (e) => this.onStatus(e));
@@ -576,7 +578,8 @@ class RoomView {
     this.convo = new RoomConversation(this, {
       client,
       openDm,
-      isPrivate: () => myRooms.isPrivate(roomId),
+      // Members are added to private rooms; a direct message stays between two.
+      isPrivate: () => myRooms.isPrivate(roomId) && !myRooms.byId.get(roomId)?.dm,
       toast,
     });
     this.onStatus({ state: "connecting", previous: "connecting", attempt: 0 });

@@ -364,8 +364,9 @@ export class BerthClient {
    * Opens a connection to a room. It starts connecting right away (after the current task, so
    * listeners added now see every event) and reconnects by itself until `close()`.
    * @param {string} roomId
-   * @param {{ticket?: RoomTicket, maxTextBytes?: number}} [options] A ticket from `createRoom`
-   *   or `lookupRoom` saves one look-up.
+   * @param {{ticket?: RoomTicket, maxTextBytes?: number, displayName?: string}} [options] A
+   *   ticket from `createRoom` or `lookupRoom` saves one look-up; `displayName` names the room
+   *   instead of its stored name (a direct message is named after the other person).
    * @returns {RoomConnection}
    */
   joinRoom(roomId, options = {}) {
@@ -459,7 +460,8 @@ export class RoomConnection {
     /** @type {string} */
     this.roomId = roomId;
     /** @type {string} */
-    this.name = options.ticket?.name || roomId;
+    this.name = options.displayName || options.ticket?.name || roomId;
+    this._displayName = options.displayName ?? null;
     /** @type {string} the session server hosting the room, as last known */
     this.serverId = options.ticket?.serverId ?? "";
     /** @type {User|null} */
@@ -649,7 +651,7 @@ export class RoomConnection {
       }
       if (gen !== this._gen || this.state === "closed") return;
     }
-    if (ticket.name) this.name = ticket.name;
+    if (ticket.name && !this._displayName) this.name = ticket.name;
     if (ticket.serverId) this.serverId = ticket.serverId;
 
     const url = new URL(ticket.url);

@@ -138,7 +138,7 @@ impl<'a> Marks<'a> {
             *e = (*e).max(seq);
         };
         for (user, seq) in &room.reads {
-            put(&**user, *seq);
+            put(user, *seq);
         }
         for m in &room.messages {
             put(m.user_id.as_str(), m.seq);

@@ -100,6 +100,15 @@ async fn a_dm_badge_and_the_typing_line_in_a_browser() {
 
     // Bob types: the typing line names him; his message clears it.
     const ACTIVE: &str = "[data-testid=room]:not([hidden])";
+    let title = page
+        .wait_for(
+            "the DM open",
+            &format!(
+                "return document.querySelector('{ACTIVE} [data-testid=room-title]')?.textContent"
+            ),
+        )
+        .await;
+    assert_eq!(title, json!("bob"), "a DM is named after the other person");
     bob_conn.send_typing(true).await.unwrap();
     let line = page
         .wait_for(

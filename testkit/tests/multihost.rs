@@ -495,6 +495,7 @@ async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none
         let req = CreateRoomRequest {
             name: Some(format!("room {i}")),
             public: true,
+            private: false,
         };
         rooms.push(backend.create_room(&owner, &req).await.unwrap());
     }
