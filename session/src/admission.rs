@@ -100,7 +100,7 @@ async fn check_membership(state: &AppState, claims: &TicketClaims) -> Result<(),
             tracing::info!(room_id = %claims.room, user_id = %claims.sub, "not a member of the private room");
             Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
-                ErrorCode::NotAMember,
+                berth_protocol::ErrorCode::NotAMember,
                 "this room is private and you are not one of its members",
             ))
         }
