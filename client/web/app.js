@@ -5,7 +5,9 @@
 
 import { BerthClient, MAX_TEXT_BYTES, utf8Length } from "./berth.js";
 
-const client = new BerthClient();
+// `?transport=sse` (or `websocket`) forces a transport; by default a WebSocket, falling back
+// to Server-Sent Events where WebSockets are blocked.
+const client = new BerthClient({ transport: new URLSearchParams(location.search).get("transport") ?? "auto" });
 
 /** @type {Map<string, RoomView>} open rooms by id, in the order they were opened */
 const rooms = new Map();

@@ -1,4 +1,6 @@
-//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /healthz`, `GET /metrics`.
+//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /sse` (the same room
+//! over Server-Sent Events, `sse`), `POST /internal/rooms/{roomId}/messages` (the backend's
+//! HTTP send, `http_send`), `GET /healthz`, `GET /metrics`.
 
 use std::net::SocketAddr;
 
@@ -32,6 +34,11 @@ const WRITE_BUFFER: usize = 8 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(websocket))
+        .route("/sse", get(crate::sse::stream))
+        .route(
+            "/internal/rooms/{room_id}/messages",
+            axum::routing::post(crate::http_send::send),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)

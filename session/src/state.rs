@@ -56,6 +56,12 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
     pub errors: ErrorFrames,
+    /// Webhook deliveries (`None` without URLs), their worker and what stops it.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    pub webhook_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub webhook_stop: CancellationToken,
+    /// The per-user rate of messages sent over HTTP.
+    pub send_rate: crate::http_send::SendRate,
     panic_text: Option<Arc<str>>,
 }
 
@@ -144,7 +150,22 @@ impl AppState {
             }
             None => (None, None),
         };
+        let webhook_stop = CancellationToken::new();
+        let (webhooks, webhook_task) = match crate::webhook::Webhooks::start(
+            &config.integrations,
+            metrics.clone(),
+            webhook_stop.clone(),
+        )
+        .map_err(|e| Error::Config(format!("webhooks: {e}")))?
+        {
+            Some((webhooks, task)) => (Some(webhooks), Some(task)),
+            None => (None, None),
+        };
         Ok(AppState(Arc::new(Shared {
+            webhooks,
+            webhook_task: std::sync::Mutex::new(webhook_task),
+            webhook_stop,
+            send_rate: crate::http_send::SendRate::new(config.message_rate, config.message_burst),
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
@@ -277,6 +298,7 @@ impl AppState {
             durability: shared.durability.clone(),
             draining: shared.draining.clone(),
             close_all: shared.close_all.clone(),
+            webhooks: shared.webhooks.clone(),
         };
         let (handle, run) = room::new(id.clone(), epoch, instance, settings);
         let span = tracing::info_span!("room", room_id = %id, epoch, server_id = %server_id);
