@@ -80,17 +80,6 @@ pub async fn sign_in(
                 .map_err(|e| SignInError::File(path.clone(), e))?;
             tracing::info!(username, file = %path.display(), "registering the bot's account");
             match post(http, &format!("{backend}/api/register"), &creds).await {
-                Err(SignInError::Refused { status: 404, .. }) => {
-                    // A backend without accounts (names are not owned there): a plain
-                    // sign-in, and registration again on the next start.
-                    let _ = std::fs::remove_file(&path);
-                    tracing::warn!(
-                        username,
-                        "this backend has no accounts; signing in without a password"
-                    );
-                    let guest = serde_json::json!({ "username": username });
-                    post(http, &format!("{backend}/api/login"), &guest).await
-                }
                 Err(SignInError::Refused { status: 409, .. }) => {
                     // Not ours: forget the password we made up.
                     let _ = std::fs::remove_file(&path);
@@ -111,7 +100,7 @@ pub async fn sign_in(
 async fn post(
     http: &reqwest::Client,
     url: &str,
-    creds: &impl Serialize,
+    creds: &Credentials,
 ) -> Result<Identity, SignInError> {
     let answer = http
         .post(url)

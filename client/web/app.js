@@ -577,6 +577,8 @@ class RoomView {
   onStatus(e) {
     const { state } = e;
     this.section.dataset.state = state;
+    // "websocket" or "sse" (where WebSockets are blocked): for operators and tests.
+    this.section.dataset.transport = this.conn.transport;
     this.statusPill.dataset.state = state;
     clearInterval(this.countdown);
     this.statusText.textContent = STATE_LABELS[state];

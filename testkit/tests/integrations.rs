@@ -788,16 +788,8 @@ async fn the_stock_bot_answers_known_and_unknown_codes_end_to_end() {
     })
     .await;
     let credentials = dir.join("stockbot.credentials");
-    // With accounts (`POST /api/register`), the bot owns `stockbot` and keeps its password.
-    let accounts = http
-        .post(format!("{backend_url}/api/register"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 404;
-    if accounts {
+    // The bot owns the account `stockbot` and alone knows its password.
+    {
         assert!(credentials.exists());
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&credentials)
@@ -807,6 +799,13 @@ async fn the_stock_bot_answers_known_and_unknown_codes_end_to_end() {
         assert_eq!(mode & 0o777, 0o600, "the bot's password is private");
     }
 
+    let impostor = http
+        .post(format!("{backend_url}/api/login"))
+        .json(&serde_json::json!({"username": "stockbot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(impostor.status(), 401, "nobody else posts as stockbot");
     let backend = berth::Backend::new(&backend_url);
     let alice = backend.login("alice").await.unwrap();
     let room = backend
