@@ -56,6 +56,9 @@ pub(crate) struct Webhooks {
     last_warning: AtomicU64,
 }
 
+/// The queue and its worker task, as [`Webhooks::start`] hands them over.
+pub(crate) type Started = (Arc<Webhooks>, tokio::task::JoinHandle<()>);
+
 /// How deliveries are made.
 #[derive(Clone)]
 struct Policy {
@@ -71,7 +74,7 @@ impl Webhooks {
         args: &IntegrationArgs,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-    ) -> Result<Option<(Arc<Webhooks>, tokio::task::JoinHandle<()>)>, reqwest::Error> {
+    ) -> Result<Option<Started>, reqwest::Error> {
         let targets = targets(args);
         if targets.is_empty() {
             return Ok(None);

@@ -83,7 +83,10 @@ async fn a_page_without_websockets_chats_over_sse_and_resumes_after_a_drain() {
     wait_messages(
         &ivy,
         &room_id,
-        &[("ivy", "hello over SSE"), ("kai", "hi ivy, from a WebSocket")],
+        &[
+            ("ivy", "hello over SSE"),
+            ("kai", "hi ivy, from a WebSocket"),
+        ],
     )
     .await;
     ivy.type_into(&composer, &format!("and back{ENTER}")).await;
@@ -141,8 +144,11 @@ async fn a_page_without_websockets_chats_over_sse_and_resumes_after_a_drain() {
     )
     .await;
     assert_eq!(
-        ivy.js(&format!("return document.querySelector('{ACTIVE}').dataset.transport"), vec![])
-            .await,
+        ivy.js(
+            &format!("return document.querySelector('{ACTIVE}').dataset.transport"),
+            vec![]
+        )
+        .await,
         "sse"
     );
     ivy.save_screenshot("chat-over-sse").await;
@@ -168,6 +174,11 @@ async fn wait_messages(page: &Browser, room_id: &str, expected: &[(&str, &str)])
                       m.querySelector('[data-testid=message-text]').textContent, m.dataset.pending || null]);
          return JSON.stringify(got.map(([a, t, p]) => p ? [a, t, p] : [a, t])) === arguments[0];"
     );
-    page.wait_for_args(&format!("the messages {want}"), &script, vec![json!(want)], WAIT)
-        .await;
+    page.wait_for_args(
+        &format!("the messages {want}"),
+        &script,
+        vec![json!(want)],
+        WAIT,
+    )
+    .await;
 }
