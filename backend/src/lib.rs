@@ -11,6 +11,7 @@
 //!   change, and who a user token names ([`accounts::authenticate`]); with [`password`]
 //!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
 //! - [`scheduler`]: the client of the scheduler's internal API.
+//! - [`messages`]: `POST /api/rooms/{roomId}/messages`, messages sent over HTTP.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod jwks;
 pub mod keys;
+pub mod messages;
 pub mod password;
 pub mod scheduler;
 pub mod state;
@@ -63,7 +65,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/token/refresh", axum::routing::post(accounts::refresh))
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
-        .route("/api/rooms/{room_id}/messages", get(api::room_messages))
+        .route(
+            "/api/rooms/{room_id}/messages",
+            get(api::room_messages).post(messages::send),
+        )
         .route("/healthz", get(api::healthz))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))

@@ -5,7 +5,9 @@
 
 import { BerthClient, MAX_TEXT_BYTES, utf8Length } from "./berth.js";
 
-const client = new BerthClient();
+// `?transport=sse` (or `websocket`) forces a transport; by default a WebSocket, falling back
+// to Server-Sent Events where WebSockets are blocked.
+const client = new BerthClient({ transport: new URLSearchParams(location.search).get("transport") ?? "auto" });
 
 /** @type {Map<string, RoomView>} open rooms by id, in the order they were opened */
 const rooms = new Map();
@@ -575,6 +577,8 @@ class RoomView {
   onStatus(e) {
     const { state } = e;
     this.section.dataset.state = state;
+    // "websocket" or "sse" (where WebSockets are blocked): for operators and tests.
+    this.section.dataset.transport = this.conn.transport;
     this.statusPill.dataset.state = state;
     clearInterval(this.countdown);
     this.statusText.textContent = STATE_LABELS[state];
