@@ -1,5 +1,5 @@
-# Berth: one image with the four binaries (berth-backend, berth-scheduler, berth-session and the
-# `berth` CLI). The web client is compiled into berth-backend. Pick the program with the
+# Berth: one image with the binaries (berth-backend, berth-scheduler, berth-session, the stock
+# bot berth-bot and the `berth` CLI). The web client is compiled into berth-backend. Pick the program with the
 # container's command, e.g. `docker run … berth-scheduler`. See docs/deploy.md.
 
 # --- build -------------------------------------------------------------------------------------
@@ -8,10 +8,10 @@ WORKDIR /src
 # Everything the workspace needs (see .dockerignore); --locked builds exactly Cargo.lock.
 COPY . .
 RUN cargo build --release --locked \
-        -p berth-backend -p berth-scheduler -p berth-session -p berth \
+        -p berth-backend -p berth-scheduler -p berth-session -p berth -p berth-bot \
     && mkdir -p /out \
     && cp target/release/berth-backend target/release/berth-scheduler \
-          target/release/berth-session target/release/berth /out/
+          target/release/berth-session target/release/berth target/release/berth-bot /out/
 
 # --- run ---------------------------------------------------------------------------------------
 FROM debian:bookworm-slim

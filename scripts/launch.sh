@@ -13,13 +13,22 @@ export BERTH_SCHEDULER_LISTEN="${BERTH_SCHEDULER_LISTEN:-127.0.0.1:7070}"
 export BERTH_SCHEDULER_URL="${BERTH_SCHEDULER_URL:-http://${BERTH_SCHEDULER_LISTEN/0.0.0.0/127.0.0.1}}"
 export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$PWD/.berth}"
 export RUST_LOG="${RUST_LOG:-info}"
+# The stock bot: its own listener and webhook key. Session servers deliver to it through
+# BERTH_BOT_WEBHOOK_URL, on top of whatever the operator sets in BERTH_WEBHOOK_URL.
+export BERTH_BOT_LISTEN="${BERTH_BOT_LISTEN:-127.0.0.1:7081}"
+export BERTH_BACKEND_URL="${BERTH_BACKEND_URL:-http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}}"
+export BERTH_BOT_WEBHOOK_URL="http://${BERTH_BOT_LISTEN/0.0.0.0/127.0.0.1}/webhook"
+if [ -z "${BERTH_BOT_WEBHOOK_SECRET:-}" ]; then
+  BERTH_BOT_WEBHOOK_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export BERTH_BOT_WEBHOOK_SECRET
+fi
 if [ -z "${BERTH_CLUSTER_SECRET:-}" ]; then
   BERTH_CLUSTER_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export BERTH_CLUSTER_SECRET
 fi
 
 echo "==> building (release)…"
-cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli
+cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli -p berth-bot
 bin="$PWD/target/release"
 mkdir -p "$BERTH_DATA_DIR"
 
@@ -59,6 +68,9 @@ wait_for_port "$BERTH_BACKEND_LISTEN" backend
 "$bin/berth-scheduler" --session-bin "$bin/berth-session" &
 pids+=($!)
 wait_for_port "$BERTH_SCHEDULER_LISTEN" scheduler
+"$bin/berth-bot" &
+pids+=($!)
+wait_for_port "$BERTH_BOT_LISTEN" "stock bot"
 
 cat <<MSG
 
@@ -66,6 +78,7 @@ cat <<MSG
     web client  http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/
     API         http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/api/rooms
     scheduler   ${BERTH_SCHEDULER_URL}/v1/servers  (bearer: the cluster secret)
+    stock bot   say /stock=AAPL.US or /help in any room
     CLI         $bin/berth chat --backend http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}
   Ctrl-C stops everything.
 

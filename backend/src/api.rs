@@ -193,6 +193,7 @@ pub(crate) fn ticket(
         .mint_ticket(user, &placement)
         .map_err(ApiError::internal)?;
     Ok(RoomTicket {
+        sse_url: berth_protocol::api::sse_url(&placement.url),
         room_id: placement.room_id,
         url: placement.url,
         token: minted.token,

@@ -13,6 +13,7 @@
 //! - [`conversations`]: private rooms (membership checks, adding members), direct messages
 //!   and `/api/me/rooms`.
 //! - [`scheduler`]: the client of the scheduler's internal API.
+//! - [`messages`]: `POST /api/rooms/{roomId}/messages`, messages sent over HTTP.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
@@ -25,6 +26,7 @@ pub mod conversations;
 pub mod error;
 pub mod jwks;
 pub mod keys;
+pub mod messages;
 pub mod password;
 pub mod scheduler;
 pub mod state;
@@ -66,7 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/token/refresh", axum::routing::post(accounts::refresh))
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
-        .route("/api/rooms/{room_id}/messages", get(api::room_messages))
+        .route(
+            "/api/rooms/{room_id}/messages",
+            get(api::room_messages).post(messages::send),
+        )
         // Private rooms, direct messages, my rooms (`conversations`).
         .route(
             "/api/rooms/{room_id}/members",

@@ -23,6 +23,8 @@ struct Inner {
     web: WebFiles,
     store: Option<berth_store::Store>,
     accounts: crate::accounts::Accounts,
+    /// Calls session servers' internal send endpoint (`messages`).
+    sessions: reqwest::Client,
 }
 
 impl AppState {
@@ -54,8 +56,10 @@ impl AppState {
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
         let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;
+        let sessions = crate::messages::session_client().map_err(Error::HttpClient)?;
         Ok(AppState {
             inner: Arc::new(Inner {
+                sessions,
                 issuer,
                 scheduler,
                 web,
@@ -83,6 +87,11 @@ impl AppState {
     /// Accounts, guests, password hashing, sign-in throttles, the outside identity provider.
     pub fn accounts(&self) -> &crate::accounts::Accounts {
         &self.inner.accounts
+    }
+
+    /// The HTTP client for session servers.
+    pub fn sessions(&self) -> &reqwest::Client {
+        &self.inner.sessions
     }
 
     /// Where the web client's files come from.

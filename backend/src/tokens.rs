@@ -3,11 +3,16 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_protocol::claims::{TicketClaims, USER_TOKEN_AUDIENCE, UserClaims};
+use berth_protocol::claims::{
+    SEND_TOKEN_USE, SendClaims, TicketClaims, USER_TOKEN_AUDIENCE, UserClaims,
+};
 use berth_protocol::cluster::Placement;
 use jsonwebtoken::{Algorithm, Header, Validation};
 
 use crate::keys::TicketKeys;
+
+/// Lifetime of a send token: it is used at once, by the backend itself.
+const SEND_TOKEN_SECS: u64 = 30;
 
 /// Clock skew tolerated when checking a user token's `exp`, in seconds.
 const LEEWAY_SECS: u64 = 5;
@@ -113,6 +118,29 @@ impl TokenIssuer {
             token,
             expires_at: exp,
         })
+    }
+}
+
+impl TokenIssuer {
+    /// A send token: `user` may send one message into the room of `placement` through its
+    /// server's internal send endpoint (`use` = `send`, so it never passes as a ticket).
+    pub fn mint_send_token(
+        &self,
+        user: &UserClaims,
+        placement: &Placement,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let iat = berth_protocol::now_secs();
+        let claims = SendClaims {
+            sub: user.sub.clone(),
+            name: user.name.clone(),
+            room: placement.room_id.clone(),
+            aud: placement.server_id.clone(),
+            epoch: placement.epoch,
+            purpose: SEND_TOKEN_USE.to_owned(),
+            iat,
+            exp: iat + SEND_TOKEN_SECS,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.keys.encoding)
     }
 }
 

@@ -6,7 +6,9 @@
 import { BerthClient, MAX_TEXT_BYTES, utf8Length } from "./berth.js";
 import { MyRooms, RoomConversation } from "./conversations.js";
 
-const client = new BerthClient();
+// `?transport=sse` (or `websocket`) forces a transport; by default a WebSocket, falling back
+// to Server-Sent Events where WebSockets are blocked.
+const client = new BerthClient({ transport: new URLSearchParams(location.search).get("transport") ?? "auto" });
 // The sidebar's "Direct messages" and "Rooms" (conversations.js).
 const myRooms = new MyRooms(client, {
   open: (roomId) => openRoom(roomId),
@@ -611,6 +613,8 @@ class RoomView {
   onStatus(e) {
     const { state } = e;
     this.section.dataset.state = state;
+    // "websocket" or "sse" (where WebSockets are blocked): for operators and tests.
+    this.section.dataset.transport = this.conn.transport;
     this.statusPill.dataset.state = state;
     clearInterval(this.countdown);
     this.statusText.textContent = STATE_LABELS[state];

@@ -46,6 +46,7 @@
  * @typedef {object} RoomTicket
  * @property {string} roomId
  * @property {string} url        `ws://` URL of the hosting session server's WebSocket endpoint.
+ * @property {string} [sseUrl]    `http://` URL of the same room over Server-Sent Events.
  * @property {string} token      Ticket for `url`; valid until `expiresAt`.
  * @property {string} expiresAt  RFC 3339.
  * @property {string} [serverId] The hosting session server.
@@ -190,6 +191,10 @@ export class BerthClient {
    * @param {Storage|null} [options.storage] Where the session is kept; `null` keeps it in memory.
    * @param {typeof fetch} [options.fetch]
    * @param {typeof WebSocket} [options.WebSocket]
+   * @param {typeof EventSource} [options.EventSource]
+   * @param {"websocket"|"sse"|"auto"} [options.transport] How rooms are reached: a WebSocket,
+   *   Server-Sent Events (messages then go out over HTTP), or `auto` (the default): a WebSocket,
+   *   falling back to Server-Sent Events for good when a WebSocket cannot be opened.
    * @param {{baseDelayMs?: number, maxDelayMs?: number}} [options.reconnect] Backoff bounds.
    */
   constructor(options = {}) {
@@ -198,6 +203,8 @@ export class BerthClient {
     this.storage = options.storage === undefined ? defaultStorage() : options.storage;
     this.fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.EventSource = options.EventSource ?? globalThis.EventSource;
+    this.transport = ["websocket", "sse", "auto"].includes(options.transport) ? options.transport : "auto";
     this.reconnect = { baseDelayMs: 500, maxDelayMs: 15_000, ...options.reconnect };
     /** @type {Session|null} */
     this._session = this._readSession();
@@ -355,6 +362,18 @@ export class BerthClient {
   }
 
   /** @returns {Promise<RoomSummary[]>} the public rooms with their member counts. */
+  /**
+   * Sends a message over HTTP (`POST /api/rooms/{roomId}/messages`), as a WebSocket `send`
+   * would; answers with the stored message.
+   * @param {string} roomId
+   * @param {string} text
+   * @param {string} [clientId]
+   * @returns {Promise<any>}
+   */
+  async postMessage(roomId, text, clientId) {
+    return this._request("POST", `/api/rooms/${encodeURIComponent(roomId)}/messages`, { text, clientId }, true);
+  }
+
   async listRooms() {
     const body = await this._request("GET", "/api/rooms", undefined, Boolean(this._session));
     return Array.isArray(body?.rooms) ? body.rooms : [];
@@ -491,6 +510,9 @@ export class RoomConnection {
     this._seen = new Map();
     this._ticket = options.ticket ?? null;
     this._ws = null;
+    /** @type {"websocket"|"sse"} the transport in use (`auto` starts with a WebSocket) */
+    this.transport = client.transport === "sse" ? "sse" : "websocket";
+    this._wsFailures = 0;
     this._gen = 0;
     this._welcomed = false;
     this._openedAt = 0;
@@ -654,13 +676,23 @@ export class RoomConnection {
     if (ticket.name && !this._displayName) this.name = ticket.name;
     if (ticket.serverId) this.serverId = ticket.serverId;
 
+    if (this.transport === "sse") {
+      this._connectSse(ticket, gen);
+      return;
+    }
     const url = new URL(ticket.url);
     url.searchParams.set("token", ticket.token);
     if (this._welcomed) url.searchParams.set("since", String(this.lastSeq));
     let ws;
     try {
+      if (typeof this.client.WebSocket !== "function") throw new Error("no WebSocket");
       ws = new this.client.WebSocket(url.toString());
     } catch (err) {
+      if (this._fallBack()) {
+        this._ticket = ticket; // never presented: it still opens the stream
+        this._connect();
+        return;
+      }
       this._retry(new BerthError("unreachable", "Could not open a connection to the room."));
       return;
     }
@@ -673,18 +705,91 @@ export class RoomConnection {
       if (gen !== this._gen) return;
       if (!welcomed) {
         welcomed = true;
+        this._wsFailures = 0;
         clearTimeout(this._connectTimer);
       }
       this._onFrame(ev.data);
     };
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
+      // A WebSocket that never opens (blocked by a proxy or a firewall) twice in a row: `auto`
+      // moves to Server-Sent Events.
+      if (!welcomed && ev.code === 1006 && ++this._wsFailures >= 2 && this._fallBack()) {
+        clearTimeout(this._connectTimer);
+        this._ws = null;
+        this._connect();
+        return;
+      }
       this._onClose(ev, welcomed);
     };
     ws.onerror = () => {}; // a close event follows with the details there are
   }
 
-  /** @param {CloseEvent} ev @param {boolean} welcomed */
+  /** Moves an `auto` connection to Server-Sent Events; `false` when it cannot. */
+  _fallBack() {
+    if (this.client.transport !== "auto" || this.transport === "sse") return false;
+    if (typeof this.client.EventSource !== "function") return false;
+    this.transport = "sse";
+    this._emit("transport", { transport: "sse" });
+    return true;
+  }
+
+  /**
+   * The room over Server-Sent Events: the same frames as named events, a last `close` event
+   * when the server moves the room (1012) or drops a slow reader (1008).
+   * @param {RoomTicket} ticket @param {number} gen
+   */
+  _connectSse(ticket, gen) {
+    const url = new URL(ticket.sseUrl || ticket.url.replace(/^ws/, "http").replace(/\/ws$/, "/sse"));
+    url.searchParams.set("token", ticket.token);
+    if (this._welcomed) url.searchParams.set("since", String(this.lastSeq));
+    let es;
+    try {
+      es = new this.client.EventSource(url.toString());
+    } catch (err) {
+      this._retry(new BerthError("unreachable", "Could not open a connection to the room."));
+      return;
+    }
+    this._ws = es;
+    let welcomed = false;
+    let ended = false;
+    const end = (code, reason) => {
+      if (ended || gen !== this._gen) return;
+      ended = true;
+      es.close();
+      this._onClose({ code, reason }, welcomed);
+    };
+    this._connectTimer = setTimeout(() => {
+      if (gen === this._gen && !welcomed) end(1006, "");
+    }, CONNECT_TIMEOUT_MS);
+    const frame = (ev) => {
+      if (gen !== this._gen || ended) return;
+      if (!welcomed) {
+        welcomed = true;
+        clearTimeout(this._connectTimer);
+      }
+      this._onFrame(ev.data);
+    };
+    for (const type of ["welcome", "message", "joined", "left"]) es.addEventListener(type, frame);
+    es.addEventListener("error", (ev) => {
+      // An `error` event with data is the server's `error` frame; without, the stream failed
+      // (refused, dropped): the ticket is spent, so look the room up again instead of letting
+      // EventSource retry with it.
+      if (ev.data !== undefined) frame(ev);
+      else end(1006, "");
+    });
+    es.addEventListener("close", (ev) => {
+      let info = {};
+      try {
+        info = JSON.parse(ev.data);
+      } catch {
+        /* no details */
+      }
+      end(Number(info.code) || 1006, String(info.reason ?? ""));
+    });
+  }
+
+  /** @param {{code: number, reason?: string}} ev @param {boolean} welcomed */
   _onClose(ev, welcomed) {
     clearTimeout(this._connectTimer);
     this._ws = null;
@@ -754,6 +859,19 @@ export class RoomConnection {
   /** @param {{clientId: string, text: string, sentAt: number}} item */
   _transmit(item) {
     item.sentAt = Date.now();
+    if (this.transport === "sse") {
+      // The stored message comes back on the stream (in order), which confirms it.
+      this.client.postMessage(this.roomId, item.text, item.clientId).catch((err) => {
+        const e = err instanceof BerthError ? err : new BerthError("network", String(err));
+        if (e.status >= 400 && e.status < 500 && e.status !== 408) {
+          this._outbox.delete(item.clientId);
+          this._emit("error", { code: e.code, message: e.message, fatal: false });
+          this._emit("failed", { clientId: item.clientId, text: item.text, reason: e.message });
+        }
+        // Otherwise it stays pending: sent again after the next welcome, or reported as failed.
+      });
+      return;
+    }
     try {
       this._ws?.send(JSON.stringify({ type: "send", text: item.text, clientId: item.clientId }));
     } catch {

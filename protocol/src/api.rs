@@ -111,6 +111,41 @@ pub struct RoomTicket {
     pub server_id: String,
     #[serde(default)]
     pub name: String,
+    /// The same room over Server-Sent Events: `GET sseUrl?token=…` with the same ticket (which
+    /// opens one stream or one WebSocket, not both). Empty from backends that predate it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sse_url: String,
+}
+
+/// The Server-Sent Events URL beside a session server's WebSocket URL: same host and port,
+/// `http(s)://` for `ws(s)://`, path `/sse` for `/ws`.
+pub fn sse_url(ws_url: &str) -> String {
+    let base = http_base(ws_url);
+    format!("{base}/sse")
+}
+
+/// `http(s)://host:port` of a session server from its WebSocket URL (`ws(s)://host:port/ws`).
+pub fn http_base(ws_url: &str) -> String {
+    let rest = ws_url
+        .strip_prefix("wss://")
+        .map(|r| ("https://", r))
+        .or_else(|| ws_url.strip_prefix("ws://").map(|r| ("http://", r)));
+    let (scheme, rest) = rest.unwrap_or(("http://", ws_url));
+    let host = rest
+        .strip_suffix("/ws")
+        .unwrap_or(rest)
+        .trim_end_matches('/');
+    format!("{scheme}{host}")
+}
+
+/// `POST /api/rooms/{roomId}/messages`: a message sent over HTTP, exactly as a WebSocket `send`
+/// (same limits, same errors). Answered 201 with the stored `message` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessageRequest {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Answer to `GET /api/rooms`.
@@ -254,3 +289,20 @@ pub struct MyRoom {
 
 /// Most rooms `GET /api/me/rooms` answers (the most recently active).
 pub const MAX_MY_ROOMS: usize = 5000;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_url_sits_beside_the_websocket_url() {
+        assert_eq!(
+            sse_url("ws://127.0.0.1:4000/ws"),
+            "http://127.0.0.1:4000/sse"
+        );
+        assert_eq!(
+            sse_url("wss://s1.example.com/ws"),
+            "https://s1.example.com/sse"
+        );
+        assert_eq!(http_base("ws://h:1/ws"), "http://h:1");
+    }
+}

@@ -48,3 +48,31 @@ pub struct TicketClaims {
     pub iat: u64,
     pub exp: u64,
 }
+
+/// The `use` claim of a send token.
+pub const SEND_TOKEN_USE: &str = "send";
+
+/// Claims of a send token: the backend's short-lived credential for one message sent over HTTP
+/// (`POST /api/rooms/{roomId}/messages`), presented to the internal send endpoint of the one
+/// session server that hosts the room. Signed with the ticket key like tickets, but with a
+/// required `use` = [`SEND_TOKEN_USE`] that tickets never carry: a ticket is refused as a send
+/// token (the claim is missing) and a send token is refused as a ticket (the claim is present).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendClaims {
+    /// User id of the sender.
+    pub sub: String,
+    /// Username of the sender.
+    pub name: String,
+    /// Room id.
+    pub room: String,
+    /// The id of the session server that accepts this token.
+    pub aud: String,
+    /// The placement epoch, as in tickets.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Always [`SEND_TOKEN_USE`].
+    #[serde(rename = "use")]
+    pub purpose: String,
+    pub iat: u64,
+    pub exp: u64,
+}

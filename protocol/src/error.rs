@@ -34,6 +34,8 @@ pub enum ErrorCode {
     WrongServer,
     RoomFull,
     ServerDraining,
+    /// The room's session server cannot be reached (HTTP send).
+    ServerUnavailable,
     // Session server, after the upgrade (error frames).
     TextTooLong,
     BadFrame,
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::ServerDraining => "server_draining",
+            ErrorCode::ServerUnavailable => "server_unavailable",
             ErrorCode::TextTooLong => "text_too_long",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RoomClosed => "room_closed",

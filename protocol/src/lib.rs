@@ -8,6 +8,7 @@
 //! - [`claims`]: the JWT claims of user tokens and room tickets.
 //! - [`cluster`]: the internal scheduler API (`/v1/...`) used by the backend and session servers.
 //! - [`error`]: the one error body every HTTP answer uses, and its codes.
+//! - [`webhook`]: the JSON and headers of webhook deliveries (room events POSTed out).
 //! - [`ids`]: how room, server and user ids look and are minted.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod frames;
 pub mod ids;
+pub mod webhook;
 
 pub use error::{ErrorBody, ErrorCode};
 

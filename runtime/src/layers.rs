@@ -31,10 +31,11 @@ pub struct Layers {
 }
 
 /// The policy of the backend's web client: its own scripts and styles only (no inline ones),
-/// WebSockets to the session servers, never framed.
+/// WebSockets and Server-Sent Events (`http:`/`https:`) to the session servers, which are
+/// other origins whose addresses come with each ticket, never framed.
 pub const WEB_CLIENT_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-    img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; \
-    form-action 'self'; frame-ancestors 'none'";
+    img-src 'self' data:; connect-src 'self' ws: wss: http: https:; object-src 'none'; \
+    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 impl Layers {
     /// Wraps `router`. Outermost first: tracing (sees the final status and the whole latency),
@@ -166,6 +167,11 @@ mod tests {
         assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        // The web client reaches session servers over WebSockets and, as a fallback, SSE.
+        assert!(
+            csp.contains("connect-src 'self' ws: wss: http: https:;"),
+            "{csp}"
+        );
         // A service that serves no pages sets no policy.
         let response = layered(None).oneshot(request()).await.unwrap();
         assert!(!response.headers().contains_key("content-security-policy"));

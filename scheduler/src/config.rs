@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_BIN")]
     pub session_bin: Option<PathBuf>,
 
+    /// Webhooks of the session servers it spawns (passed on in their environment): see the
+    /// session server's `--webhook-url`, `--webhook-secret`, `--bot-webhook-url` and
+    /// `--bot-webhook-secret`.
+    #[command(flatten)]
+    pub webhooks: SessionWebhooks,
+
     /// Host name spawned session servers put in the URLs clients receive.
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub session_host: String,
@@ -201,5 +207,46 @@ mod tests {
         assert_eq!(c.server_idle(), Duration::from_millis(250));
         assert!(Config::try_parse_from(["berth-scheduler", "--server-idle-secs", "-1"]).is_err());
         assert!(Config::try_parse_from(["berth-scheduler", "--rooms-per-server", "0"]).is_err());
+    }
+}
+
+/// Webhook settings handed to spawned session servers, in their environment only (the secrets
+/// must not show in process listings).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SessionWebhooks {
+    /// Where spawned session servers POST room events (comma-separated).
+    #[arg(long = "webhook-url", env = "BERTH_WEBHOOK_URL")]
+    pub url: Option<String>,
+    /// Key signing those deliveries.
+    #[arg(
+        long = "webhook-secret",
+        env = "BERTH_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+    /// Webhooks of the bundled bots (comma-separated), on top of `--webhook-url`.
+    #[arg(long = "bot-webhook-url", env = "BERTH_BOT_WEBHOOK_URL")]
+    pub bot_url: Option<String>,
+    /// Key signing the bots' deliveries.
+    #[arg(
+        long = "bot-webhook-secret",
+        env = "BERTH_BOT_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub bot_secret: Option<String>,
+}
+
+impl SessionWebhooks {
+    /// `(variable, value)` pairs for a spawned session server's environment.
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("BERTH_WEBHOOK_URL", &self.url),
+            ("BERTH_WEBHOOK_SECRET", &self.secret),
+            ("BERTH_BOT_WEBHOOK_URL", &self.bot_url),
+            ("BERTH_BOT_WEBHOOK_SECRET", &self.bot_secret),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_deref()?)))
+        .collect()
     }
 }

@@ -181,6 +181,9 @@ pub fn session_command(
     if let Some(url) = &config.store.database_url {
         cmd.env("BERTH_DATABASE_URL", url);
     }
+    for (name, value) in config.webhooks.env() {
+        cmd.env(name, value);
+    }
     die_with_parent(&mut cmd);
     cmd
 }

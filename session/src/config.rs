@@ -102,9 +102,100 @@ pub struct Config {
     #[command(flatten)]
     pub store: berth_store::StoreArgs,
 
+    /// Server-Sent Events and webhooks (`sse`, `webhook`).
+    #[command(flatten)]
+    pub integrations: IntegrationArgs,
+
     /// Test hook: a message with exactly this text makes its room panic. Off unless set.
     #[arg(long, hide = true)]
     pub debug_panic_text: Option<String>,
+}
+
+/// Flags of the server-side integrations: the SSE endpoint and webhook deliveries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IntegrationArgs {
+    /// Where room events (`message`, `joined`, `left`) are POSTed: one URL or a comma-separated
+    /// list (empty: none).
+    #[arg(long, env = "BERTH_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// HMAC-SHA256 key signing the deliveries to `--webhook-url` (required with it).
+    #[arg(long, env = "BERTH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Webhooks of the bundled bots (the stock bot), kept apart from `--webhook-url` so that
+    /// whatever the operator sets there, the bots keep hearing rooms. `scripts/launch.sh` sets it.
+    #[arg(long, env = "BERTH_BOT_WEBHOOK_URL", value_delimiter = ',')]
+    pub bot_webhook_url: Vec<String>,
+
+    /// HMAC key for `--bot-webhook-url` (default: `--webhook-secret`).
+    #[arg(long, env = "BERTH_BOT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub bot_webhook_secret: Option<String>,
+
+    /// Events waiting for delivery before new ones are dropped (and counted).
+    #[arg(long, env = "BERTH_WEBHOOK_QUEUE", default_value_t = 1024)]
+    pub webhook_queue: usize,
+
+    /// Time one delivery attempt may take, in milliseconds.
+    #[arg(long, env = "BERTH_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Attempts per delivery (the first one included) before it is given up.
+    #[arg(long, env = "BERTH_WEBHOOK_ATTEMPTS", default_value_t = 5)]
+    pub webhook_attempts: u32,
+
+    /// Wait before the first retry, in milliseconds; doubled on every further retry (at most
+    /// 30 s).
+    #[arg(long, env = "BERTH_WEBHOOK_BACKOFF_MS", default_value_t = 500)]
+    pub webhook_backoff_ms: u64,
+
+    /// Deliveries in flight at once.
+    #[arg(long, env = "BERTH_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+
+    /// Period of the comment line that keeps an idle SSE stream alive, in milliseconds.
+    #[arg(long, env = "BERTH_SSE_HEARTBEAT_MS", default_value_t = 10_000)]
+    pub sse_heartbeat_ms: u64,
+
+    /// Time an SSE reader has to take each write before its stream is closed, in milliseconds.
+    #[arg(long, env = "BERTH_SSE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub sse_write_timeout_ms: u64,
+}
+
+impl IntegrationArgs {
+    fn validate(&self) -> Result<(), String> {
+        let secret_set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
+        let urls = |v: &[String]| v.iter().any(|u| !u.trim().is_empty());
+        if urls(&self.webhook_url) && !secret_set(&self.webhook_secret) {
+            return Err("--webhook-url needs --webhook-secret (BERTH_WEBHOOK_SECRET)".into());
+        }
+        if urls(&self.bot_webhook_url)
+            && !secret_set(&self.bot_webhook_secret)
+            && !secret_set(&self.webhook_secret)
+        {
+            return Err("--bot-webhook-url needs --bot-webhook-secret or --webhook-secret".into());
+        }
+        for url in self.webhook_url.iter().chain(&self.bot_webhook_url) {
+            let url = url.trim();
+            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!("webhook URL {url:?} must be an http(s):// URL"));
+            }
+        }
+        let positive = [
+            ("--webhook-queue", self.webhook_queue as u64),
+            ("--webhook-timeout-ms", self.webhook_timeout_ms),
+            ("--webhook-attempts", u64::from(self.webhook_attempts)),
+            ("--webhook-concurrency", self.webhook_concurrency as u64),
+            ("--sse-heartbeat-ms", self.sse_heartbeat_ms),
+            ("--sse-write-timeout-ms", self.sse_write_timeout_ms),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -155,6 +246,7 @@ impl Config {
                 return Err(format!("{flag} must be greater than 0"));
             }
         }
+        self.integrations.validate()?;
         if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
             return Err("--message-rate must be a positive number".into());
         }

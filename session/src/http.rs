@@ -1,4 +1,6 @@
-//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /healthz`, `GET /metrics`.
+//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /sse` (the same room
+//! over Server-Sent Events, `sse`), `POST /internal/rooms/{roomId}/messages` (the backend's
+//! HTTP send, `http_send`), `GET /healthz`, `GET /metrics`.
 
 use std::net::SocketAddr;
 
@@ -29,15 +31,22 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (flushes write earlier).
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// Largest request body: no route of the session server reads one.
-const MAX_BODY_BYTES: usize = 4 * 1024;
+/// Smallest bound on a request body. The one route that reads a body (the internal HTTP send)
+/// takes what a WebSocket `send` frame may be: `--max-frame-bytes`.
+const MIN_BODY_BYTES: usize = 4 * 1024;
 
 /// The session server's routes over `state`, inside the shared layers. The request timeout bounds
 /// a WebSocket's admission (until the `101`) but not the connection: that runs in a task of its
 /// own once upgraded.
 pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.0.config.max_frame_bytes.max(MIN_BODY_BYTES);
     let routes = Router::new()
         .route("/ws", get(websocket))
+        .route("/sse", get(crate::sse::stream))
+        .route(
+            "/internal/rooms/{room_id}/messages",
+            axum::routing::post(crate::http_send::send),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(berth_runtime::http::not_found)
@@ -45,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
     Layers {
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
-        max_body_bytes: MAX_BODY_BYTES,
+        max_body_bytes,
         content_security_policy: None,
     }
     .apply(routes)

@@ -13,6 +13,9 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`http`]: the routes.
 //! - [`state`]: what everything shares, and how rooms are opened and supervised.
+//! - `sse`: the same rooms over Server-Sent Events (`GET /sse`).
+//! - `http_send`: the internal endpoint the backend sends HTTP messages through.
+//! - `webhook`: room events POSTed out, signed, retried, never blocking a room.
 //! - `writer`: the group-commit writer that makes messages durable in the `berth_store::Store`
 //!   before rooms deliver them.
 
@@ -23,6 +26,7 @@ mod connection;
 pub mod error;
 mod hosting;
 pub mod http;
+mod http_send;
 pub mod metrics;
 pub mod rate;
 mod reads;
@@ -31,9 +35,11 @@ mod room;
 mod rooms;
 pub mod scheduler;
 mod server;
+mod sse;
 pub mod state;
 pub mod ticket;
 mod typing;
+mod webhook;
 mod writer;
 
 pub use config::Config;

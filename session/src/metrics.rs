@@ -48,6 +48,16 @@ pub struct Metrics {
     pub(crate) store_failures: AtomicU64,
     /// Live rooms handed over to another server by a drain.
     pub(crate) handoffs: AtomicU64,
+    /// Messages sent over HTTP (the internal send endpoint) and stored.
+    pub(crate) http_sends: AtomicU64,
+    /// SSE streams opened.
+    pub(crate) sse_streams: AtomicU64,
+    /// Webhook deliveries: answered 2xx, given up, retried, and events dropped because the
+    /// queue was full.
+    pub(crate) webhook_delivered: AtomicU64,
+    pub(crate) webhook_failed: AtomicU64,
+    pub(crate) webhook_retries: AtomicU64,
+    pub(crate) webhook_dropped: AtomicU64,
     refusals: [AtomicU64; REFUSAL_CODES.len()],
 }
 
@@ -137,6 +147,36 @@ impl Metrics {
                 "berth_session_handoffs",
                 "Live rooms handed over by a drain",
                 &self.handoffs,
+            ),
+            (
+                "berth_session_http_sends",
+                "Messages sent over HTTP and stored",
+                &self.http_sends,
+            ),
+            (
+                "berth_session_sse_streams",
+                "Server-Sent Events streams opened",
+                &self.sse_streams,
+            ),
+            (
+                "berth_session_webhook_delivered",
+                "Webhook deliveries answered with 2xx",
+                &self.webhook_delivered,
+            ),
+            (
+                "berth_session_webhook_failed",
+                "Webhook deliveries given up after every attempt",
+                &self.webhook_failed,
+            ),
+            (
+                "berth_session_webhook_retries",
+                "Webhook delivery attempts retried",
+                &self.webhook_retries,
+            ),
+            (
+                "berth_session_webhook_dropped",
+                "Webhook events dropped because the delivery queue was full",
+                &self.webhook_dropped,
             ),
         ];
         for (name, help, counter) in counters {

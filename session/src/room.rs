@@ -124,6 +124,31 @@ enum Command {
     /// The server drains: stop taking messages, finish the writes in flight, then answer with
     /// the last durable `seq` (the room keeps its members until it is revoked).
     HandOff(oneshot::Sender<u64>),
+    /// A message sent over HTTP by someone who need not be a member (`http_send`).
+    Post(PostRequest),
+}
+
+/// A message sent over HTTP: the same path as a member's `send`, answered with the stored
+/// `message` frame or the refusal a member would have got as an `error` frame.
+pub(crate) struct PostRequest {
+    pub user: User,
+    pub text: String,
+    pub client_id: Option<String>,
+    pub reply: oneshot::Sender<Result<Utf8Bytes, PostRefused>>,
+}
+
+/// Why a message sent over HTTP was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PostRefused {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Who sent a message: a member's connection (refusals go to it as `error` frames) or an HTTP
+/// request waiting for the outcome.
+enum Origin {
+    Member(ConnId),
+    Http(oneshot::Sender<Result<Utf8Bytes, PostRefused>>),
 }
 
 /// How a room task ended.
@@ -231,6 +256,25 @@ impl RoomHandle {
         }
     }
 
+    /// Passes a message sent over HTTP to the room and waits for its outcome; `None` when the
+    /// room ended before it answered.
+    pub async fn post(
+        &self,
+        user: User,
+        text: String,
+        client_id: Option<String>,
+    ) -> Option<Result<Utf8Bytes, PostRefused>> {
+        let (reply, answer) = oneshot::channel();
+        let post = PostRequest {
+            user,
+            text,
+            client_id,
+            reply,
+        };
+        self.tx.send(Command::Post(post)).await.ok()?;
+        answer.await.ok()
+    }
+
     /// Distinct users present.
     pub fn users(&self) -> u32 {
         self.stats.users.load(Ordering::Relaxed)
@@ -273,6 +317,8 @@ pub(crate) struct RoomSettings {
     pub close_all: CancellationToken,
     /// A typing state not renewed for this long ends.
     pub typing_timeout: Duration,
+    /// Where room events go out as webhooks; `None` without webhook URLs.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 /// The store (reads) and the group-commit writer (appends).
@@ -338,7 +384,7 @@ struct Pending {
     msg: Arc<ChatMessage>,
     /// Its `message` frame, serialized once.
     frame: Utf8Bytes,
-    sender: ConnId,
+    sender: Origin,
 }
 
 /// A hand-off under way: refuse sends; answer once nothing is in flight.
@@ -565,7 +611,17 @@ impl Room {
                 conn,
                 text,
                 client_id,
-            } => self.message(conn, text, client_id),
+            } => {
+                // A member dropped meanwhile (slow, revoked) may still have sends in flight.
+                if let Some(member) = self.members.get(&conn) {
+                    let user = member.user.clone();
+                    self.message(Origin::Member(conn), user, text, client_id);
+                }
+            }
+            Command::Post(post) => {
+                let user = Arc::new(post.user);
+                self.message(Origin::Http(post.reply), user, post.text, post.client_id);
+            }
             Command::Read { conn, seq } => self.read(conn, seq),
             Command::Typing { conn, active } => self.typing(conn, active),
             Command::HandOff(flushed) => {
@@ -712,11 +768,28 @@ impl Room {
         Ok((welcome, reply))
     }
 
-    fn message(&mut self, conn: ConnId, text: String, client_id: Option<String>) {
-        // A member dropped meanwhile (slow, revoked) may still have sends in flight.
-        let Some(member) = self.members.get(&conn) else {
-            return;
-        };
+    /// Tells the sender of a message that was not accepted why.
+    fn refuse(&self, origin: Origin, code: ErrorCode, frame: Utf8Bytes, message: String) {
+        self.settings.metrics.refused(code);
+        match origin {
+            Origin::Member(conn) => {
+                if let Some(member) = self.members.get(&conn) {
+                    let _ = member.tx.try_send(frame);
+                }
+            }
+            Origin::Http(reply) => {
+                let _ = reply.send(Err(PostRefused { code, message }));
+            }
+        }
+    }
+
+    fn message(
+        &mut self,
+        origin: Origin,
+        user: Arc<User>,
+        text: String,
+        client_id: Option<String>,
+    ) {
         if self
             .settings
             .panic_text
@@ -730,37 +803,29 @@ impl Room {
                 .as_deref()
                 .map(|c| format!(" (clientId {c})"))
                 .unwrap_or_default();
-            let frame = error_frame(
-                ErrorCode::ServerDraining,
-                format!(
-                    "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
-                ),
+            let message = format!(
+                "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
             );
-            self.settings.metrics.refused(ErrorCode::ServerDraining);
-            let _ = member.tx.try_send(frame);
+            let frame = error_frame(ErrorCode::ServerDraining, message.clone());
+            self.refuse(origin, ErrorCode::ServerDraining, frame, message);
             return;
         }
         if self.pending.len() >= MAX_PENDING {
-            self.settings.metrics.refused(ErrorCode::StoreUnavailable);
-            let _ = member
-                .tx
-                .try_send(not_stored("the store is behind", client_id.as_deref()));
+            let frame = not_stored("the store is behind", client_id.as_deref());
+            let message = "message not stored: the store is behind; send it again".to_owned();
+            self.refuse(origin, ErrorCode::StoreUnavailable, frame, message);
             return;
         }
         // Sending ends the sender's typing state.
-        let sender = member.user.clone();
-        if let Some(user) = self.typing.stop(&sender.user_id) {
-            self.broadcast_typing(&user, false);
+        if let Some(typist) = self.typing.stop(&user.user_id) {
+            self.broadcast_typing(&typist, false);
             self.settle();
         }
-        let Some(member) = self.members.get(&conn) else {
-            return;
-        };
         self.seq += 1;
         let frame = ServerFrame::Message(ChatMessage {
             seq: self.seq,
-            user_id: member.user.user_id.clone(),
-            username: member.user.username.clone(),
+            user_id: user.user_id.clone(),
+            username: user.username.clone(),
             text,
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             client_id,
@@ -771,14 +836,14 @@ impl Room {
         };
         let msg = Arc::new(msg);
         if self.settings.durability.is_none() {
-            self.deliver(msg, bytes);
+            self.deliver(msg, bytes, origin);
             self.settle();
             return;
         }
         self.pending.push_back(Pending {
             msg,
             frame: bytes,
-            sender: conn,
+            sender: origin,
         });
         if !self.busy {
             self.submit();
@@ -882,7 +947,7 @@ impl Room {
                     .drain(..done.min(self.pending.len()))
                     .collect::<Vec<_>>()
                 {
-                    self.deliver(p.msg, p.frame);
+                    self.deliver(p.msg, p.frame, p.sender);
                 }
                 self.settle();
                 if !self.pending.is_empty() || self.reads.has_dirty() {
@@ -898,12 +963,9 @@ impl Room {
                     other => other.to_string(),
                 };
                 for p in std::mem::take(&mut self.pending) {
-                    self.settings.metrics.refused(ErrorCode::StoreUnavailable);
-                    if let Some(member) = self.members.get(&p.sender) {
-                        let _ = member
-                            .tx
-                            .try_send(not_stored(&why, p.msg.client_id.as_deref()));
-                    }
+                    let frame = not_stored(&why, p.msg.client_id.as_deref());
+                    let message = format!("message not stored: {why}; send it again");
+                    self.refuse(p.sender, ErrorCode::StoreUnavailable, frame, message);
                 }
                 self.seq = self.durable;
                 self.check_flushed();
@@ -918,9 +980,19 @@ impl Room {
         }
     }
 
-    /// A durable message: broadcast its frame and remember it.
-    fn deliver(&mut self, msg: Arc<ChatMessage>, frame: Utf8Bytes) {
+    /// A durable message: broadcast its frame, answer its HTTP sender, and remember it.
+    fn deliver(&mut self, msg: Arc<ChatMessage>, frame: Utf8Bytes, origin: Origin) {
         self.broadcast_bytes(&frame, None);
+        if let Some(webhooks) = &self.settings.webhooks {
+            webhooks.emit("message", &self.id, &frame);
+        }
+        if let Origin::Http(reply) = origin {
+            self.settings
+                .metrics
+                .http_sends
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Ok(frame));
+        }
         self.durable = msg.seq;
         // A sender has read its own message (the store derives the write from the message).
         self.reads.advance(&msg.user_id, msg.seq, false);
@@ -946,6 +1018,14 @@ impl Room {
     fn broadcast(&mut self, frame: &ServerFrame, except: Option<ConnId>) {
         let bytes = Utf8Bytes::from(serde_json::to_string(frame).expect("frames serialize"));
         self.broadcast_bytes(&bytes, except);
+        // Presence changes go out as webhooks too.
+        if let Some(webhooks) = &self.settings.webhooks {
+            match frame {
+                ServerFrame::Joined { .. } => webhooks.emit("joined", &self.id, &bytes),
+                ServerFrame::Left { .. } => webhooks.emit("left", &self.id, &bytes),
+                _ => {}
+            }
+        }
     }
 
     /// Queues `bytes` to every member but `except`.
@@ -1108,6 +1188,7 @@ mod tests {
             draining: CancellationToken::new(),
             close_all: CancellationToken::new(),
             typing_timeout: Duration::from_millis(200),
+            webhooks: None,
         };
         let (handle, run) = new("r-1".into(), epoch, 1, settings);
         TestRoom {

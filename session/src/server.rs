@@ -129,6 +129,19 @@ pub async fn serve_with_force(
         tracing::warn!("the store writer did not finish in time");
     }
 
+    // The rooms' last events (`left`) are queued: the webhook worker stops within its grace.
+    shared.webhook_stop.cancel();
+    let webhooks = shared
+        .webhook_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(webhooks) = webhooks
+        && tokio::time::timeout(CLOSE_TIMEOUT, webhooks).await.is_err()
+    {
+        tracing::warn!("the webhook worker did not stop in time");
+    }
+
     agent_stop.cancel();
     if let Some(agent) = agent {
         let _ = agent.await;

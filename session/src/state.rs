@@ -51,6 +51,12 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
     pub errors: ErrorFrames,
+    /// Webhook deliveries (`None` without URLs), their worker and what stops it.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    pub webhook_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub webhook_stop: CancellationToken,
+    /// The per-user rate of messages sent over HTTP.
+    pub send_rate: crate::http_send::SendRate,
     pub panic_text: Option<Arc<str>>,
 }
 
@@ -122,7 +128,22 @@ impl AppState {
             }
             None => (None, None),
         };
+        let webhook_stop = CancellationToken::new();
+        let (webhooks, webhook_task) = match crate::webhook::Webhooks::start(
+            &config.integrations,
+            metrics.clone(),
+            webhook_stop.clone(),
+        )
+        .map_err(|e| Error::Config(format!("webhooks: {e}")))?
+        {
+            Some((webhooks, task)) => (Some(webhooks), Some(task)),
+            None => (None, None),
+        };
         Ok(AppState(Arc::new(Shared {
+            webhooks,
+            webhook_task: std::sync::Mutex::new(webhook_task),
+            webhook_stop,
+            send_rate: crate::http_send::SendRate::new(config.message_rate, config.message_burst),
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),

@@ -4,7 +4,7 @@
 //! signature, so that a genuine ticket for another server (421) is told apart from a forged or
 //! broken one (401).
 
-use berth_protocol::claims::TicketClaims;
+use berth_protocol::claims::{SEND_TOKEN_USE, SendClaims, TicketClaims};
 use berth_protocol::ids::is_valid_room_id;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -58,21 +58,70 @@ impl TicketVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TicketError::Invalid("ticket too long"));
         }
-        let data = jsonwebtoken::decode::<TicketClaims>(token, &self.key, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                TicketError::Invalid(match e.kind() {
-                    ErrorKind::ExpiredSignature => "ticket expired",
-                    ErrorKind::InvalidSignature => "bad ticket signature",
-                    _ => "malformed ticket",
-                })
-            })?;
-        let claims = data.claims;
+        let data = jsonwebtoken::decode::<Ticket>(token, &self.key, &self.validation)
+            .map_err(decode_error)?;
+        if data.claims.purpose.is_some() {
+            // A send token (or any other kind to come) never opens a connection.
+            return Err(TicketError::Invalid("not a ticket"));
+        }
+        let claims = data.claims.claims;
         if !is_valid_room_id(&claims.room) {
             return Err(TicketError::Invalid("malformed ticket: room"));
         }
         if !valid_user_field(&claims.sub) || !valid_user_field(&claims.name) {
             return Err(TicketError::Invalid("malformed ticket: user"));
+        }
+        match server_id {
+            Some(id) if id == claims.aud => Ok(claims),
+            _ => Err(TicketError::WrongServer),
+        }
+    }
+}
+
+/// A ticket as decoded: its claims, and the `use` claim that only other kinds of token carry.
+#[derive(serde::Deserialize)]
+struct Ticket {
+    #[serde(flatten)]
+    claims: TicketClaims,
+    #[serde(rename = "use", default)]
+    purpose: Option<serde::de::IgnoredAny>,
+}
+
+fn decode_error(e: jsonwebtoken::errors::Error) -> TicketError {
+    use jsonwebtoken::errors::ErrorKind;
+    TicketError::Invalid(match e.kind() {
+        ErrorKind::ExpiredSignature => "ticket expired",
+        ErrorKind::InvalidSignature => "bad ticket signature",
+        _ => "malformed ticket",
+    })
+}
+
+impl TicketVerifier {
+    /// Verifies a send token (the backend's credential for one message sent over HTTP) for the
+    /// server `server_id`: signature, `exp`, `use` = `send`, `aud`. A ticket is refused here
+    /// (it has no `use` claim).
+    pub fn verify_send(
+        &self,
+        token: &str,
+        server_id: Option<&str>,
+    ) -> Result<SendClaims, TicketError> {
+        if token.is_empty() {
+            return Err(TicketError::Invalid("missing send token"));
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TicketError::Invalid("send token too long"));
+        }
+        let claims = jsonwebtoken::decode::<SendClaims>(token, &self.key, &self.validation)
+            .map_err(decode_error)?
+            .claims;
+        if claims.purpose != SEND_TOKEN_USE {
+            return Err(TicketError::Invalid("not a send token"));
+        }
+        if !is_valid_room_id(&claims.room) {
+            return Err(TicketError::Invalid("malformed send token: room"));
+        }
+        if !valid_user_field(&claims.sub) || !valid_user_field(&claims.name) {
+            return Err(TicketError::Invalid("malformed send token: user"));
         }
         match server_id {
             Some(id) if id == claims.aud => Ok(claims),

@@ -187,6 +187,28 @@ impl Browser {
         self.check(&format!("go to {url}"), r)
     }
 
+    /// Runs `script` in every page this session opens from now on, before the page's own
+    /// scripts (Chrome's `Page.addScriptToEvaluateOnNewDocument`, through chromedriver).
+    pub async fn before_each_page(&self, script: &str) {
+        let url = format!("{}/session/{}/goog/cdp/execute", self.driver, self.session);
+        let body = json!({
+            "cmd": "Page.addScriptToEvaluateOnNewDocument",
+            "params": { "source": script },
+        });
+        let answer = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: add a script to new pages: {e}", self.name));
+        assert!(
+            answer.status().is_success(),
+            "{}: add a script to new pages: {}",
+            self.name,
+            answer.text().await.unwrap_or_default()
+        );
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
         let r = self.client().execute(script, args).await;
