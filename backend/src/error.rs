@@ -13,12 +13,8 @@ use crate::scheduler::SchedulerError;
 pub enum Error {
     #[error("ticket key")]
     Keys(#[from] KeyError),
-    #[error("cluster secret file {path}")]
-    ClusterSecret {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cluster secret")]
+    ClusterSecret(#[from] berth_runtime::SecretError),
     #[error("building the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     #[error("invalid --scheduler-url {0:?}")]

@@ -1,8 +1,6 @@
 //! Errors: [`Error`] for starting and running the scheduler, [`ApiError`] for HTTP answers (always
 //! the JSON [`ErrorBody`] of `berth_protocol`, with a code from [`ErrorCode`]).
 
-use std::path::PathBuf;
-
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,14 +9,8 @@ use berth_protocol::{ErrorBody, ErrorCode};
 /// Why [`crate::serve`] could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read or create the cluster secret at {}", path.display())]
-    Secret {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the cluster secret is empty")]
-    EmptySecret,
+    #[error(transparent)]
+    Secret(#[from] berth_runtime::SecretError),
     #[error("cannot read the listener's bound address")]
     LocalAddr(#[source] std::io::Error),
     #[error("the HTTP server failed")]

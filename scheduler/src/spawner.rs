@@ -170,7 +170,7 @@ pub fn session_command(
         .arg("--ticket-public-key")
         .arg(config.ticket_public_key_path())
         .arg("--data-dir")
-        .arg(&config.data_dir)
+        .arg(&config.cluster.data_dir)
         .arg("--room-idle-secs")
         .arg(config.room_idle_secs.to_string())
         .arg("--drain-timeout-secs")

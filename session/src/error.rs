@@ -22,12 +22,8 @@ pub enum Error {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
-    #[error("cannot load the cluster secret {}", path.display())]
-    Secret {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Secret(#[from] berth_runtime::SecretError),
     #[error("cannot open the message store: {0}")]
     Store(#[from] berth_store::StoreError),
     #[error("cannot set up the scheduler client")]

@@ -41,7 +41,7 @@ pub async fn serve_with_force(
     let addr = listener.local_addr()?;
     let store = config
         .store
-        .open(&config.data_dir, config.standalone)
+        .open(&config.cluster.data_dir, config.standalone)
         .await?;
     match &store {
         Some(store) => tracing::info!(store = %store.describe(), "message store open"),

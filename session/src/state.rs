@@ -101,18 +101,11 @@ impl AppState {
         let scheduler = if config.standalone {
             None
         } else {
-            let secret = match &config.cluster_secret {
-                Some(s) => s.trim().to_owned(),
-                None => {
-                    let path = config.data_dir.join("cluster.secret");
-                    berth_protocol::secret::load_or_create(&path)
-                        .map_err(|source| Error::Secret { path, source })?
-                }
-            };
-            if secret.is_empty() {
-                return Err(Error::Config("the cluster secret is empty".into()));
-            }
-            Some(SchedulerClient::new(&config.scheduler_url, &secret)?)
+            let secret = config.cluster.secret()?;
+            Some(SchedulerClient::new(
+                &config.cluster.scheduler_url,
+                secret.expose(),
+            )?)
         };
         let errors = ErrorFrames {
             text_too_long: error_frame(
