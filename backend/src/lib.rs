@@ -68,8 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
         .route("/style.css", get(web::style))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

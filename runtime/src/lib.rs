@@ -5,12 +5,16 @@
 //! - [`trace`]: the `tracing` subscriber (`RUST_LOG`, stderr, plain text when piped).
 //! - [`cluster`]: [`ClusterArgs`], the flags naming the scheduler, the cluster secret and the
 //!   data directory, flattened into each service's config; [`secret`] the file behind it.
+//! - `http` (feature `http`, on by default): [`http::ApiError`], the one error answer of every
+//!   HTTP service, and the extractors that produce it.
 //! - [`run`]: a binary's `main`: tracing, the tokio runtime, signals, exit code.
 //!
 //! TLS belongs here too when it comes: [`bind`] is where every service gets its listener, so a
 //! TLS acceptor wraps what it returns without touching the services' `serve` functions.
 
 pub mod cluster;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod secret;
 pub mod signal;
 pub mod trace;

@@ -19,9 +19,8 @@ use tokio::process::{Child, Command};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::metrics::inc;
-use crate::placement::no_capacity;
 use crate::registry::{Server, lock};
 use crate::state::AppState;
 
@@ -58,8 +57,8 @@ pub fn claim_capacity(state: &AppState) -> Result<Claim, ApiError> {
                 max_servers = state.config.max_servers,
                 "no free room slot and the fleet is at its cap"
             );
-            return Err(no_capacity(
-                state,
+            return Err(error::no_capacity(
+                &state.config,
                 "every session server is full and the fleet is at its cap",
             ));
         }

@@ -14,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::admission::Refusal;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{self, ApiError, Error};
 use crate::metrics::Metrics;
 use crate::room::{self, Durability, Exit, RoomHandle, RoomSettings};
 use crate::rooms::Rooms;
@@ -197,7 +196,7 @@ impl AppState {
     }
 
     /// The open room a verified ticket names, opening it when this server owns its placement.
-    pub(crate) async fn room_for(&self, claims: &TicketClaims) -> Result<RoomHandle, Refusal> {
+    pub(crate) async fn room_for(&self, claims: &TicketClaims) -> Result<RoomHandle, ApiError> {
         let shared = &self.0;
         let standalone = shared.config.standalone;
         let epoch_ok = |room: &RoomHandle| standalone || room.epoch == claims.epoch;
@@ -205,7 +204,7 @@ impl AppState {
             return if epoch_ok(&room) {
                 Ok(room)
             } else {
-                Err(Refusal::stale_epoch())
+                Err(error::stale_epoch())
             };
         }
         let epoch = match &shared.scheduler {
@@ -220,30 +219,28 @@ impl AppState {
                         p.epoch
                     }
                     Ok(_) => {
-                        return Err(Refusal::wrong_server(
-                            "the room is not placed on this server",
-                        ));
+                        return Err(error::wrong_server("the room is not placed on this server"));
                     }
                     Err(e) => {
                         tracing::warn!(room_id = %claims.room, error = %e, "cannot look the room up");
-                        return Err(Refusal::scheduler_unavailable());
+                        return Err(error::scheduler_unavailable());
                     }
                 }
             }
         };
         if self.is_draining() {
-            return Err(Refusal::draining());
+            return Err(error::draining());
         }
         let room = shared
             .rooms
             .get_or_open(&claims.room, shared.config.rooms as usize, |instance| {
                 self.spawn_room(Arc::from(claims.room.as_str()), epoch, instance)
             })
-            .map_err(|()| Refusal::server_full("no free room slot on this server"))?;
+            .map_err(|()| error::server_full("no free room slot on this server"))?;
         if epoch_ok(&room) {
             Ok(room)
         } else {
-            Err(Refusal::stale_epoch())
+            Err(error::stale_epoch())
         }
     }
 
