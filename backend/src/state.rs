@@ -52,10 +52,7 @@ impl AppState {
             SchedulerClient::new(&config.cluster.scheduler_url, secret.expose().to_owned())
                 .map_err(Error::HttpClient)?;
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
-        let web = match &config.web_dir {
-            Some(dir) => WebFiles::Dir(dir.clone()),
-            None => WebFiles::Embedded,
-        };
+        let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;
         Ok(AppState {
             inner: Arc::new(Inner {

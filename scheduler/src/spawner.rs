@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::error::{self, ApiError};
 use crate::metrics::inc;
-use crate::registry::{Server, lock};
+use crate::registry::{Server, lock, spare_slots};
 use crate::state::AppState;
 
 /// A create counting on one slot of a starting server; gives the claim back when dropped.
@@ -78,14 +78,7 @@ pub fn top_up(state: &AppState, target: u32) -> usize {
     let started = {
         let _decision = lock(&state.spawn_lock);
         let servers = state.registry.snapshot();
-        let mut free: u32 = servers
-            .iter()
-            .map(|s| match s.state() {
-                ServerState::Ready if s.accepts_rooms() => s.free_slots(),
-                ServerState::Starting if !s.drain_requested() => s.unclaimed_slots(),
-                _ => 0,
-            })
-            .fold(0, u32::saturating_add);
+        let mut free = spare_slots(&servers);
         let mut active = servers.iter().filter(|s| s.is_active()).count();
         let mut started = Vec::new();
         while free < target && active < state.config.max_servers as usize {

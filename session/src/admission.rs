@@ -12,7 +12,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
-use crate::room::{Command, ConnId, JoinError, Kick, RoomHandle};
+use crate::room::{ConnId, JoinError, Kick, RoomHandle};
 use crate::state::AppState;
 
 /// Times a join is retried when the room ends under it (idle disposal racing the join).
@@ -41,7 +41,7 @@ impl Drop for ConnectionSlot {
 /// A connection's place in its room: dropping it tells the room the connection left, whether
 /// it ends normally, the upgrade never completes, or its task unwinds.
 pub(crate) struct Membership {
-    commands: mpsc::Sender<Command>,
+    room: RoomHandle,
     conn: ConnId,
     armed: bool,
 }
@@ -57,17 +57,7 @@ impl Drop for Membership {
         if !self.armed {
             return;
         }
-        // Queued behind this connection's earlier commands, so its last sends are not lost.
-        if let Err(mpsc::error::TrySendError::Full(cmd)) =
-            self.commands.try_send(Command::Leave(self.conn))
-        {
-            let commands = self.commands.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = commands.send(cmd).await;
-                });
-            }
-        }
+        self.room.leave(self.conn);
     }
 }
 
@@ -116,12 +106,12 @@ pub(crate) async fn admit(
     let mut prefetched: Option<Vec<ChatMessage>> = None;
     let mut attempts = 0;
     while attempts < JOIN_ATTEMPTS {
-        let room = state.room_for(&claims).await?;
+        let room = crate::hosting::room_for(state, &claims).await?;
         let conn = state.next_conn_id();
         let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();
         let membership = Membership {
-            commands: room.commands(),
+            room: room.clone(),
             conn,
             armed: true,
         };

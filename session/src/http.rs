@@ -10,7 +10,6 @@ use axum::routing::get;
 use axum::{Extension, Json};
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument as _;
@@ -131,9 +130,6 @@ async fn websocket(
         .body(axum::body::Body::empty())
         .expect("a valid 101 response")
 }
-
-/// The upgraded socket, as the connection sees it.
-pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Checks an HTTP/1.1 WebSocket upgrade request (RFC 6455 section 4.2.1): the
 /// `Sec-WebSocket-Accept` value and the pending upgrade, or the status and reason refusing it.
