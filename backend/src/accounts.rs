@@ -14,8 +14,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -25,9 +23,10 @@ use berth_protocol::api::{
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::{ErrorCode, ids};
+use berth_runtime::http::Json as JsonBody;
 use berth_store::{Account, Store, StoreError};
 
-use crate::api::{AuthUser, parse_json};
+use crate::api::AuthUser;
 use crate::error::ApiError;
 use crate::jwks::{JwksArgs, JwksConfigError, JwksVerifier};
 use crate::password::{self, Argon2Args, PasswordError, Passwords};
@@ -174,9 +173,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserClaims, A
 /// `POST /api/register`: a new account, signed in.
 pub async fn register(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<LoginResponse>), ApiError> {
-    let req: RegisterRequest = parse_json(body?)?;
     check_username(&req.username)?;
     if !password::acceptable(&req.password) {
         return Err(ApiError::new(
@@ -222,9 +220,8 @@ pub async fn register(
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let req: LoginRequest = parse_json(body?)?;
     check_username(&req.username)?;
     // An empty password is no password: a guest.
     match req.password.filter(|p| !p.is_empty()) {
@@ -301,7 +298,8 @@ pub async fn change_password(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     AuthUser(user): AuthUser,
-    body: Result<Bytes, BytesRejection>,
+    // Read after the account check: a guest is told why before its body is looked at.
+    body: Result<JsonBody<ChangePasswordRequest>, ApiError>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     if !user.sub.starts_with(ids::ACCOUNT_ID_PREFIX) {
         return Err(ApiError::new(
@@ -310,7 +308,7 @@ pub async fn change_password(
             "only accounts have a password",
         ));
     }
-    let req: ChangePasswordRequest = parse_json(body?)?;
+    let JsonBody(req) = body?;
     if !password::acceptable(&req.new_password) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -368,7 +366,7 @@ async fn check_password(
                 ErrorCode::RateLimited,
                 "too many failed sign-ins: wait a little",
             )
-            .with_retry_after(secs)
+            .retry_after(secs)
         })?;
     let store = store(state)?;
     let account = store.account_by_name(username).await.map_err(unavailable)?;

@@ -1,20 +1,18 @@
 //! Handlers of the public API (`/api/...` and `/healthz`), as DESIGN.md specifies them.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use berth_protocol::ErrorCode;
 use berth_protocol::api::{
-    CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_ROOM_NAME_CHARS, MessagePage,
-    RoomList, RoomSummary, RoomTicket,
+    CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessagePage, RoomList, RoomSummary,
+    RoomTicket,
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
-use berth_protocol::{ErrorCode, ids};
-use serde::de::DeserializeOwned;
+use berth_runtime::http::{JsonOrDefault, Query, RoomId};
 
 use crate::error::{ApiError, chain};
 use crate::state::AppState;
@@ -51,19 +49,11 @@ impl FromRequestParts<AppState> for AuthUser {
 pub async fn create_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let body = body?;
     // The body is optional: empty (or blank) means all defaults.
-    let req: CreateRoomRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateRoomRequest::default()
-    } else {
-        parse_json(body)?
-    };
-    let name = match req.name {
-        Some(name) => validate_room_name(name)?,
-        None => None,
-    };
+    JsonOrDefault(req): JsonOrDefault<CreateRoomRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = berth_protocol::api::room_name(req.name.as_deref())
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
     let placement = state
         .scheduler()
         .place_room(&PlaceRoomRequest {
@@ -80,15 +70,9 @@ pub async fn create_room(
 pub async fn lookup_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    room_id: Result<Path<String>, PathRejection>,
+    // Ids come from URLs: anything odd is refused before it reaches the scheduler or a log.
+    RoomId(room_id): RoomId,
 ) -> Result<Json<RoomTicket>, ApiError> {
-    let Ok(Path(room_id)) = room_id else {
-        return Err(ApiError::room_not_found());
-    };
-    // Ids come from URLs: refuse anything odd before it reaches the scheduler or a log.
-    if !ids::is_valid_room_id(&room_id) {
-        return Err(ApiError::room_not_found());
-    }
     let placement = state.scheduler().lookup_room(&room_id).await?;
     Ok(Json(ticket(&state, &user, placement)?))
 }
@@ -106,16 +90,9 @@ pub struct PageQuery {
 pub async fn room_messages(
     State(state): State<AppState>,
     AuthUser(_user): AuthUser,
-    room_id: Result<Path<String>, PathRejection>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RoomId(room_id): RoomId,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let Ok(Path(room_id)) = room_id else {
-        return Err(ApiError::room_not_found());
-    };
-    if !ids::is_valid_room_id(&room_id) {
-        return Err(ApiError::room_not_found());
-    }
-    let Query(query) = query.map_err(|r| ApiError::invalid_request(r.body_text()))?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().ok().filter(|&b| b >= 1).ok_or_else(|| {
@@ -193,24 +170,6 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
     }
 }
 
-/// Unknown paths.
-pub async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such endpoint",
-    )
-}
-
-/// Known paths with the wrong method.
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::InvalidRequest,
-        "method not allowed",
-    )
-}
-
 fn ticket(
     state: &AppState,
     user: &UserClaims,
@@ -228,44 +187,4 @@ fn ticket(
         server_id: placement.server_id,
         name: placement.name,
     })
-}
-
-/// A blank name means "use the room id"; otherwise at most 64 characters, no control characters.
-fn validate_room_name(name: String) -> Result<Option<String>, ApiError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.chars().count() > MAX_ROOM_NAME_CHARS {
-        return Err(ApiError::invalid_request(format!(
-            "room names are at most {MAX_ROOM_NAME_CHARS} characters"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request(
-            "room names cannot contain control characters",
-        ));
-    }
-    Ok(Some(name.to_owned()))
-}
-
-pub(crate) fn parse_json<T: DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, ErrorCode::InvalidRequest, "request body too large")
-        } else {
-            ApiError::new(
-                status,
-                ErrorCode::InvalidRequest,
-                "could not read the request body",
-            )
-            .with_cause(rejection.body_text())
-        }
-    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Flags of `berth-backend`. Tests build one with `Config::parse_from([...])`.
-#[derive(Parser, Clone)]
+#[derive(Parser, Clone, Debug)]
 #[command(
     name = "berth-backend",
     version,
@@ -19,22 +19,10 @@ pub struct Config {
     #[arg(long, env = "BERTH_BACKEND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Where the scheduler's internal API is.
-    #[arg(
-        long,
-        env = "BERTH_SCHEDULER_URL",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub scheduler_url: String,
-
-    /// Shared secret for the scheduler API; read from (or created at) `<data-dir>/cluster.secret`
-    /// when unset.
-    #[arg(long, env = "BERTH_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-
-    /// Where keys and data live.
-    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
-    pub data_dir: PathBuf,
+    /// The scheduler, the cluster secret and the data directory (`--scheduler-url`,
+    /// `--cluster-secret`, `--data-dir`).
+    #[command(flatten)]
+    pub cluster: berth_runtime::ClusterArgs,
 
     /// PKCS#8 PEM Ed25519 key that signs user tokens and tickets; generated (with its
     /// `.pub.pem` beside it) when absent. Default `<data-dir>/ticket.key.pem`.
@@ -69,12 +57,7 @@ impl Config {
     pub fn ticket_private_key_path(&self) -> PathBuf {
         self.ticket_private_key
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("ticket.key.pem"))
-    }
-
-    /// Where the cluster secret file lives when `--cluster-secret` is not given.
-    pub fn cluster_secret_path(&self) -> PathBuf {
-        self.data_dir.join("cluster.secret")
+            .unwrap_or_else(|| self.cluster.data_dir.join("ticket.key.pem"))
     }
 
     /// How long a ticket stays valid.
@@ -88,27 +71,6 @@ impl Config {
     }
 }
 
-// Hand-written so that the cluster secret never reaches a log line through `{:?}`.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("scheduler_url", &self.scheduler_url)
-            .field(
-                "cluster_secret",
-                &self.cluster_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("data_dir", &self.data_dir)
-            .field("ticket_private_key", &self.ticket_private_key)
-            .field("ticket_ttl_secs", &self.ticket_ttl_secs)
-            .field("user_token_ttl_secs", &self.user_token_ttl_secs)
-            .field("web_dir", &self.web_dir)
-            .field("store", &self.store)
-            .field("accounts", &self.accounts)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +79,7 @@ mod tests {
     fn defaults_match_the_contract() {
         let c = Config::parse_from(["berth-backend"]);
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.scheduler_url, "http://127.0.0.1:7070");
+        assert_eq!(c.cluster.scheduler_url, "http://127.0.0.1:7070");
         assert_eq!(c.ticket_ttl_secs, 60);
         assert_eq!(c.user_token_ttl_secs, 86_400);
         assert_eq!(

@@ -1,9 +1,9 @@
-//! Errors: [`ApiError`], the one error answer of every handler, and [`Error`], why the service
-//! could not start or stopped.
+//! Errors: [`ApiError`] (the services' shared error answer, from `berth_runtime::http`) and how
+//! a scheduler failure becomes one, and [`Error`], why the service could not start or stopped.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use berth_protocol::{ErrorBody, ErrorCode};
+use axum::http::StatusCode;
+use berth_protocol::ErrorCode;
+pub use berth_runtime::http::ApiError;
 
 use crate::keys::KeyError;
 use crate::scheduler::SchedulerError;
@@ -13,12 +13,8 @@ use crate::scheduler::SchedulerError;
 pub enum Error {
     #[error("ticket key")]
     Keys(#[from] KeyError),
-    #[error("cluster secret file {path}")]
-    ClusterSecret {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cluster secret")]
+    ClusterSecret(#[from] berth_runtime::SecretError),
     #[error("building the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     #[error("invalid --scheduler-url {0:?}")]
@@ -29,81 +25,6 @@ pub enum Error {
     Store(#[source] berth_store::StoreError),
     #[error("accounts")]
     Accounts(#[from] crate::accounts::AccountsError),
-}
-
-/// An error answer: status, the public code and message of `ErrorBody`, and an internal cause
-/// that is logged but never sent.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: String,
-    message: String,
-    retry_after: Option<u64>,
-    cause: Option<String>,
-}
-
-impl ApiError {
-    /// An answer with one of our own codes.
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code: code.as_str().to_owned(),
-            message: message.into(),
-            retry_after: None,
-            cause: None,
-        }
-    }
-
-    /// Attaches the internal cause to log (never sent to the client).
-    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
-        self.cause = Some(cause.to_string());
-        self
-    }
-
-    /// Adds a `Retry-After` header (seconds) to the answer.
-    pub fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    /// 401 `unauthorized`.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
-    }
-
-    /// 400 `invalid_request`.
-    pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
-    }
-
-    /// 404 `room_not_found`.
-    pub fn room_not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::RoomNotFound,
-            "no such room",
-        )
-    }
-
-    /// 500 `internal`, with the cause logged.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "internal error",
-        )
-        .with_cause(cause)
-    }
-
-    /// The HTTP status of the answer.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The public error code of the answer.
-    pub fn code(&self) -> &str {
-        &self.code
-    }
 }
 
 impl From<SchedulerError> for ApiError {
@@ -128,13 +49,9 @@ impl From<SchedulerError> for ApiError {
                     && status != StatusCode::FORBIDDEN)
                     || status == StatusCode::SERVICE_UNAVAILABLE;
                 match body {
-                    Some(body) if passes => ApiError {
-                        status,
-                        code: body.error.code,
-                        message: body.error.message,
-                        retry_after,
-                        cause: Some(format!("scheduler answered {status}")),
-                    },
+                    Some(body) if passes => ApiError::relayed(status, body)
+                        .with_retry_after(retry_after)
+                        .with_cause(format!("scheduler answered {status}")),
                     Some(body)
                         if status == StatusCode::UNAUTHORIZED
                             || status == StatusCode::FORBIDDEN =>
@@ -165,29 +82,6 @@ impl From<SchedulerError> for ApiError {
                 chain(&source)
             )),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let cause = self.cause.as_deref().unwrap_or("");
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), code = %self.code, cause, "request failed");
-        } else {
-            tracing::debug!(status = self.status.as_u16(), code = %self.code, cause, "request refused");
-        }
-        let body = ErrorBody {
-            error: berth_protocol::error::ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
-        };
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
     }
 }
 

@@ -68,8 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
         .route("/style.css", get(web::style))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -83,7 +83,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let store = config
         .store
-        .open(&config.data_dir, false)
+        .open(&config.cluster.data_dir, false)
         .await
         .map_err(Error::Store)?;
     if let Some(store) = &store {
@@ -91,7 +91,7 @@ pub async fn serve(
     }
     let state = AppState::with_store(&config, store)?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%addr, scheduler_url = %config.scheduler_url, "backend serving");
+    tracing::info!(%addr, scheduler_url = %config.cluster.scheduler_url, "backend serving");
 
     // Connect info: the client address the login throttle keys on.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

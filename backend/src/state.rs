@@ -43,31 +43,16 @@ impl AppState {
             public_key = %keys.public_path.display(),
             "ticket keys ready"
         );
-        let secret = match &config.cluster_secret {
-            Some(s) => s.clone(),
-            None => {
-                let path = config.cluster_secret_path();
-                let secret = berth_protocol::secret::load_or_create(&path).map_err(|source| {
-                    Error::ClusterSecret {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                tracing::info!(path = %path.display(), "cluster secret from file");
-                secret
-            }
-        };
-        match reqwest::Url::parse(&config.scheduler_url) {
+        let secret = config.cluster.secret()?;
+        match reqwest::Url::parse(&config.cluster.scheduler_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => return Err(Error::SchedulerUrl(config.scheduler_url.clone())),
+            _ => return Err(Error::SchedulerUrl(config.cluster.scheduler_url.clone())),
         }
         let scheduler =
-            SchedulerClient::new(&config.scheduler_url, secret).map_err(Error::HttpClient)?;
+            SchedulerClient::new(&config.cluster.scheduler_url, secret.expose().to_owned())
+                .map_err(Error::HttpClient)?;
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
-        let web = match &config.web_dir {
-            Some(dir) => WebFiles::Dir(dir.clone()),
-            None => WebFiles::Embedded,
-        };
+        let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;
         Ok(AppState {
             inner: Arc::new(Inner {

@@ -20,6 +20,16 @@ pub enum WebFiles {
     Dir(PathBuf),
 }
 
+impl WebFiles {
+    /// The folder `--web-dir` names, else the embedded copy.
+    pub fn new(dir: Option<&std::path::Path>) -> Self {
+        match dir {
+            Some(dir) => WebFiles::Dir(dir.to_owned()),
+            None => WebFiles::Embedded,
+        }
+    }
+}
+
 /// One servable file: its name in `client/web/`, content type and embedded content.
 struct Asset {
     name: &'static str,

@@ -460,7 +460,7 @@ async fn create_room_answers_a_ticket_for_the_placement() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(resp).await, (413, "invalid_request".into()));
+    assert_eq!(error_of(resp).await, (413, "payload_too_large".into()));
     backend.stop().await;
 }
 
@@ -683,7 +683,7 @@ async fn web_client_is_served_with_content_types() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(resp).await.0, 405);
+    assert_eq!(error_of(resp).await, (405, "method_not_allowed".into()));
     backend.stop().await;
 }
 

@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use berth_protocol::api::CreateRoomRequest;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use tracing_subscriber::EnvFilter;
 
 use berth::{Backend, ClientError, DEFAULT_BACKEND_URL, Session};
 
@@ -104,13 +103,7 @@ pub enum Command {
 /// Logs (`RUST_LOG`, default `warn`) go to stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    berth_runtime::trace::init("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

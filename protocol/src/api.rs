@@ -128,6 +128,65 @@ pub struct RoomSummary {
 /// Longest room name accepted, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
+/// Why a room name was refused (the message tells the user what to change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomNameError {
+    TooLong,
+    ControlCharacter,
+}
+
+impl std::fmt::Display for RoomNameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoomNameError::TooLong => {
+                write!(f, "room names are at most {MAX_ROOM_NAME_CHARS} characters")
+            }
+            RoomNameError::ControlCharacter => {
+                f.write_str("room names cannot contain control characters")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RoomNameError {}
+
+/// The one room-name rule, applied wherever a name comes in: surrounding blanks are trimmed, a
+/// blank name means "no name" (the room id is shown instead), otherwise at most
+/// [`MAX_ROOM_NAME_CHARS`] characters and no control characters.
+pub fn room_name(name: Option<&str>) -> Result<Option<String>, RoomNameError> {
+    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(RoomNameError::TooLong);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(RoomNameError::ControlCharacter);
+    }
+    Ok(Some(name.to_owned()))
+}
+
+#[cfg(test)]
+mod room_name_tests {
+    use super::*;
+
+    #[test]
+    fn blank_is_no_name_and_limits_hold() {
+        assert_eq!(room_name(None), Ok(None));
+        assert_eq!(room_name(Some("  ")), Ok(None));
+        assert_eq!(room_name(Some(" lobby ")), Ok(Some("lobby".into())));
+        assert_eq!(room_name(Some(&"é".repeat(64))), Ok(Some("é".repeat(64))));
+        assert_eq!(
+            room_name(Some(&"x".repeat(65))),
+            Err(RoomNameError::TooLong)
+        );
+        assert_eq!(
+            room_name(Some("a\tb")),
+            Err(RoomNameError::ControlCharacter)
+        );
+    }
+}
+
 /// Answer to `GET /api/rooms/{roomId}/messages?before=SEQ&limit=N`: stored history, oldest first,
 /// for scrolling back. `before` is exclusive (absent: the newest messages); `limit` defaults to
 /// [`DEFAULT_PAGE_LIMIT`] and is at most [`MAX_PAGE_LIMIT`].

@@ -39,6 +39,11 @@ pub enum ErrorCode {
     // Scheduler internal API.
     UnknownServer,
     ServerFull,
+    // Any HTTP service.
+    /// The request body is over the service's limit (413).
+    PayloadTooLarge,
+    /// The path exists but not with this method (405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -70,7 +75,39 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::UnknownServer => "unknown_server",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
+    }
+
+    /// Every code, for lookups by string.
+    pub const ALL: [ErrorCode; 21] = [
+        ErrorCode::InvalidUsername,
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::RoomNotFound,
+        ErrorCode::NoCapacity,
+        ErrorCode::RateLimited,
+        ErrorCode::NotFound,
+        ErrorCode::Internal,
+        ErrorCode::SchedulerUnavailable,
+        ErrorCode::InvalidTicket,
+        ErrorCode::WrongServer,
+        ErrorCode::RoomFull,
+        ErrorCode::ServerDraining,
+        ErrorCode::TextTooLong,
+        ErrorCode::BadFrame,
+        ErrorCode::RoomClosed,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::UnknownServer,
+        ErrorCode::ServerFull,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::MethodNotAllowed,
+    ];
+
+    /// The code spelled `s` on the wire, if it is one of ours.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -122,6 +159,9 @@ mod tests {
                 serde_json::to_string(&code).unwrap(),
                 format!("\"{}\"", code.as_str())
             );
+        }
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
         let body = serde_json::to_value(ErrorBody::new(ErrorCode::RoomFull, "full")).unwrap();
         assert_eq!(

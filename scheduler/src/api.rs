@@ -1,25 +1,22 @@
 //! The HTTP API: the internal `/v1` calls of `berth_protocol::cluster` behind the cluster
 //! secret, plus `/healthz` and `/metrics`. Every error answer is the JSON `ErrorBody`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use berth_protocol::api::MAX_ROOM_NAME_CHARS;
 use berth_protocol::cluster::{
     Heartbeat, HeartbeatAck, HostedRoom, PlaceRoomRequest, Placement, RegisterServer, Registered,
     ReleaseRoom, RoomDirectory, ServerList, ServerState,
 };
 use berth_protocol::ids;
+use berth_runtime::http::{ClusterRoomId, Json as Body, JsonOrDefault, Query, ServerId};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::placement;
 use crate::registry::{Server, lock};
 use crate::spawner;
@@ -47,8 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/servers/{id}", delete(remove_server))
         .route("/servers/{id}/heartbeat", put(heartbeat))
         .route("/servers/{id}/drain", post(drain_server))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_secret,
@@ -57,8 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -80,7 +77,7 @@ async fn require_secret(State(state): State<AppState>, request: Request, next: N
         }
         _ => {
             debug!(path = %request.uri().path(), "refused a call without the cluster secret");
-            ApiError::Unauthorized.into_response()
+            error::unauthorized().into_response()
         }
     }
 }
@@ -103,63 +100,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-/// Parses a JSON body, answering every refusal with the error body.
-fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| ApiError::Rejected {
-        status: r.status(),
-        message: r.body_text(),
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
-}
-
-fn path_id(
-    path: Result<Path<String>, PathRejection>,
-    valid: fn(&str) -> bool,
-    what: &str,
-) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|r| ApiError::Rejected {
-        status: r.status(),
-        message: r.body_text(),
-    })?;
-    if valid(&id) {
-        Ok(id)
-    } else {
-        Err(ApiError::InvalidRequest(format!("invalid {what} id")))
-    }
-}
-
-fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
-    match name {
-        Some(n)
-            if n.is_empty()
-                || n.chars().count() > MAX_ROOM_NAME_CHARS
-                || n.chars().any(char::is_control) =>
-        {
-            Err(ApiError::InvalidRequest(format!(
-                "room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters"
-            )))
-        }
-        other => Ok(other),
-    }
-}
-
 fn validate_hosted(rooms: &[HostedRoom]) -> Result<(), ApiError> {
     if rooms.len() > MAX_REPORTED_ROOMS {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(ApiError::invalid_request(format!(
             "at most {MAX_REPORTED_ROOMS} rooms per report"
         )));
     }
     if let Some(bad) = rooms.iter().find(|r| !ids::is_valid_room_id(&r.room_id)) {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(ApiError::invalid_request(format!(
             "invalid room id in report ({} bytes)",
             bad.room_id.len()
         )));
@@ -171,21 +119,21 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
     if let Some(id) = &req.server_id
         && !ids::is_valid_server_id(id)
     {
-        return Err(ApiError::InvalidRequest("invalid server id".into()));
+        return Err(ApiError::invalid_request("invalid server id"));
     }
     let url_ok = req.url.len() <= MAX_URL_BYTES
         && (req.url.starts_with("ws://") || req.url.starts_with("wss://"))
         && req.url.len() > "wss://".len()
         && !req.url.chars().any(|c| c.is_whitespace() || c.is_control());
     if !url_ok {
-        return Err(ApiError::InvalidRequest(
-            "url must be a ws:// or wss:// URL".into(),
+        return Err(ApiError::invalid_request(
+            "url must be a ws:// or wss:// URL",
         ));
     }
     if !(1..=MAX_CAPACITY_ROOMS).contains(&req.capacity.rooms)
         || !(1..=MAX_MEMBERS_PER_ROOM).contains(&req.capacity.members_per_room)
     {
-        return Err(ApiError::InvalidRequest("capacity out of range".into()));
+        return Err(ApiError::invalid_request("capacity out of range"));
     }
     validate_hosted(&req.rooms)
 }
@@ -193,26 +141,21 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
 /// `POST /v1/rooms`.
 async fn create_room(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonOrDefault(req): JsonOrDefault<PlaceRoomRequest>,
 ) -> Result<(StatusCode, Json<Placement>), ApiError> {
-    let req: PlaceRoomRequest = match &body {
-        Ok(bytes) if bytes.is_empty() => PlaceRoomRequest::default(),
-        _ => parse_json(body)?,
-    };
-    let name = validate_name(req.name)?;
+    let name = berth_protocol::api::room_name(req.name.as_deref())
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
     if let Some(user) = &req.created_by {
         if user.is_empty()
             || user.len() > MAX_CREATED_BY_BYTES
             || user.chars().any(char::is_control)
         {
-            return Err(ApiError::InvalidRequest("invalid createdBy".into()));
+            return Err(ApiError::invalid_request("invalid createdBy"));
         }
         if let Err(wait) = state.rate_limiter.check(user) {
             crate::metrics::inc(&state.metrics.rate_limited);
             info!(user_id = %user, "room creates rate limited");
-            return Err(ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            });
+            return Err(error::rate_limited(wait.as_secs_f64().ceil() as u64));
         }
     }
     let room_id = ids::new_room_id();
@@ -229,36 +172,29 @@ struct ListRooms {
 /// `GET /v1/rooms[?public=true|false]`.
 async fn list_rooms(
     State(state): State<AppState>,
-    query: Result<Query<ListRooms>, QueryRejection>,
-) -> Result<Json<RoomDirectory>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::Rejected {
-        status: r.status(),
-        message: r.body_text(),
-    })?;
-    Ok(Json(RoomDirectory {
+    Query(query): Query<ListRooms>,
+) -> Json<RoomDirectory> {
+    Json(RoomDirectory {
         rooms: state.directory.list(query.public),
-    }))
+    })
 }
 
 /// `GET /v1/rooms/{id}`: re-places an orphaned room.
 async fn get_room(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    ClusterRoomId(room_id): ClusterRoomId,
 ) -> Result<Json<Placement>, ApiError> {
-    let room_id = path_id(path, ids::is_valid_room_id, "room")?;
     Ok(Json(placement::lookup(&state, &room_id).await?))
 }
 
 /// `POST /v1/rooms/{id}/release`: 204 whether or not the placement was still current.
 async fn release_room(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    ClusterRoomId(room_id): ClusterRoomId,
+    Body(req): Body<ReleaseRoom>,
 ) -> Result<StatusCode, ApiError> {
-    let room_id = path_id(path, ids::is_valid_room_id, "room")?;
-    let req: ReleaseRoom = parse_json(body)?;
     if !ids::is_valid_server_id(&req.server_id) {
-        return Err(ApiError::InvalidRequest("invalid server id".into()));
+        return Err(ApiError::invalid_request("invalid server id"));
     }
     if state
         .directory
@@ -274,9 +210,8 @@ async fn release_room(
 /// `POST /v1/servers`: a session server (re-)announces itself.
 async fn register_server(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    Body(req): Body<RegisterServer>,
 ) -> Result<Json<Registered>, ApiError> {
-    let req: RegisterServer = parse_json(body)?;
     validate_register(&req)?;
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
@@ -298,7 +233,7 @@ async fn register_server(
     };
     if server.kill_was_requested() {
         // A managed server declared dead is being killed: it must not come back.
-        return Err(ApiError::UnknownServer);
+        return Err(error::unknown_server());
     }
     let previous = server.state();
     // A managed child's pid is the one we spawned, whatever it says.
@@ -350,17 +285,15 @@ async fn register_server(
 /// `PUT /v1/servers/{id}/heartbeat`.
 async fn heartbeat(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    ServerId(server_id): ServerId,
+    Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
-    let hb: Heartbeat = parse_json(body)?;
     validate_hosted(&hb.rooms)?;
     let server = state
         .registry
         .get(&server_id)
         .filter(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
-        .ok_or(ApiError::UnknownServer)?;
+        .ok_or_else(error::unknown_server)?;
     server.heartbeat(hb.connections);
     if hb.draining && server.state() == ServerState::Ready {
         let _decision = lock(&state.placement_lock);
@@ -388,14 +321,13 @@ async fn heartbeat(
 /// `POST /v1/servers/{id}/drain`: no new rooms; the next heartbeat answer asks it to drain.
 async fn drain_server(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
-    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
     let server = state
         .registry
         .get(&server_id)
         .filter(|s| s.state() != ServerState::Dead)
-        .ok_or(ApiError::UnknownServer)?;
+        .ok_or_else(error::unknown_server)?;
     {
         let _decision = lock(&state.placement_lock);
         server.request_drain();
@@ -411,13 +343,12 @@ async fn drain_server(
 /// `DELETE /v1/servers/{id}`: a server leaving; its remaining rooms are re-placed on lookup.
 async fn remove_server(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
-    let server_id = path_id(path, ids::is_valid_server_id, "server")?;
     let server = state
         .registry
         .get(&server_id)
-        .ok_or(ApiError::UnknownServer)?;
+        .ok_or_else(error::unknown_server)?;
     spawner::retire(&state, &server);
     info!(server_id, "session server left");
     state.fleet_kick.notify_one();
@@ -443,18 +374,5 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret1"));
         assert!(!constant_time_eq(b"", b"x"));
-    }
-
-    #[test]
-    fn names_are_bounded() {
-        assert!(validate_name(None).unwrap().is_none());
-        assert!(validate_name(Some("lobby".into())).is_ok());
-        assert!(
-            validate_name(Some("é".repeat(64))).is_ok(),
-            "64 characters, more bytes"
-        );
-        assert!(validate_name(Some("a".repeat(65))).is_err());
-        assert!(validate_name(Some(String::new())).is_err());
-        assert!(validate_name(Some("a\nb".into())).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Flags of `berth-scheduler`.
-#[derive(Parser, Clone)]
+#[derive(Parser, Clone, Debug)]
 #[command(
     name = "berth-scheduler",
     version,
@@ -19,14 +19,10 @@ pub struct Config {
     #[arg(long, env = "BERTH_SCHEDULER_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: String,
 
-    /// Shared secret of the scheduler API (bearer). When unset, `<data-dir>/cluster.secret` is
-    /// read, or created when missing.
-    #[arg(long, env = "BERTH_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-
-    /// Where keys and data live.
-    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
-    pub data_dir: PathBuf,
+    /// The cluster secret and the data directory (`--cluster-secret`, `--data-dir`); the
+    /// scheduler tells the session servers it spawns its own URL, not `--scheduler-url`.
+    #[command(flatten)]
+    pub cluster: berth_runtime::ClusterArgs,
 
     /// Room slots per session server (passed to spawned servers as `--rooms`).
     #[arg(long, env = "BERTH_ROOMS_PER_SERVER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -109,16 +105,11 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 }
 
 impl Config {
-    /// Where the cluster secret is read from when none is given.
-    pub fn cluster_secret_path(&self) -> PathBuf {
-        self.data_dir.join("cluster.secret")
-    }
-
     /// The ticket public key spawned servers are told to use.
     pub fn ticket_public_key_path(&self) -> PathBuf {
         self.ticket_public_key
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
+            .unwrap_or_else(|| self.cluster.data_dir.join("ticket.pub.pem"))
     }
 
     pub fn spawn_timeout(&self) -> Duration {
@@ -173,36 +164,6 @@ impl Config {
     /// Free room slots the warm buffer keeps.
     pub fn warm_slots(&self) -> u32 {
         self.warm_servers.saturating_mul(self.rooms_per_server)
-    }
-}
-
-// By hand, so that the cluster secret never reaches a log line.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field(
-                "cluster_secret",
-                &self.cluster_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("data_dir", &self.data_dir)
-            .field("rooms_per_server", &self.rooms_per_server)
-            .field("members_per_room", &self.members_per_room)
-            .field("max_servers", &self.max_servers)
-            .field("warm_servers", &self.warm_servers)
-            .field("session_bin", &self.session_bin)
-            .field("session_host", &self.session_host)
-            .field("ticket_public_key", &self.ticket_public_key)
-            .field("spawn_timeout_ms", &self.spawn_timeout_ms)
-            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
-            .field("heartbeat_timeout_ms", &self.heartbeat_timeout_ms)
-            .field("room_idle_secs", &self.room_idle_secs)
-            .field("server_idle_secs", &self.server_idle_secs)
-            .field("drain_timeout_secs", &self.drain_timeout_secs)
-            .field("create_rate", &self.create_rate)
-            .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
-            .field("store", &self.store)
-            .finish()
     }
 }
 

@@ -1,24 +1,16 @@
-//! Errors: [`Error`] for starting and running the scheduler, [`ApiError`] for HTTP answers (always
-//! the JSON [`ErrorBody`] of `berth_protocol`, with a code from [`ErrorCode`]).
+//! Errors: [`Error`] for starting and running the scheduler, and the scheduler's refusals as
+//! [`ApiError`]s (the services' shared error answer, from `berth_runtime::http`).
 
-use std::path::PathBuf;
+use axum::http::StatusCode;
+use berth_protocol::ErrorCode;
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use berth_protocol::{ErrorBody, ErrorCode};
+use crate::Config;
 
 /// Why [`crate::serve`] could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read or create the cluster secret at {}", path.display())]
-    Secret {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the cluster secret is empty")]
-    EmptySecret,
+    #[error(transparent)]
+    Secret(#[from] berth_runtime::SecretError),
     #[error("cannot read the listener's bound address")]
     LocalAddr(#[source] std::io::Error),
     #[error("the HTTP server failed")]
@@ -27,87 +19,58 @@ pub enum Error {
     Store(#[source] berth_store::StoreError),
 }
 
-/// An error answer of the HTTP API.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("missing or wrong cluster secret")]
-    Unauthorized,
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// An extractor refused the request (body too large, bad query string, ...).
-    #[error("{message}")]
-    Rejected { status: StatusCode, message: String },
-    #[error("room not found")]
-    RoomNotFound,
-    #[error("unknown session server")]
-    UnknownServer,
-    #[error("no such endpoint")]
-    NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error("{message}")]
-    NoCapacity {
-        message: String,
-        retry_after_secs: u64,
-    },
-    #[error("too many room creates, retry in {retry_after_secs}s")]
-    RateLimited { retry_after_secs: u64 },
-    #[error("the scheduler is shutting down")]
-    ShuttingDown,
-    #[error("the room store is unavailable")]
-    StoreUnavailable,
+pub use berth_runtime::http::ApiError;
+
+/// 401 `unauthorized`: a call without the cluster secret.
+pub(crate) fn unauthorized() -> ApiError {
+    ApiError::unauthorized("missing or wrong cluster secret")
 }
 
-impl ApiError {
-    fn parts(&self) -> (StatusCode, ErrorCode) {
-        match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
-            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
-            ApiError::Rejected { status, .. } => (*status, ErrorCode::InvalidRequest),
-            ApiError::RoomNotFound => (StatusCode::NOT_FOUND, ErrorCode::RoomNotFound),
-            ApiError::UnknownServer => (StatusCode::NOT_FOUND, ErrorCode::UnknownServer),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            ApiError::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::InvalidRequest)
-            }
-            ApiError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoCapacity),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
-            ApiError::ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::SchedulerUnavailable,
-            ),
-            ApiError::StoreUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
-            }
-        }
-    }
-
-    fn retry_after(&self) -> Option<u64> {
-        match self {
-            ApiError::NoCapacity {
-                retry_after_secs, ..
-            }
-            | ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
-            ApiError::ShuttingDown | ApiError::StoreUnavailable => Some(1),
-            _ => None,
-        }
-    }
+/// 404 `unknown_server`: the caller should register again.
+pub(crate) fn unknown_server() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::UnknownServer,
+        "unknown session server",
+    )
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.parts();
-        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
-        if let Some(secs) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
+/// 503 `no_capacity` with the `Retry-After` the config gives: no slot can be had.
+pub(crate) fn no_capacity(config: &Config, message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NoCapacity,
+        message,
+    )
+    .retry_after(config.retry_after_secs())
+}
+
+/// 429 `rate_limited`: too many room creates by one user.
+pub(crate) fn rate_limited(retry_after_secs: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        format!("too many room creates, retry in {retry_after_secs}s"),
+    )
+    .retry_after(retry_after_secs)
+}
+
+/// 503 `scheduler_unavailable`: the scheduler is stopping.
+pub(crate) fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::SchedulerUnavailable,
+        "the scheduler is shutting down",
+    )
+    .retry_after(1)
+}
+
+/// 503 `store_unavailable`: the room store cannot be read or written.
+pub(crate) fn store_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StoreUnavailable,
+        "the room store is unavailable",
+    )
+    .retry_after(1)
 }

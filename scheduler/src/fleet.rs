@@ -14,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::metrics::inc;
-use crate::registry::{Server, lock};
+use crate::registry::{Server, lock, spare_slots};
 use crate::spawner;
 use crate::state::AppState;
 
@@ -98,14 +98,7 @@ pub fn scale_down(state: &AppState) {
     let mut servers = state.registry.snapshot();
     // Youngest first: keep the long-lived ones.
     servers.sort_by_key(|s| std::cmp::Reverse(s.started));
-    let mut free: u32 = servers
-        .iter()
-        .map(|s| match s.state() {
-            ServerState::Ready if s.accepts_rooms() => s.free_slots(),
-            ServerState::Starting if !s.drain_requested() => s.unclaimed_slots(),
-            _ => 0,
-        })
-        .fold(0, u32::saturating_add);
+    let mut free = spare_slots(&servers);
     for server in servers {
         let Some(empty_since) = server.track_empty(now) else {
             continue;

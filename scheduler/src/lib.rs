@@ -50,12 +50,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(Error::LocalAddr)?;
-    let secret = resolve_secret(&config)?;
+    let secret = config.cluster.secret()?.expose().to_owned();
     // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
     let shutdown = shutdown.child_token();
     let store = config
         .store
-        .open(&config.data_dir, false)
+        .open(&config.cluster.data_dir, false)
         .await
         .map_err(Error::Store)?;
     match &store {
@@ -95,23 +95,6 @@ pub async fn serve(
     }
     info!("scheduler stopped");
     served.map_err(Error::Serve)
-}
-
-/// The cluster secret: the flag or env var, else `<data-dir>/cluster.secret` (created if missing).
-fn resolve_secret(config: &Config) -> Result<String, Error> {
-    let secret = match &config.cluster_secret {
-        Some(secret) => secret.trim().to_owned(),
-        None => {
-            let path = config.cluster_secret_path();
-            berth_protocol::secret::load_or_create(&path)
-                .map_err(|source| Error::Secret { path, source })?
-        }
-    };
-    if secret.is_empty() {
-        Err(Error::EmptySecret)
-    } else {
-        Ok(secret)
-    }
 }
 
 /// How spawned children reach us: the bound address, with a wildcard turned into loopback.

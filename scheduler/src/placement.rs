@@ -15,7 +15,7 @@ use berth_store::RoomMeta;
 use tracing::{debug, info, warn};
 
 use crate::directory::{Replaced, RoomEntry};
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::metrics::inc;
 use crate::registry::{Server, lock};
 use crate::spawner;
@@ -50,7 +50,7 @@ async fn reserve_slot(state: &AppState) -> Result<Arc<Server>, ApiError> {
             return Ok(server);
         }
         if state.shutdown.is_cancelled() {
-            return Err(ApiError::ShuttingDown);
+            return Err(error::shutting_down());
         }
         let claim = spawner::claim_capacity(state)?;
         let server = Arc::clone(&claim.server);
@@ -60,9 +60,9 @@ async fn reserve_slot(state: &AppState) -> Result<Arc<Server>, ApiError> {
             settled = async { rx.wait_for(|s| *s != ServerState::Starting).await.map(|s| *s) } => settled.ok(),
             _ = tokio::time::sleep_until(deadline.into()) => {
                 inc(&state.metrics.no_capacity);
-                return Err(no_capacity(state, "timed out waiting for a session server to start"));
+                return Err(error::no_capacity(&state.config, "timed out waiting for a session server to start"));
             }
-            _ = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+            _ = state.shutdown.cancelled() => return Err(error::shutting_down()),
         };
         drop(claim);
         match outcome {
@@ -70,17 +70,12 @@ async fn reserve_slot(state: &AppState) -> Result<Arc<Server>, ApiError> {
             Some(ServerState::Ready | ServerState::Draining) => continue,
             _ => {
                 inc(&state.metrics.no_capacity);
-                return Err(no_capacity(state, "a session server failed to start"));
+                return Err(error::no_capacity(
+                    &state.config,
+                    "a session server failed to start",
+                ));
             }
         }
-    }
-}
-
-/// The 503 answer when no slot can be had.
-pub fn no_capacity(state: &AppState, message: &str) -> ApiError {
-    ApiError::NoCapacity {
-        message: message.to_owned(),
-        retry_after_secs: state.config.retry_after_secs(),
     }
 }
 
@@ -128,7 +123,7 @@ pub async fn place_new(
         };
         if let Err(e) = store.create_room(&meta).await {
             warn!(room_id, error = %e, "cannot record the new room in the store");
-            return Err(ApiError::StoreUnavailable);
+            return Err(error::store_unavailable());
         }
     }
     let server = reserve_slot(state).await?;
@@ -150,12 +145,12 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
         let entry = match state.directory.get(room_id) {
             Some(entry) => entry,
             None => {
-                let store = state.store.as_ref().ok_or(ApiError::RoomNotFound)?;
+                let store = state.store.as_ref().ok_or_else(ApiError::room_not_found)?;
                 let meta = store.room(room_id).await.map_err(|e| {
                     warn!(room_id, error = %e, "cannot look the room up in the store");
-                    ApiError::StoreUnavailable
+                    error::store_unavailable()
                 })?;
-                let meta = meta.ok_or(ApiError::RoomNotFound)?;
+                let meta = meta.ok_or_else(ApiError::room_not_found)?;
                 if state
                     .directory
                     .insert_dormant(meta.room_id, meta.name, meta.public)
@@ -188,12 +183,12 @@ pub async fn lookup(state: &AppState, room_id: &str) -> Result<Placement, ApiErr
             Replaced::Current(_) => server.release_slot(),
             Replaced::Gone => {
                 server.release_slot();
-                return Err(ApiError::RoomNotFound);
+                return Err(ApiError::room_not_found());
             }
         }
     }
-    Err(no_capacity(
-        state,
+    Err(error::no_capacity(
+        &state.config,
         "the room's placement keeps changing; retry",
     ))
 }
@@ -264,7 +259,7 @@ mod tests {
         while let Some(result) = tasks.join_next().await {
             match result.unwrap() {
                 Ok(_) => placed += 1,
-                Err(ApiError::NoCapacity { .. }) => refused += 1,
+                Err(e) if e.code() == "no_capacity" => refused += 1,
                 Err(e) => panic!("unexpected error {e}"),
             }
         }

@@ -288,6 +288,21 @@ impl Server {
     }
 }
 
+/// The free room slots the warm buffer counts: those of ready servers that take rooms, plus the
+/// unclaimed ones of starting servers not asked to drain. The one place this is computed, so
+/// that spawning (`spawner::top_up`) and scaling down (`fleet::scale_down`) never disagree,
+/// which would make the fleet oscillate.
+pub fn spare_slots(servers: &[Arc<Server>]) -> u32 {
+    servers
+        .iter()
+        .map(|s| match s.state() {
+            ServerState::Ready if s.accepts_rooms() => s.free_slots(),
+            ServerState::Starting if !s.drain_requested() => s.unclaimed_slots(),
+            _ => 0,
+        })
+        .fold(0, u32::saturating_add)
+}
+
 /// All known session servers by id.
 #[derive(Default)]
 pub struct Registry {

@@ -19,10 +19,9 @@ use tokio::process::{Child, Command};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::metrics::inc;
-use crate::placement::no_capacity;
-use crate::registry::{Server, lock};
+use crate::registry::{Server, lock, spare_slots};
 use crate::state::AppState;
 
 /// A create counting on one slot of a starting server; gives the claim back when dropped.
@@ -58,8 +57,8 @@ pub fn claim_capacity(state: &AppState) -> Result<Claim, ApiError> {
                 max_servers = state.config.max_servers,
                 "no free room slot and the fleet is at its cap"
             );
-            return Err(no_capacity(
-                state,
+            return Err(error::no_capacity(
+                &state.config,
                 "every session server is full and the fleet is at its cap",
             ));
         }
@@ -79,14 +78,7 @@ pub fn top_up(state: &AppState, target: u32) -> usize {
     let started = {
         let _decision = lock(&state.spawn_lock);
         let servers = state.registry.snapshot();
-        let mut free: u32 = servers
-            .iter()
-            .map(|s| match s.state() {
-                ServerState::Ready if s.accepts_rooms() => s.free_slots(),
-                ServerState::Starting if !s.drain_requested() => s.unclaimed_slots(),
-                _ => 0,
-            })
-            .fold(0, u32::saturating_add);
+        let mut free = spare_slots(&servers);
         let mut active = servers.iter().filter(|s| s.is_active()).count();
         let mut started = Vec::new();
         while free < target && active < state.config.max_servers as usize {
@@ -170,7 +162,7 @@ pub fn session_command(
         .arg("--ticket-public-key")
         .arg(config.ticket_public_key_path())
         .arg("--data-dir")
-        .arg(&config.data_dir)
+        .arg(&config.cluster.data_dir)
         .arg("--room-idle-secs")
         .arg(config.room_idle_secs.to_string())
         .arg("--drain-timeout-secs")

@@ -4,108 +4,19 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
-use berth_protocol::{ErrorBody, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
-use crate::room::{Command, ConnId, JoinError, Kick, RoomHandle};
+use crate::room::{ConnId, JoinError, Kick, RoomHandle};
 use crate::state::AppState;
-use crate::ticket::TicketError;
 
 /// Times a join is retried when the room ends under it (idle disposal racing the join).
 const JOIN_ATTEMPTS: usize = 3;
-
-/// A refused connection: status, code and a human message.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub(crate) fn wrong_server(message: &str) -> Self {
-        Self::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            ErrorCode::WrongServer,
-            message,
-        )
-    }
-    pub(crate) fn stale_epoch() -> Self {
-        Self::wrong_server("the ticket is for another placement of this room")
-    }
-    pub(crate) fn draining() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerDraining,
-            "the server is draining",
-        )
-    }
-    pub(crate) fn server_full(message: &str) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerFull,
-            message,
-        )
-    }
-    pub(crate) fn store_unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StoreUnavailable,
-            "the message store is unavailable; try again",
-        )
-    }
-    pub(crate) fn invalid_request(message: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
-    }
-    /// The server could not renew its lease with the scheduler: its rooms may be placed
-    /// elsewhere, so it serves none of them until it gets through again.
-    pub(crate) fn lease_lost() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::SchedulerUnavailable,
-            "this server lost touch with the scheduler",
-        )
-    }
-    pub(crate) fn scheduler_unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::SchedulerUnavailable,
-            "cannot reach the scheduler",
-        )
-    }
-}
-
-impl From<TicketError> for Refusal {
-    fn from(e: TicketError) -> Self {
-        match e {
-            TicketError::Invalid(why) => {
-                Self::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidTicket, why)
-            }
-            TicketError::WrongServer => Self::wrong_server("the ticket is for another server"),
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
-    }
-}
 
 /// One of the process's `--max-connections` slots, given back on drop.
 pub(crate) struct ConnectionSlot(Arc<Metrics>);
@@ -130,7 +41,7 @@ impl Drop for ConnectionSlot {
 /// A connection's place in its room: dropping it tells the room the connection left, whether
 /// it ends normally, the upgrade never completes, or its task unwinds.
 pub(crate) struct Membership {
-    commands: mpsc::Sender<Command>,
+    room: RoomHandle,
     conn: ConnId,
     armed: bool,
 }
@@ -146,17 +57,7 @@ impl Drop for Membership {
         if !self.armed {
             return;
         }
-        // Queued behind this connection's earlier commands, so its last sends are not lost.
-        if let Err(mpsc::error::TrySendError::Full(cmd)) =
-            self.commands.try_send(Command::Leave(self.conn))
-        {
-            let commands = self.commands.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = commands.send(cmd).await;
-                });
-            }
-        }
+        self.room.leave(self.conn);
     }
 }
 
@@ -173,7 +74,10 @@ pub(crate) struct Admitted {
 }
 
 /// Verifies the ticket (the first check, before anything else is looked at).
-pub(crate) fn check_ticket(state: &AppState, token: Option<&str>) -> Result<TicketClaims, Refusal> {
+pub(crate) fn check_ticket(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<TicketClaims, ApiError> {
     let server_id = state.server_id();
     Ok(state
         .0
@@ -188,16 +92,16 @@ pub(crate) async fn admit(
     state: &AppState,
     claims: TicketClaims,
     since: Option<u64>,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted, ApiError> {
     let shared = &state.0;
     if state.is_draining() {
-        return Err(Refusal::draining());
+        return Err(error::draining());
     }
     if state.is_fenced() {
-        return Err(Refusal::lease_lost());
+        return Err(error::lease_lost());
     }
     let slot = ConnectionSlot::acquire(&shared.metrics, shared.config.max_connections)
-        .ok_or_else(|| Refusal::server_full("the server is at its connection limit"))?;
+        .ok_or_else(|| error::server_full("the server is at its connection limit"))?;
     let user = User {
         user_id: claims.sub.clone(),
         username: claims.name.clone(),
@@ -205,12 +109,12 @@ pub(crate) async fn admit(
     let mut prefetched: Option<Vec<ChatMessage>> = None;
     let mut attempts = 0;
     while attempts < JOIN_ATTEMPTS {
-        let room = state.room_for(&claims).await?;
+        let room = crate::hosting::room_for(state, &claims).await?;
         let conn = state.next_conn_id();
         let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();
         let membership = Membership {
-            commands: room.commands(),
+            room: room.clone(),
             conn,
             armed: true,
         };
@@ -234,15 +138,13 @@ pub(crate) async fn admit(
                     task: shared.tracker.token(),
                 });
             }
-            Err(JoinError::Full(why)) => {
-                Refusal::new(StatusCode::CONFLICT, ErrorCode::RoomFull, why)
-            }
-            Err(JoinError::StoreUnavailable) => Refusal::store_unavailable(),
-            Err(JoinError::Fenced) => Refusal::wrong_server("a newer placement owns this room"),
+            Err(JoinError::Full(why)) => error::room_full(why),
+            Err(JoinError::StoreUnavailable) => error::store_unavailable(),
+            Err(JoinError::Fenced) => error::wrong_server("a newer placement owns this room"),
             Err(JoinError::NeedHistory { after, up_to }) => {
                 membership.disarm();
                 let Some(durability) = &shared.durability else {
-                    return Err(Refusal::store_unavailable());
+                    return Err(error::store_unavailable());
                 };
                 match durability
                     .store
@@ -252,7 +154,7 @@ pub(crate) async fn admit(
                     Ok(stored) => prefetched = Some(stored),
                     Err(e) => {
                         tracing::warn!(room_id = %claims.room, error = %e, "cannot read history to resume");
-                        return Err(Refusal::store_unavailable());
+                        return Err(error::store_unavailable());
                     }
                 }
                 continue;
@@ -266,5 +168,5 @@ pub(crate) async fn admit(
         membership.disarm();
         return Err(refusal);
     }
-    Err(Refusal::server_full("the room is closing; try again"))
+    Err(error::server_full("the room is closing; try again"))
 }

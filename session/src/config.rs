@@ -23,21 +23,10 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub host: String,
 
-    /// Where the scheduler is.
-    #[arg(
-        long,
-        env = "BERTH_SCHEDULER_URL",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub scheduler_url: String,
-
-    /// Shared secret for the scheduler API (default: `<data-dir>/cluster.secret`).
-    #[arg(long, env = "BERTH_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-
-    /// Where keys and data live.
-    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
-    pub data_dir: PathBuf,
+    /// The scheduler, the cluster secret and the data directory (`--scheduler-url`,
+    /// `--cluster-secret`, `--data-dir`).
+    #[command(flatten)]
+    pub cluster: berth_runtime::ClusterArgs,
 
     /// This server's id (given by the scheduler when it spawns the server; required with
     /// `--standalone`; otherwise the scheduler assigns one at registration).
@@ -130,7 +119,7 @@ impl Config {
     pub(crate) fn public_key_path(&self) -> PathBuf {
         self.ticket_public_key
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("ticket.pub.pem"))
+            .unwrap_or_else(|| self.cluster.data_dir.join("ticket.pub.pem"))
     }
 
     /// Refuses values the server cannot work with, before anything binds or registers.
@@ -161,8 +150,8 @@ impl Config {
         if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
             return Err("--message-rate must be a positive number".into());
         }
-        if !self.scheduler_url.starts_with("http://") && !self.scheduler_url.starts_with("https://")
-        {
+        let scheduler_url = &self.cluster.scheduler_url;
+        if !scheduler_url.starts_with("http://") && !scheduler_url.starts_with("https://") {
             return Err("--scheduler-url must be an http:// URL".into());
         }
         Ok(())
@@ -191,6 +180,13 @@ mod tests {
         );
         assert_eq!((c.room_idle_secs, c.drain_timeout_secs), (300, 30));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = Config::parse_from(["berth-session", "--cluster-secret", "hunter2-very-secret"]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

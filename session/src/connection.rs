@@ -28,9 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::admission::Admitted;
-use crate::http::Socket;
 use crate::rate::{RateLimiter, Verdict};
-use crate::room::{Command, Kick};
+use crate::room::{Kick, RoomHandle};
 use crate::state::AppState;
 
 /// Most frames written per flush.
@@ -58,6 +57,9 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
     }
 }
 
+/// The upgraded socket, as the connection sees it.
+pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
 /// Runs an admitted connection until it ends, then closes it and leaves the room.
 pub(crate) async fn run(
     mut io: TokioIo<Upgraded>,
@@ -79,17 +81,7 @@ pub(crate) async fn run(
     let welcomed = signal.guard(write_text_frame(&mut io, welcome)).await;
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let end = match welcomed {
-        Ok(()) => {
-            serve(
-                &mut ws,
-                &mut signal,
-                &state,
-                conn,
-                &mut outbound,
-                room.commands(),
-            )
-            .await
-        }
+        Ok(()) => serve(&mut ws, &mut signal, &state, conn, &mut outbound, &room).await,
         Err(end) => end,
     };
     tracing::debug!(?end, "connection ending");
@@ -159,7 +151,7 @@ async fn serve(
     state: &AppState,
     conn: u64,
     outbound: &mut mpsc::Receiver<Utf8Bytes>,
-    commands: mpsc::Sender<Command>,
+    room: &RoomHandle,
 ) -> End {
     let shared = &state.0;
     let config = &shared.config;
@@ -217,8 +209,7 @@ async fn serve(
                 let refusal = match text.as_deref().map(|t| parse(t, config.max_text_bytes)) {
                     Some(Ok((text, client_id))) => {
                         shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let cmd = Command::Send { conn, text, client_id };
-                        if let Err(end) = kicked.guard(commands.send(cmd)).await {
+                        if let Err(end) = kicked.guard(room.send(conn, text, client_id)).await {
                             return match end {
                                 End::Gone => kicked.room_gone().await,
                                 end => end,

@@ -4,19 +4,19 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument as _;
 
-use crate::admission::{self, Refusal};
+use crate::admission;
 use crate::connection;
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::ticket::token_from_request;
 
@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .with_state(state)
 }
 
@@ -72,14 +74,17 @@ async fn websocket(
         Some(Err(_)) => {
             return refuse(
                 &state,
-                Refusal::invalid_request("since must be a message seq"),
+                ApiError::invalid_request("since must be a message seq"),
                 peer,
             );
         }
     };
     let (accept, on_upgrade) = match handshake(&headers, &mut request) {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err((status, why)) => {
+            return ApiError::new(status, berth_protocol::ErrorCode::InvalidRequest, why)
+                .into_response();
+        }
     };
     // Debug level: an enabled span costs something on every poll of the connection task.
     let span = tracing::debug_span!(
@@ -126,9 +131,6 @@ async fn websocket(
         .expect("a valid 101 response")
 }
 
-/// The upgraded socket, as the connection sees it.
-pub(crate) type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
-
 /// Checks an HTTP/1.1 WebSocket upgrade request (RFC 6455 section 4.2.1): the
 /// `Sec-WebSocket-Accept` value and the pending upgrade, or the status and reason refusing it.
 ///
@@ -139,9 +141,6 @@ fn handshake(
     headers: &HeaderMap,
     request: &mut Request,
 ) -> Result<(HeaderValue, OnUpgrade), (StatusCode, &'static str)> {
-    if request.method() != Method::GET {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "request method must be GET"));
-    }
     let has_token = |name: header::HeaderName, token: &str| {
         let mut values = headers
             .get_all(name)
@@ -200,9 +199,11 @@ fn max_write_buffer(config: &crate::Config) -> usize {
         .max(1 << 20)
 }
 
-fn refuse(state: &AppState, refusal: Refusal, peer: Option<SocketAddr>) -> Response {
-    state.0.metrics.refused(refusal.code);
-    tracing::debug!(code = %refusal.code, reason = %refusal.message, peer = ?peer, "connection refused");
+fn refuse(state: &AppState, refusal: ApiError, peer: Option<SocketAddr>) -> Response {
+    if let Some(code) = refusal.error_code() {
+        state.0.metrics.refused(code);
+    }
+    tracing::debug!(code = refusal.code(), reason = refusal.message(), peer = ?peer, "connection refused");
     refusal.into_response()
 }
 

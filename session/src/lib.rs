@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 mod connection;
 pub mod error;
+mod hosting;
 pub mod http;
 pub mod metrics;
 pub mod rate;

@@ -96,8 +96,8 @@ pub(crate) struct JoinRequest {
     pub reply: oneshot::Sender<Result<Utf8Bytes, JoinError>>,
 }
 
-/// What connections and the server ask of a room.
-pub(crate) enum Command {
+/// What connections and the server ask of a room (through [`RoomHandle`]).
+enum Command {
     Join(JoinRequest),
     Leave(ConnId),
     Send {
@@ -131,6 +131,10 @@ pub(crate) enum Exit {
 pub(crate) struct RoomStats {
     users: AtomicU32,
 }
+
+/// The room ended before it took the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoomGone;
 
 /// A cheap, clonable address of a running room.
 #[derive(Clone)]
@@ -172,9 +176,33 @@ impl RoomHandle {
         reply_rx.await.unwrap_or(Err(JoinError::Gone))
     }
 
-    /// The command queue, for a member's connection.
-    pub fn commands(&self) -> mpsc::Sender<Command> {
-        self.tx.clone()
+    /// Passes a member's message to the room (waiting while its queue is full); `Err` when the
+    /// room is gone.
+    pub async fn send(
+        &self,
+        conn: ConnId,
+        text: String,
+        client_id: Option<String>,
+    ) -> Result<(), RoomGone> {
+        let cmd = Command::Send {
+            conn,
+            text,
+            client_id,
+        };
+        self.tx.send(cmd).await.map_err(|_| RoomGone)
+    }
+
+    /// Tells the room that `conn` left, without waiting. Queued behind the connection's
+    /// earlier commands, so that its last sends are not lost.
+    pub fn leave(&self, conn: ConnId) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(Command::Leave(conn)) {
+            let tx = self.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
     }
 
     /// Distinct users present.
@@ -326,7 +354,8 @@ struct WelcomeRef<'a> {
     epoch: Option<u64>,
 }
 
-fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+/// A serialized `error` frame.
+pub(crate) fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
@@ -973,7 +1002,7 @@ mod tests {
             text: text.into(),
             client_id: None,
         };
-        room.handle.commands().send(cmd).await.unwrap();
+        room.handle.tx.send(cmd).await.unwrap();
     }
 
     /// Waits until the room has handled everything queued before.
@@ -984,11 +1013,7 @@ mod tests {
             .handle
             .join(u64::MAX, user("sync"), tx, kick, None, None)
             .await;
-        room.handle
-            .commands()
-            .send(Command::Leave(u64::MAX))
-            .await
-            .unwrap();
+        room.handle.tx.send(Command::Leave(u64::MAX)).await.unwrap();
     }
 
     #[tokio::test]
@@ -1000,20 +1025,12 @@ mod tests {
         let b2 = join(&room, 3, user("u-b"), 16).await.unwrap();
         assert_eq!(b2.welcome["members"].as_array().unwrap().len(), 2);
         assert_eq!(room.handle.users(), 2);
-        room.handle
-            .commands()
-            .send(Command::Leave(3))
-            .await
-            .unwrap();
+        room.handle.tx.send(Command::Leave(3)).await.unwrap();
         send(&room, 1, "x").await;
         // No `left` for the second tab: the next frame is the message.
         let frame = next_async(&mut a).await;
         assert_eq!(frame["type"], "message");
-        room.handle
-            .commands()
-            .send(Command::Leave(2))
-            .await
-            .unwrap();
+        room.handle.tx.send(Command::Leave(2)).await.unwrap();
         let frame = next_async(&mut a).await;
         assert_eq!(frame["type"], "left");
         assert_eq!(frame["user"]["userId"], "u-b");
@@ -1226,7 +1243,7 @@ mod tests {
             text: "lost".into(),
             client_id: Some("c-9".into()),
         };
-        room.handle.commands().send(cmd).await.unwrap();
+        room.handle.tx.send(cmd).await.unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(30), a.rx.recv())
             .await
             .unwrap()

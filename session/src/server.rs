@@ -41,7 +41,7 @@ pub async fn serve_with_force(
     let addr = listener.local_addr()?;
     let store = config
         .store
-        .open(&config.data_dir, config.standalone)
+        .open(&config.cluster.data_dir, config.standalone)
         .await?;
     match &store {
         Some(store) => tracing::info!(store = %store.describe(), "message store open"),
@@ -92,7 +92,7 @@ pub async fn serve_with_force(
     // With a store and a scheduler, live rooms are handed over to other servers at once.
     if shared.durability.is_some() && shared.scheduler.is_some() && !force.is_cancelled() {
         tokio::select! {
-            () = state.hand_over_rooms(deadline) => {}
+            () = crate::hosting::hand_over_rooms(&state, deadline) => {}
             () = force.cancelled() => {}
         }
     }
