@@ -326,10 +326,11 @@ struct WelcomeRef<'a> {
     epoch: Option<u64>,
 }
 
-fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+fn error_frame(code: ErrorCode, message: String, client_id: Option<&str>) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id: client_id.map(str::to_owned),
     };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
 }
@@ -343,6 +344,7 @@ fn not_stored(why: &str, client_id: Option<&str>) -> Utf8Bytes {
     error_frame(
         ErrorCode::StoreUnavailable,
         format!("message not stored{id}: {why}; nobody received it, send it again"),
+        client_id,
     )
 }
 
@@ -641,6 +643,7 @@ impl Room {
                 format!(
                     "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
                 ),
+                client_id.as_deref(),
             );
             self.settings.metrics.refused(ErrorCode::ServerDraining);
             let _ = member.tx.try_send(frame);

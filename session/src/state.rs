@@ -67,10 +67,31 @@ fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id: None,
     };
     serde_json::to_string(&frame)
         .expect("frames serialize")
         .into()
+}
+
+/// One of the [`ErrorFrames`] naming the refused send's `clientId` (re-serialized only then:
+/// refusals are rare, and a sender needs the id to mark its message undelivered).
+pub(crate) fn with_client_id(frame: &Utf8Bytes, client_id: Option<&str>) -> Utf8Bytes {
+    let Some(id) = client_id else {
+        return frame.clone();
+    };
+    match serde_json::from_str::<ServerFrame>(frame.as_str()) {
+        Ok(ServerFrame::Error { code, message, .. }) => {
+            serde_json::to_string(&ServerFrame::Error {
+                code,
+                message,
+                client_id: Some(id.to_owned()),
+            })
+            .expect("frames serialize")
+            .into()
+        }
+        _ => frame.clone(),
+    }
 }
 
 impl AppState {
