@@ -33,7 +33,10 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
     let data = dir.join("data");
     let (backend_port, scheduler_port) = (free_port(), free_port());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/launch.sh");
-    let mut launch = tokio::process::Command::new("bash")
+    // In a session of its own (setsid execs bash, so the pid stays), like a terminal's job:
+    // stopping its process group at the end never reaches the test runner's.
+    let mut launch = tokio::process::Command::new("setsid")
+        .arg("bash")
         .arg(&script)
         .env("BERTH_BIN_DIR", &bins)
         .env("BERTH_DATA_DIR", &data)
@@ -49,7 +52,6 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0)
         .spawn()
         .unwrap();
     let pid = launch.id().unwrap();
