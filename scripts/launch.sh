@@ -5,6 +5,8 @@
 #   scripts/launch.sh            # then open http://127.0.0.1:8080
 #
 # Every BERTH_* variable of the README is passed through (e.g. BERTH_ROOMS_PER_SERVER=2).
+# The cluster secret is written to $BERTH_DATA_DIR/cluster.secret (mode 0600) for operators'
+# calls to the scheduler API. BERTH_BIN_DIR runs the binaries found there instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,15 +15,26 @@ export BERTH_SCHEDULER_LISTEN="${BERTH_SCHEDULER_LISTEN:-127.0.0.1:7070}"
 export BERTH_SCHEDULER_URL="${BERTH_SCHEDULER_URL:-http://${BERTH_SCHEDULER_LISTEN/0.0.0.0/127.0.0.1}}"
 export BERTH_DATA_DIR="${BERTH_DATA_DIR:-$PWD/.berth}"
 export RUST_LOG="${RUST_LOG:-info}"
+
+if [ -n "${BERTH_BIN_DIR:-}" ]; then
+  bin="$BERTH_BIN_DIR"
+else
+  echo "==> building (release)…"
+  cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli
+  bin="$PWD/target/release"
+fi
+mkdir -p "$BERTH_DATA_DIR"
+# The cluster secret: BERTH_CLUSTER_SECRET, else the one of the last run, else a new random one.
+# It is kept in the data dir, readable by this user only, for operators' calls to the scheduler.
+secret_file="$BERTH_DATA_DIR/cluster.secret"
+if [ -z "${BERTH_CLUSTER_SECRET:-}" ] && [ -s "$secret_file" ]; then
+  BERTH_CLUSTER_SECRET="$(tr -d ' \n' <"$secret_file")"
+fi
 if [ -z "${BERTH_CLUSTER_SECRET:-}" ]; then
   BERTH_CLUSTER_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  export BERTH_CLUSTER_SECRET
 fi
-
-echo "==> building (release)…"
-cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli
-bin="$PWD/target/release"
-mkdir -p "$BERTH_DATA_DIR"
+export BERTH_CLUSTER_SECRET
+(umask 077 && rm -f "$secret_file" && printf '%s\n' "$BERTH_CLUSTER_SECRET" >"$secret_file")
 
 pids=()
 stop() {
@@ -65,7 +78,9 @@ cat <<MSG
   Berth is running.
     web client  http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/
     API         http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/api/rooms
-    scheduler   ${BERTH_SCHEDULER_URL}/v1/servers  (bearer: the cluster secret)
+    operator    http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/operator  (paste the cluster secret)
+    secret      ${secret_file}  (mode 0600)
+    fleet       curl -sH "Authorization: Bearer \$(cat ${secret_file})" ${BERTH_SCHEDULER_URL%%,*}/v1/servers
     CLI         $bin/berth chat --backend http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}
   Ctrl-C stops everything.
 

@@ -12,6 +12,7 @@
 //!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
+//! - [`operator`]: the operator page's fleet view, behind the cluster secret.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod jwks;
 pub mod keys;
+pub mod operator;
 pub mod password;
 pub mod scheduler;
 pub mod state;
@@ -63,11 +65,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", get(api::list_rooms).post(api::create_room))
         .route("/api/rooms/{room_id}", get(api::lookup_room))
         .route("/api/rooms/{room_id}/messages", get(api::room_messages))
+        .route("/api/operator/fleet", get(operator::fleet))
         .route("/healthz", get(api::healthz))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
         .route("/style.css", get(web::style))
+        .route("/operator", get(web::operator_page))
+        .route("/operator.js", get(web::operator_script))
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

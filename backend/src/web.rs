@@ -58,6 +58,27 @@ const STYLE: Asset = Asset {
     embedded: include_str!("../../client/web/style.css"),
 };
 
+const OPERATOR_PAGE: Asset = Asset {
+    name: "operator.html",
+    content_type: "text/html; charset=utf-8",
+    embedded: include_str!("../../client/web/operator.html"),
+};
+const OPERATOR_JS: Asset = Asset {
+    name: "operator.js",
+    content_type: "text/javascript; charset=utf-8",
+    embedded: include_str!("../../client/web/operator.js"),
+};
+
+/// `GET /operator`: the live fleet view (asks for the cluster secret).
+pub async fn operator_page(State(state): State<AppState>) -> Result<Response, ApiError> {
+    serve(&state, &OPERATOR_PAGE).await
+}
+
+/// `GET /operator.js`.
+pub async fn operator_script(State(state): State<AppState>) -> Result<Response, ApiError> {
+    serve(&state, &OPERATOR_JS).await
+}
+
 /// `GET /`.
 pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     serve(&state, &INDEX).await

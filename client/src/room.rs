@@ -54,6 +54,9 @@ pub enum RoomUpdate {
     /// (those above the last seen `seq`: the room resumes with `since`), so printing it shows
     /// no duplicates and no gap.
     Reconnected(Welcome),
+    /// The connection was just lost and a reconnect follows (only with
+    /// [`Room::report_disconnects`]), so that a user can be told at once.
+    Disconnected { code: Option<u16>, reason: String },
     /// The room is over for this client (a close that does not invite a reconnect, such as
     /// 1000 or 1008). Every later call returns it again.
     Closed { code: Option<u16>, reason: String },
@@ -73,6 +76,8 @@ pub struct Room {
     attempts: u32,
     /// Set when the room is over.
     finished: Option<(Option<u16>, String)>,
+    /// Whether [`Room::next`] yields [`RoomUpdate::Disconnected`].
+    report_disconnects: bool,
 }
 
 impl Room {
@@ -113,6 +118,7 @@ impl Room {
             policy: ReconnectPolicy::default(),
             attempts: 0,
             finished: None,
+            report_disconnects: false,
         };
         Ok((room, welcome))
     }
@@ -120,6 +126,12 @@ impl Room {
     /// Replaces the reconnect policy.
     pub fn set_policy(&mut self, policy: ReconnectPolicy) {
         self.policy = policy;
+    }
+
+    /// Makes [`Room::next`] yield [`RoomUpdate::Disconnected`] as soon as a connection is lost
+    /// (before reconnecting), for clients that show the connection's state.
+    pub fn report_disconnects(&mut self, report: bool) {
+        self.report_disconnects = report;
     }
 
     /// The room's id.
@@ -195,6 +207,9 @@ impl Room {
                     if reconnects_after(code) {
                         tracing::info!(room_id = %self.room_id, ?code, %reason, "connection lost, reconnecting");
                         self.attempts = 0;
+                        if self.report_disconnects {
+                            return Ok(RoomUpdate::Disconnected { code, reason });
+                        }
                     } else {
                         self.finished = Some((code, reason));
                     }

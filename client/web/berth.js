@@ -98,7 +98,11 @@
 
 /** @typedef {{user: User}} PresenceEvent */
 /** @typedef {{code: string, message: string, fatal: boolean}} ErrorEvent */
-/** @typedef {{clientId: string, text: string, reason: string}} FailedEvent */
+/**
+ * A message that was not delivered: refused by the server (`code`, e.g. `rate_limited`, names
+ * why), never confirmed, or left unsent when the room closed.
+ * @typedef {{clientId: string, text: string, reason: string, code?: string}} FailedEvent
+ */
 
 /**
  * Events of a {@link RoomConnection}.
@@ -716,9 +720,19 @@ export class RoomConnection {
           this._emit("left", { user: frame.user });
         }
         break;
-      case "error":
-        this._emit("error", { code: String(frame.code ?? "error"), message: String(frame.message ?? ""), fatal: false });
+      case "error": {
+        const code = String(frame.code ?? "error");
+        const message = String(frame.message ?? "");
+        // A refused send names its clientId: that message failed, now rather than at timeout.
+        const item = typeof frame.clientId === "string" ? this._outbox.get(frame.clientId) : undefined;
+        if (item) {
+          this._outbox.delete(item.clientId);
+          this._emit("failed", { clientId: item.clientId, text: item.text, reason: message, code });
+        } else {
+          this._emit("error", { code, message, fatal: false });
+        }
         break;
+      }
       default:
         break; // newer servers may send frames this SDK does not know
     }

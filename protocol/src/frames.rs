@@ -55,10 +55,14 @@ pub enum ServerFrame {
     Left {
         user: User,
     },
-    /// A refused frame; the connection stays open unless a close follows.
+    /// A refused frame; the connection stays open unless a close follows. `clientId` names
+    /// the refused `send` when it had one, so the sender can mark that message undelivered.
+    #[serde(rename_all = "camelCase")]
     Error {
         code: String,
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
 }
 

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::admission::Admitted;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Kick, RoomHandle};
-use crate::state::AppState;
+use crate::state::{AppState, with_client_id};
 
 /// Most frames written per flush.
 const MAX_BATCH: usize = 64;
@@ -195,7 +195,8 @@ async fn serve(
                     Verdict::Allow => {}
                     Verdict::Refuse => {
                         shared.metrics.refused(ErrorCode::RateLimited);
-                        let frame = shared.errors.rate_limited.clone();
+                        let client_id = text.as_deref().and_then(client_id_of);
+                        let frame = with_client_id(&shared.errors.rate_limited, client_id.as_deref());
                         if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
                             return end;
                         }
@@ -217,12 +218,12 @@ async fn serve(
                         }
                         continue;
                     }
-                    Some(Err(code)) => code,
-                    None => ErrorCode::BadFrame,
+                    Some(Err(refused)) => refused,
+                    None => (ErrorCode::BadFrame, None),
                 };
-                shared.metrics.refused(refusal);
+                shared.metrics.refused(refusal.0);
                 let frame = match refusal {
-                    ErrorCode::TextTooLong => shared.errors.text_too_long.clone(),
+                    (ErrorCode::TextTooLong, id) => with_client_id(&shared.errors.text_too_long, id.as_deref()),
                     _ => shared.errors.bad_frame.clone(),
                 };
                 if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
@@ -251,22 +252,36 @@ fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     }
 }
 
-/// A client `send` frame: its text and clientId, or the error code refusing it.
-fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), ErrorCode> {
-    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
+/// The refusal of a client frame: its error code and the send's `clientId`, when known.
+type Refusal = (ErrorCode, Option<String>);
+
+/// A client `send` frame: its text and clientId, or the refusal.
+fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), Refusal> {
+    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| (ErrorCode::BadFrame, None))?;
     match frame {
         ClientFrame::Send { text, client_id } => {
             if client_id
                 .as_ref()
                 .is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES)
             {
-                return Err(ErrorCode::BadFrame);
+                return Err((ErrorCode::BadFrame, None));
             }
             if text.len() > max_text_bytes {
-                return Err(ErrorCode::TextTooLong);
+                return Err((ErrorCode::TextTooLong, client_id));
             }
             Ok((text, client_id))
         }
+    }
+}
+
+/// The `clientId` of a `send` frame refused before parsing (rate limited), if it has a usable one.
+fn client_id_of(raw: &str) -> Option<String> {
+    match serde_json::from_str::<ClientFrame>(raw) {
+        Ok(ClientFrame::Send {
+            client_id: Some(id),
+            ..
+        }) if id.len() <= MAX_CLIENT_ID_BYTES => Some(id),
+        _ => None,
     }
 }
 
@@ -306,17 +321,31 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"send","text":"hello world"}"#, 10),
-            Err(ErrorCode::TextTooLong)
+            Err((ErrorCode::TextTooLong, None))
         );
-        assert_eq!(parse("nope", 10), Err(ErrorCode::BadFrame));
+        assert_eq!(parse("nope", 10), Err((ErrorCode::BadFrame, None)));
         assert_eq!(
             parse(r#"{"type":"shout","text":"hi"}"#, 10),
-            Err(ErrorCode::BadFrame)
+            Err((ErrorCode::BadFrame, None))
         );
         let long_id = format!(
             r#"{{"type":"send","text":"hi","clientId":"{}"}}"#,
             "x".repeat(65)
         );
-        assert_eq!(parse(&long_id, 10), Err(ErrorCode::BadFrame));
+        assert_eq!(parse(&long_id, 10), Err((ErrorCode::BadFrame, None)));
+        // A refusal names the send it refuses, so the sender can mark it undelivered.
+        assert_eq!(
+            parse(
+                r#"{"type":"send","text":"hello world","clientId":"c7"}"#,
+                10
+            ),
+            Err((ErrorCode::TextTooLong, Some("c7".into())))
+        );
+        assert_eq!(
+            client_id_of(r#"{"type":"send","text":"x","clientId":"c8"}"#).as_deref(),
+            Some("c8")
+        );
+        assert_eq!(client_id_of(&long_id), None);
+        assert_eq!(client_id_of("nope"), None);
     }
 }

@@ -354,11 +354,12 @@ struct WelcomeRef<'a> {
     epoch: Option<u64>,
 }
 
-/// A serialized `error` frame.
-pub(crate) fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+/// A serialized `error` frame; `client_id` names the refused `send` when it had one.
+pub(crate) fn error_frame(code: ErrorCode, message: String, client_id: Option<&str>) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id: client_id.map(str::to_owned),
     };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
 }
@@ -372,6 +373,7 @@ fn not_stored(why: &str, client_id: Option<&str>) -> Utf8Bytes {
     error_frame(
         ErrorCode::StoreUnavailable,
         format!("message not stored{id}: {why}; nobody received it, send it again"),
+        client_id,
     )
 }
 
@@ -670,6 +672,7 @@ impl Room {
                 format!(
                     "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
                 ),
+                client_id.as_deref(),
             );
             self.settings.metrics.refused(ErrorCode::ServerDraining);
             let _ = member.tx.try_send(frame);

@@ -61,6 +61,26 @@ pub(crate) struct ErrorFrames {
     pub rate_limited: Utf8Bytes,
 }
 
+/// One of the [`ErrorFrames`] naming the refused send's `clientId` (re-serialized only then:
+/// refusals are rare, and a sender needs the id to mark its message undelivered).
+pub(crate) fn with_client_id(frame: &Utf8Bytes, client_id: Option<&str>) -> Utf8Bytes {
+    let Some(id) = client_id else {
+        return frame.clone();
+    };
+    match serde_json::from_str::<ServerFrame>(frame.as_str()) {
+        Ok(ServerFrame::Error { code, message, .. }) => {
+            serde_json::to_string(&ServerFrame::Error {
+                code,
+                message,
+                client_id: Some(id.to_owned()),
+            })
+            .expect("frames serialize")
+            .into()
+        }
+        _ => frame.clone(),
+    }
+}
+
 impl AppState {
     /// Builds the state of a server listening on `local_addr` without a store: reads the ticket
     /// public key and, unless `--standalone`, the cluster secret.
@@ -99,10 +119,12 @@ impl AppState {
             text_too_long: error_frame(
                 ErrorCode::TextTooLong,
                 format!("text is longer than {} bytes", config.max_text_bytes),
+                None,
             ),
             bad_frame: error_frame(
                 ErrorCode::BadFrame,
                 "expected a JSON text frame {\"type\":\"send\",\"text\":…,\"clientId\"?}".into(),
+                None,
             ),
             rate_limited: error_frame(
                 ErrorCode::RateLimited,
@@ -110,6 +132,7 @@ impl AppState {
                     "more than {} messages per second; message dropped",
                     config.message_rate
                 ),
+                None,
             ),
         };
         let metrics = Arc::<Metrics>::default();

@@ -112,7 +112,7 @@ async fn send_and_echo(conn: &mut RoomConnection, text: &str) -> u64 {
             RoomEvent::Frame(ServerFrame::Message(m)) if m.client_id.as_deref() == Some(text) => {
                 return m.seq;
             }
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 panic!("{text}: refused {code}: {message}")
             }
             RoomEvent::Frame(_) => continue,
@@ -335,6 +335,7 @@ fn spawn_reader(
                     RoomUpdate::Reconnected(w) => seen.extend(w.history),
                     RoomUpdate::Frame(_) => {}
                     RoomUpdate::Closed { code, reason } => panic!("reader closed: {code:?} {reason}"),
+                    RoomUpdate::Disconnected { .. } => {}
                 },
                 _ = stop.changed() => {}
             }
@@ -710,7 +711,7 @@ fn spawn_chatter(
                         }
                         seen.push(m);
                     }
-                    RoomUpdate::Frame(ServerFrame::Error { code, message }) => {
+                    RoomUpdate::Frame(ServerFrame::Error { code, message, .. }) => {
                         if let Some(id) = &outstanding && message.contains(id.as_str()) {
                             assert!(code == "server_draining" || code == "store_unavailable", "{code}: {message}");
                             due = true;
@@ -727,6 +728,7 @@ fn spawn_chatter(
                         due = outstanding.is_some();
                     }
                     RoomUpdate::Closed { code, reason } => panic!("{prefix}: closed {code:?} {reason}"),
+                    RoomUpdate::Disconnected { .. } => {}
                 },
                 _ = stop.changed() => {}
                 _ = finish.changed() => {}
@@ -923,7 +925,7 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
     a.send("two", Some("c-two")).await.unwrap();
     loop {
         match a.recv_timeout(WAIT).await.unwrap() {
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 assert_eq!(code, "store_unavailable");
                 assert!(message.contains("c-two"), "{message}");
                 break;
