@@ -93,19 +93,23 @@ impl Accounts {
     }
 }
 
-/// The client's address (the TCP peer), when the server was started with connect info.
+/// The client's address (the TCP peer, or what a trusted proxy forwarded for: see
+/// [`crate::ratelimit`]), when the server was started with connect info.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientAddr(
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
+                .map(|ConnectInfo(addr)| state.limits().client_addr(addr.ip(), &parts.headers)),
         ))
     }
 }

@@ -8,8 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use berth_protocol::api::{
-    CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_ROOM_NAME_CHARS, MessagePage,
-    RoomList, RoomSummary, RoomTicket,
+    CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessagePage, RoomList, RoomSummary,
+    RoomTicket,
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
@@ -17,6 +17,7 @@ use berth_protocol::{ErrorCode, ids};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, chain};
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 use crate::tokens;
 
@@ -43,13 +44,16 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
-        Ok(AuthUser(crate::accounts::authenticate(state, token).await?))
+        let claims = crate::accounts::authenticate(state, token).await?;
+        state.limits().api_per_user.check(&claims.sub)?;
+        Ok(AuthUser(claims))
     }
 }
 
 /// `POST /api/rooms`: place a new room and hand back a ticket into it.
 pub async fn create_room(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     AuthUser(user): AuthUser,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -64,6 +68,12 @@ pub async fn create_room(
         Some(name) => validate_room_name(name)?,
         None => None,
     };
+    // After validation, so that a refused body costs no create.
+    state
+        .limits()
+        .create_per_address
+        .check(&addr)
+        .inspect_err(|_| tracing::info!(%addr, user_id = %user.sub, "room creates rate limited"))?;
     let placement = state
         .scheduler()
         .place_room(&PlaceRoomRequest {
@@ -105,7 +115,8 @@ pub struct PageQuery {
 /// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
 pub async fn room_messages(
     State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
+    ClientAddr(addr): ClientAddr,
+    AuthUser(user): AuthUser,
     room_id: Result<Path<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<MessagePage>, ApiError> {
@@ -115,6 +126,8 @@ pub async fn room_messages(
     if !ids::is_valid_room_id(&room_id) {
         return Err(ApiError::room_not_found());
     }
+    state.limits().history_per_user.check(&user.sub)?;
+    state.limits().history_per_address.check(&addr)?;
     let Query(query) = query.map_err(|r| ApiError::invalid_request(r.body_text()))?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
@@ -230,23 +243,12 @@ fn ticket(
     })
 }
 
-/// A blank name means "use the room id"; otherwise at most 64 characters, no control characters.
+/// A blank name means "use the room id"; otherwise the rules of `berth_protocol::text`
+/// (length, no control, bidi or invisible characters, something visible).
 fn validate_room_name(name: String) -> Result<Option<String>, ApiError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.chars().count() > MAX_ROOM_NAME_CHARS {
-        return Err(ApiError::invalid_request(format!(
-            "room names are at most {MAX_ROOM_NAME_CHARS} characters"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request(
-            "room names cannot contain control characters",
-        ));
-    }
-    Ok(Some(name.to_owned()))
+    berth_protocol::text::room_name(&name)
+        .map(|n| n.map(str::to_owned))
+        .map_err(|e| ApiError::invalid_request(e.to_string()))
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {

@@ -12,6 +12,7 @@
 //!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
+//! - [`ratelimit`]: request limits per client address and per user, and the client address.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod jwks;
 pub mod keys;
 pub mod password;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
@@ -71,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::per_address,
+        ))
         .with_state(state)
 }
 

@@ -104,7 +104,7 @@ fn print_frame(frame: &ServerFrame) {
             out(&format!("[{}] * {} joined", clock_now(), user.username))
         }
         ServerFrame::Left { user } => out(&format!("[{}] * {} left", clock_now(), user.username)),
-        ServerFrame::Error { code, message } => {
+        ServerFrame::Error { code, message, .. } => {
             note(&format!("error: {code}: {}", printable(message)))
         }
         ServerFrame::Welcome { .. } => {}

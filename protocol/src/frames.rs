@@ -56,9 +56,13 @@ pub enum ServerFrame {
         user: User,
     },
     /// A refused frame; the connection stays open unless a close follows.
+    #[serde(rename_all = "camelCase")]
     Error {
         code: String,
         message: String,
+        /// The `clientId` of the refused `send`, when it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
 }
 

@@ -3,13 +3,12 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use berth_protocol::api::MAX_ROOM_NAME_CHARS;
 use berth_protocol::cluster::{
     Heartbeat, HeartbeatAck, HostedRoom, PlaceRoomRequest, Placement, RegisterServer, Registered,
     ReleaseRoom, RoomDirectory, ServerList, ServerState,
@@ -63,8 +62,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Bearer cluster secret, compared in constant time.
-async fn require_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who is calling: the holder of the cluster secret (the backend, an operator), or one session
+/// server with its own credential (`berth_protocol::cluster::server_credential`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Server(String),
+}
+
+impl Caller {
+    /// Only the cluster secret may do this.
+    fn operator(&self, action: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Server(id) => {
+                info!(server_id = %id, action, "refused a session server's credential");
+                Err(ApiError::Forbidden(action))
+            }
+        }
+    }
+
+    /// The cluster secret, or the credential of server `server_id` itself.
+    fn operator_or_server(&self, server_id: &str, action: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Server(id) if id != server_id => {
+                info!(server_id = %id, other = %server_id, action, "refused a session server acting for another");
+                Err(ApiError::Forbidden(action))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Bearer cluster secret (compared in constant time) or a session server's credential.
+async fn require_secret(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -74,11 +109,20 @@ async fn require_secret(State(state): State<AppState>, request: Request, next: N
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) => {
+    let caller = presented.and_then(|token| {
+        if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) {
+            Some(Caller::Operator)
+        } else {
+            berth_protocol::cluster::verify_server_credential(&state.secret, token)
+                .map(|id| Caller::Server(id.to_owned()))
+        }
+    });
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        _ => {
+        None => {
             debug!(path = %request.uri().path(), "refused a call without the cluster secret");
             ApiError::Unauthorized.into_response()
         }
@@ -138,17 +182,13 @@ fn path_id(
 }
 
 fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
-    match name {
-        Some(n)
-            if n.is_empty()
-                || n.chars().count() > MAX_ROOM_NAME_CHARS
-                || n.chars().any(char::is_control) =>
-        {
-            Err(ApiError::InvalidRequest(format!(
-                "room name must be 1-{MAX_ROOM_NAME_CHARS} characters without control characters"
-            )))
-        }
-        other => Ok(other),
+    let Some(name) = name else { return Ok(None) };
+    match berth_protocol::text::room_name(&name) {
+        Ok(Some(name)) => Ok(Some(name.to_owned())),
+        Ok(None) => Err(ApiError::InvalidRequest(
+            "room name must have at least one visible character".into(),
+        )),
+        Err(e) => Err(ApiError::InvalidRequest(e.to_string())),
     }
 }
 
@@ -193,8 +233,10 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
 /// `POST /v1/rooms`.
 async fn create_room(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Placement>), ApiError> {
+    caller.operator("create rooms")?;
     let req: PlaceRoomRequest = match &body {
         Ok(bytes) if bytes.is_empty() => PlaceRoomRequest::default(),
         _ => parse_json(body)?,
@@ -229,8 +271,10 @@ struct ListRooms {
 /// `GET /v1/rooms[?public=true|false]`.
 async fn list_rooms(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListRooms>, QueryRejection>,
 ) -> Result<Json<RoomDirectory>, ApiError> {
+    caller.operator("list rooms")?;
     let Query(query) = query.map_err(|r| ApiError::Rejected {
         status: r.status(),
         message: r.body_text(),
@@ -252,6 +296,7 @@ async fn get_room(
 /// `POST /v1/rooms/{id}/release`: 204 whether or not the placement was still current.
 async fn release_room(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -260,6 +305,7 @@ async fn release_room(
     if !ids::is_valid_server_id(&req.server_id) {
         return Err(ApiError::InvalidRequest("invalid server id".into()));
     }
+    caller.operator_or_server(&req.server_id, "release another server's rooms")?;
     if state
         .directory
         .release(&room_id, &req.server_id, req.epoch, &state.registry)
@@ -274,10 +320,18 @@ async fn release_room(
 /// `POST /v1/servers`: a session server (re-)announces itself.
 async fn register_server(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Registered>, ApiError> {
-    let req: RegisterServer = parse_json(body)?;
+    let mut req: RegisterServer = parse_json(body)?;
     validate_register(&req)?;
+    // A server credential registers its own server and no other.
+    if let Caller::Server(id) = &caller {
+        match &req.server_id {
+            None => req.server_id = Some(id.clone()),
+            Some(named) => caller.operator_or_server(named, "register another server")?,
+        }
+    }
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
             Some(server) => server,
@@ -296,10 +350,11 @@ async fn register_server(
             }
         },
     };
-    if server.kill_was_requested() {
-        // A managed server declared dead is being killed: it must not come back.
+    if server.kill_was_requested() || server.has_exited() {
+        // Its process is being killed or is gone: whoever this is, it must not come back.
         return Err(ApiError::UnknownServer);
     }
+    state.vigil.heard();
     let previous = server.state();
     // A managed child's pid is the one we spawned, whatever it says.
     let pid = if server.managed { None } else { req.pid };
@@ -340,19 +395,25 @@ async fn register_server(
         info!(server_id = %server.id, managed = server.managed, rooms = req.rooms.len(), draining, previous = previous.as_str(), "session server registered");
     }
     state.fleet_kick.notify_one();
+    // Whoever registered with the cluster secret gets its own credential, to use from now on.
+    let credential = (caller == Caller::Operator)
+        .then(|| berth_protocol::cluster::server_credential(&state.secret, &server.id));
     Ok(Json(Registered {
         server_id: server.id.clone(),
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
+        credential,
     }))
 }
 
 /// `PUT /v1/servers/{id}/heartbeat`.
 async fn heartbeat(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
+    caller.operator_or_server(&server_id, "heartbeat for another server")?;
     let hb: Heartbeat = parse_json(body)?;
     validate_hosted(&hb.rooms)?;
     let server = state
@@ -360,6 +421,7 @@ async fn heartbeat(
         .get(&server_id)
         .filter(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
         .ok_or(ApiError::UnknownServer)?;
+    state.vigil.heard();
     server.heartbeat(hb.connections);
     if hb.draining && server.state() == ServerState::Ready {
         let _decision = lock(&state.placement_lock);
@@ -387,8 +449,10 @@ async fn heartbeat(
 /// `POST /v1/servers/{id}/drain`: no new rooms; the next heartbeat answer asks it to drain.
 async fn drain_server(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    caller.operator("drain servers")?;
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
     let server = state
         .registry
@@ -410,9 +474,11 @@ async fn drain_server(
 /// `DELETE /v1/servers/{id}`: a server leaving; its remaining rooms are re-placed on lookup.
 async fn remove_server(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let server_id = path_id(path, ids::is_valid_server_id, "server")?;
+    caller.operator_or_server(&server_id, "remove another server")?;
     let server = state
         .registry
         .get(&server_id)
@@ -424,12 +490,16 @@ async fn remove_server(
 }
 
 /// `GET /v1/servers`, oldest first.
-async fn list_servers(State(state): State<AppState>) -> Json<ServerList> {
+async fn list_servers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ServerList>, ApiError> {
+    caller.operator("list servers")?;
     let mut servers = state.registry.snapshot();
     servers.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
-    Json(ServerList {
+    Ok(Json(ServerList {
         servers: servers.iter().map(|s| s.info()).collect(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -455,5 +525,7 @@ mod tests {
         assert!(validate_name(Some("a".repeat(65))).is_err());
         assert!(validate_name(Some(String::new())).is_err());
         assert!(validate_name(Some("a\nb".into())).is_err());
+        assert!(validate_name(Some("a\u{202E}b".into())).is_err());
+        assert!(validate_name(Some("\u{200B}".into())).is_err());
     }
 }

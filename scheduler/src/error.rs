@@ -32,6 +32,10 @@ pub enum Error {
 pub enum ApiError {
     #[error("missing or wrong cluster secret")]
     Unauthorized,
+    /// A session server's credential used for something only operators (and the backend) may
+    /// do, or for another server.
+    #[error("this credential may not {0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     InvalidRequest(String),
     /// An extractor refused the request (body too large, bad query string, ...).
@@ -62,6 +66,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, ErrorCode) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
             ApiError::Rejected { status, .. } => (*status, ErrorCode::InvalidRequest),
             ApiError::RoomNotFound => (StatusCode::NOT_FOUND, ErrorCode::RoomNotFound),

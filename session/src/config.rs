@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
+    /// This server's own scheduler credential (`srv.<id>.<mac>`), which can only register,
+    /// heartbeat and release this server's rooms. Spawned servers get it from the scheduler
+    /// instead of the cluster secret; when set, the cluster secret is not read at all.
+    #[arg(long, env = "BERTH_SERVER_CREDENTIAL", hide_env_values = true)]
+    pub server_credential: Option<String>,
+
     /// Where keys and data live.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "./.berth")]
     pub data_dir: PathBuf,

@@ -226,12 +226,22 @@ async fn serve(
                         }
                         continue;
                     }
-                    Some(Err(code)) => code,
-                    None => ErrorCode::BadFrame,
+                    Some(Err(refusal)) => refusal,
+                    None => (ErrorCode::BadFrame, None),
                 };
-                shared.metrics.refused(refusal);
+                shared.metrics.refused(refusal.0);
                 let frame = match refusal {
-                    ErrorCode::TextTooLong => shared.errors.text_too_long.clone(),
+                    (ErrorCode::InvalidText, client_id) => crate::state::error_frame(
+                        ErrorCode::InvalidText,
+                        berth_protocol::text::TextError::TextControl.to_string(),
+                        client_id,
+                    ),
+                    (ErrorCode::TextTooLong, None) => shared.errors.text_too_long.clone(),
+                    (ErrorCode::TextTooLong, client_id) => crate::state::error_frame(
+                        ErrorCode::TextTooLong,
+                        format!("text is longer than {} bytes", config.max_text_bytes),
+                        client_id,
+                    ),
                     _ => shared.errors.bad_frame.clone(),
                 };
                 if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
@@ -260,19 +270,25 @@ fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     }
 }
 
-/// A client `send` frame: its text and clientId, or the error code refusing it.
-fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), ErrorCode> {
-    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
+/// A client `send` frame: its text and clientId, or the error code refusing it (with the
+/// clientId when the frame was readable, so the sender can match the refusal to its send).
+type Refusal = (ErrorCode, Option<String>);
+
+fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), Refusal> {
+    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| (ErrorCode::BadFrame, None))?;
     match frame {
         ClientFrame::Send { text, client_id } => {
             if client_id
                 .as_ref()
                 .is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES)
             {
-                return Err(ErrorCode::BadFrame);
+                return Err((ErrorCode::BadFrame, None));
             }
             if text.len() > max_text_bytes {
-                return Err(ErrorCode::TextTooLong);
+                return Err((ErrorCode::TextTooLong, client_id));
+            }
+            if berth_protocol::text::message_text(&text).is_err() {
+                return Err((ErrorCode::InvalidText, client_id));
             }
             Ok((text, client_id))
         }
@@ -315,17 +331,25 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"send","text":"hello world"}"#, 10),
-            Err(ErrorCode::TextTooLong)
+            Err((ErrorCode::TextTooLong, None))
         );
-        assert_eq!(parse("nope", 10), Err(ErrorCode::BadFrame));
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\u0000b","clientId":"c"}"#, 10),
+            Err((ErrorCode::InvalidText, Some("c".into())))
+        );
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\nb\tc"}"#, 10),
+            Ok(("a\nb\tc".into(), None))
+        );
+        assert_eq!(parse("nope", 10), Err((ErrorCode::BadFrame, None)));
         assert_eq!(
             parse(r#"{"type":"shout","text":"hi"}"#, 10),
-            Err(ErrorCode::BadFrame)
+            Err((ErrorCode::BadFrame, None))
         );
         let long_id = format!(
             r#"{{"type":"send","text":"hi","clientId":"{}"}}"#,
             "x".repeat(65)
         );
-        assert_eq!(parse(&long_id, 10), Err(ErrorCode::BadFrame));
+        assert_eq!(parse(&long_id, 10), Err((ErrorCode::BadFrame, None)));
     }
 }

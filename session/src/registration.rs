@@ -74,6 +74,9 @@ async fn register(
         attempts += 1;
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
+                if let Some(credential) = &registered.credential {
+                    client.use_credential(credential);
+                }
                 state.set_server_id(&registered.server_id);
                 state
                     .0

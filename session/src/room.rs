@@ -330,6 +330,7 @@ fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id: None,
     };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
 }

@@ -63,10 +63,16 @@ pub(crate) struct ErrorFrames {
     pub rate_limited: Utf8Bytes,
 }
 
-fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+/// An `error` frame, serialized.
+pub(crate) fn error_frame(
+    code: ErrorCode,
+    message: String,
+    client_id: Option<String>,
+) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id,
     };
     serde_json::to_string(&frame)
         .expect("frames serialize")
@@ -101,9 +107,10 @@ impl AppState {
         let scheduler = if config.standalone {
             None
         } else {
-            let secret = match &config.cluster_secret {
-                Some(s) => s.trim().to_owned(),
-                None => {
+            let secret = match (&config.server_credential, &config.cluster_secret) {
+                (Some(credential), _) => credential.trim().to_owned(),
+                (None, Some(s)) => s.trim().to_owned(),
+                (None, None) => {
                     let path = config.data_dir.join("cluster.secret");
                     berth_protocol::secret::load_or_create(&path)
                         .map_err(|source| Error::Secret { path, source })?
@@ -118,10 +125,12 @@ impl AppState {
             text_too_long: error_frame(
                 ErrorCode::TextTooLong,
                 format!("text is longer than {} bytes", config.max_text_bytes),
+                None,
             ),
             bad_frame: error_frame(
                 ErrorCode::BadFrame,
                 "expected a JSON text frame {\"type\":\"send\",\"text\":…,\"clientId\"?}".into(),
+                None,
             ),
             rate_limited: error_frame(
                 ErrorCode::RateLimited,
@@ -129,6 +138,7 @@ impl AppState {
                     "more than {} messages per second; message dropped",
                     config.message_rate
                 ),
+                None,
             ),
         };
         let metrics = Arc::<Metrics>::default();

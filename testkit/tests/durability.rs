@@ -112,7 +112,7 @@ async fn send_and_echo(conn: &mut RoomConnection, text: &str) -> u64 {
             RoomEvent::Frame(ServerFrame::Message(m)) if m.client_id.as_deref() == Some(text) => {
                 return m.seq;
             }
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 panic!("{text}: refused {code}: {message}")
             }
             RoomEvent::Frame(_) => continue,
@@ -710,7 +710,7 @@ fn spawn_chatter(
                         }
                         seen.push(m);
                     }
-                    RoomUpdate::Frame(ServerFrame::Error { code, message }) => {
+                    RoomUpdate::Frame(ServerFrame::Error { code, message, .. }) => {
                         if let Some(id) = &outstanding && message.contains(id.as_str()) {
                             assert!(code == "server_draining" || code == "store_unavailable", "{code}: {message}");
                             due = true;
@@ -923,7 +923,7 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
     a.send("two", Some("c-two")).await.unwrap();
     loop {
         match a.recv_timeout(WAIT).await.unwrap() {
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 assert_eq!(code, "store_unavailable");
                 assert!(message.contains("c-two"), "{message}");
                 break;
