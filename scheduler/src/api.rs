@@ -327,9 +327,9 @@ async fn register_server(
     validate_register(&req)?;
     // A server credential registers its own server and no other.
     if let Caller::Server(id) = &caller {
-        match &req.server_id {
+        match req.server_id.clone() {
             None => req.server_id = Some(id.clone()),
-            Some(named) => caller.operator_or_server(named, "register another server")?,
+            Some(named) => caller.operator_or_server(&named, "register another server")?,
         }
     }
     let server = match &req.server_id {

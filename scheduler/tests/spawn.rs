@@ -317,7 +317,8 @@ async fn a_silent_managed_child_is_killed_and_its_room_moves_to_a_new_one() {
         ("--heartbeat-timeout-ms", "800"),
     ])
     .await;
-    // The fake never heartbeats: it is declared dead, killed, and forgotten.
+    // The fake never heartbeats: it is declared dead, killed once it stays silent, and
+    // forgotten after the dead-listing time.
     let p = s.create(json!({})).await.unwrap();
     let pid = s.server(&p.server_id).await.unwrap().pid.unwrap();
     eventually(

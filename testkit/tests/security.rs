@@ -90,7 +90,7 @@ async fn create_floods_are_limited_per_address_and_unclaimed_slots_come_back() {
     assert_eq!(rooms["rooms"].as_array().unwrap().len(), 5);
     let db = rusqlite::Connection::open(cluster.data_dir.join("berth.db")).unwrap();
     let rows: i64 = db
-        .query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM berth_rooms", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 5);
 
