@@ -57,11 +57,13 @@ while [ $# -gt 0 ]; do
     *) shift ;;
   esac
 done
-[ -n "${{BERTH_CLUSTER_SECRET:-}}" ] || exit 2
+# A spawned server gets its own credential, never the cluster secret.
+[ -n "${{BERTH_SERVER_CREDENTIAL:-}}" ] || exit 2
+[ -z "${{BERTH_CLUSTER_SECRET:-}}" ] || exit 4
 [ "{delay}" = never ] && exec sleep 600
 sleep {delay}
 curl -sf -X POST "$sched/v1/servers" \
-  -H "Authorization: Bearer $BERTH_CLUSTER_SECRET" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $BERTH_SERVER_CREDENTIAL" -H 'Content-Type: application/json' \
   -d "{{\"serverId\":\"$id\",\"url\":\"ws://127.0.0.1:9/$id\",\"capacity\":{{\"rooms\":$rooms,\"membersPerRoom\":$members}},\"pid\":$$}}" \
   > /dev/null || exit 3
 {trap}
