@@ -197,7 +197,7 @@ impl Default for Metrics {
         let server_exits = Family::<[(&'static str, &'static str); 1], Counter>::default();
         for cause in ExitCause::ALL {
             // Every cause shown from the start, at 0.
-            server_exits.get_or_create(&[("cause", cause.as_str())]);
+            drop(server_exits.get_or_create(&[("cause", cause.as_str())]));
         }
         registry.register(
             "berth_scheduler_server_exits",
