@@ -11,12 +11,11 @@
 //! so older tokens stop working), and a guest token stops working when guests are turned off or
 //! its name becomes an account's. Password checks go through [`crate::throttle`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use berth_protocol::api::{
     ChangePasswordRequest, LoginRequest, LoginResponse, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS,
     MeResponse, RegisterRequest,
@@ -27,6 +26,7 @@ use berth_runtime::http::Json as JsonBody;
 use berth_store::{Account, Store, StoreError};
 
 use crate::api::AuthUser;
+use crate::ratelimit::ClientAddr;
 use crate::error::ApiError;
 use crate::jwks::{JwksArgs, JwksConfigError, JwksVerifier};
 use crate::password::{self, Argon2Args, PasswordError, Passwords};
@@ -89,23 +89,6 @@ impl Accounts {
     /// The outside identity provider's verifier, when one is configured.
     pub fn jwks(&self) -> Option<&JwksVerifier> {
         self.jwks.as_ref()
-    }
-}
-
-/// The client's address (the TCP peer), when the server was started with connect info.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
     }
 }
 
@@ -219,14 +202,14 @@ pub async fn register(
 /// `POST /api/login`: with a password, an account; without one, a guest.
 pub async fn login(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     check_username(&req.username)?;
     // An empty password is no password: a guest.
     match req.password.filter(|p| !p.is_empty()) {
         Some(password) => {
-            let account = check_password(&state, &req.username, &password, addr).await?;
+            let account = check_password(&state, &req.username, &password, addr.known()).await?;
             tracing::debug!(user_id = %account.user_id, "signed in");
             Ok(Json(signed_in(
                 &state,
@@ -296,7 +279,7 @@ pub async fn refresh(
 /// issued before stops working, and the answer carries a new one.
 pub async fn change_password(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     AuthUser(user): AuthUser,
     // Read after the account check: a guest is told why before its body is looked at.
     body: Result<JsonBody<ChangePasswordRequest>, ApiError>,
@@ -316,7 +299,7 @@ pub async fn change_password(
             format!("passwords are {MIN_PASSWORD_CHARS}-{MAX_PASSWORD_CHARS} characters"),
         ));
     }
-    let account = check_password(&state, &user.name, &req.old_password, addr).await?;
+    let account = check_password(&state, &user.name, &req.old_password, addr.known()).await?;
     if account.user_id != user.sub {
         return Err(ApiError::unauthorized("this account no longer exists"));
     }

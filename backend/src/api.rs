@@ -15,6 +15,7 @@ use berth_protocol::cluster::{PlaceRoomRequest, Placement};
 use berth_runtime::http::{JsonOrDefault, Query, RoomId};
 
 use crate::error::{ApiError, chain};
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 use crate::tokens;
 
@@ -41,19 +42,28 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
-        Ok(AuthUser(crate::accounts::authenticate(state, token).await?))
+        let claims = crate::accounts::authenticate(state, token).await?;
+        state.limits().api_per_user.check(&claims.sub)?;
+        Ok(AuthUser(claims))
     }
 }
 
 /// `POST /api/rooms`: place a new room and hand back a ticket into it.
 pub async fn create_room(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     AuthUser(user): AuthUser,
     // The body is optional: empty (or blank) means all defaults.
     JsonOrDefault(req): JsonOrDefault<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = berth_protocol::api::room_name(req.name.as_deref())
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    // After validation, so that a refused body costs no create.
+    state
+        .limits()
+        .create_per_address
+        .check(&addr)
+        .inspect_err(|_| tracing::info!(%addr, user_id = %user.sub, "room creates rate limited"))?;
     let placement = state
         .scheduler()
         .place_room(&PlaceRoomRequest {
@@ -89,10 +99,13 @@ pub struct PageQuery {
 /// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
 pub async fn room_messages(
     State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
+    ClientAddr(addr): ClientAddr,
+    AuthUser(user): AuthUser,
     RoomId(room_id): RoomId,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
+    state.limits().history_per_user.check(&user.sub)?;
+    state.limits().history_per_address.check(&addr)?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
         Some(s) => Some(s.parse::<u64>().ok().filter(|&b| b >= 1).ok_or_else(|| {

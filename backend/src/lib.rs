@@ -13,6 +13,7 @@
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
 //! - [`operator`]: the operator page's fleet view, behind the cluster secret.
+//! - [`ratelimit`]: request limits per client address and per user, and the client address.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
 
@@ -25,6 +26,7 @@ pub mod jwks;
 pub mod keys;
 pub mod operator;
 pub mod password;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
@@ -76,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::per_address,
+        ))
         .with_state(state)
 }
 

@@ -6,23 +6,33 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys;
+use crate::ratelimit::Limits;
 use crate::scheduler::SchedulerClient;
 use crate::tokens::TokenIssuer;
 use crate::web::WebFiles;
 
 /// Shared, cheap to clone (one `Arc`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.inner.issuer)
+            .field("web", &self.inner.web)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     issuer: TokenIssuer,
     scheduler: SchedulerClient,
     web: WebFiles,
     store: Option<berth_store::Store>,
     accounts: crate::accounts::Accounts,
+    limits: Limits,
 }
 
 impl AppState {
@@ -61,6 +71,7 @@ impl AppState {
                 web,
                 store,
                 accounts,
+                limits: Limits::new(config),
             }),
         })
     }
@@ -83,6 +94,11 @@ impl AppState {
     /// Accounts, guests, password hashing, sign-in throttles, the outside identity provider.
     pub fn accounts(&self) -> &crate::accounts::Accounts {
         &self.inner.accounts
+    }
+
+    /// Request limits per address and per user.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// Where the web client's files come from.

@@ -128,42 +128,19 @@ pub struct RoomSummary {
 /// Longest room name accepted, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
-/// Why a room name was refused (the message tells the user what to change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomNameError {
-    TooLong,
-    ControlCharacter,
-}
-
-impl std::fmt::Display for RoomNameError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RoomNameError::TooLong => {
-                write!(f, "room names are at most {MAX_ROOM_NAME_CHARS} characters")
-            }
-            RoomNameError::ControlCharacter => {
-                f.write_str("room names cannot contain control characters")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RoomNameError {}
+/// Why a room name was refused (the message tells the user what to change): the rules of
+/// [`crate::text`].
+pub use crate::text::TextError as RoomNameError;
 
 /// The one room-name rule, applied wherever a name comes in: surrounding blanks are trimmed, a
 /// blank name means "no name" (the room id is shown instead), otherwise at most
-/// [`MAX_ROOM_NAME_CHARS`] characters and no control characters.
+/// [`MAX_ROOM_NAME_CHARS`] characters and none of the characters [`crate::text::room_name`]
+/// refuses (control, bidirectional, invisible).
 pub fn room_name(name: Option<&str>) -> Result<Option<String>, RoomNameError> {
-    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
-        return Ok(None);
-    };
-    if name.chars().count() > MAX_ROOM_NAME_CHARS {
-        return Err(RoomNameError::TooLong);
+    match name {
+        None => Ok(None),
+        Some(name) => crate::text::room_name(name).map(|n| n.map(str::to_owned)),
     }
-    if name.chars().any(char::is_control) {
-        return Err(RoomNameError::ControlCharacter);
-    }
-    Ok(Some(name.to_owned()))
 }
 
 #[cfg(test)]
@@ -178,12 +155,15 @@ mod room_name_tests {
         assert_eq!(room_name(Some(&"é".repeat(64))), Ok(Some("é".repeat(64))));
         assert_eq!(
             room_name(Some(&"x".repeat(65))),
-            Err(RoomNameError::TooLong)
+            Err(RoomNameError::NameTooLong)
         );
         assert_eq!(
             room_name(Some("a\tb")),
-            Err(RoomNameError::ControlCharacter)
+            Err(RoomNameError::NameControl)
         );
+        // No spoofing: bidirectional overrides and invisible characters are refused.
+        assert_eq!(room_name(Some("a\u{202E}b")), Err(RoomNameError::NameBidi));
+        assert!(room_name(Some("\u{200B}")).is_err());
     }
 }
 

@@ -10,6 +10,8 @@ pub enum ErrorCode {
     InvalidUsername,
     InvalidRequest,
     Unauthorized,
+    /// A valid credential that may not do this (a session server's, for an operator call).
+    Forbidden,
     RoomNotFound,
     NoCapacity,
     RateLimited,
@@ -31,6 +33,8 @@ pub enum ErrorCode {
     ServerDraining,
     // Session server, after the upgrade (error frames).
     TextTooLong,
+    /// A message text with control characters other than newline and tab.
+    InvalidText,
     BadFrame,
     RoomClosed,
     /// The message was not stored (the store refuses writes or cannot be reached), so nobody
@@ -53,6 +57,7 @@ impl ErrorCode {
             ErrorCode::InvalidUsername => "invalid_username",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::RoomNotFound => "room_not_found",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::RateLimited => "rate_limited",
@@ -70,6 +75,7 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::ServerDraining => "server_draining",
             ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::InvalidText => "invalid_text",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::StoreUnavailable => "store_unavailable",

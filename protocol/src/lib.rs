@@ -9,6 +9,7 @@
 //! - [`cluster`]: the internal scheduler API (`/v1/...`) used by the backend and session servers.
 //! - [`error`]: the one error body every HTTP answer uses, and its codes.
 //! - [`ids`]: how room, server and user ids look and are minted.
+//! - [`text`]: which room names and message texts are accepted (no spoofing characters).
 
 pub mod api;
 pub mod claims;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod frames;
 pub mod ids;
+pub mod text;
 
 pub use error::{ErrorBody, ErrorCode};
 

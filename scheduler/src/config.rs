@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_ROOM_IDLE_SECS", default_value_t = 300)]
     pub room_idle_secs: u64,
 
+    /// A placed room that no member opens within this many seconds gives its slot back (it
+    /// stays dormant and is placed again on its next lookup). Fractions are accepted.
+    #[arg(long, env = "BERTH_UNCLAIMED_ROOM_SECS", default_value = "30", value_parser = parse_secs)]
+    pub unclaimed_room_secs: f64,
+
     /// A managed server without rooms for this long is drained, unless the warm buffer needs it.
     /// Fractions are accepted (`0.5`).
     #[arg(long, env = "BERTH_SERVER_IDLE_SECS", default_value = "120", value_parser = parse_secs)]
@@ -122,6 +127,10 @@ impl Config {
 
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn unclaimed_room(&self) -> Duration {
+        Duration::from_secs_f64(self.unclaimed_room_secs)
     }
 
     pub fn server_idle(&self) -> Duration {
@@ -181,6 +190,7 @@ mod tests {
         assert_eq!(c.spawn_timeout(), Duration::from_secs(10));
         assert_eq!(c.server_idle(), Duration::from_secs(120));
         assert_eq!(c.create_rate, 10);
+        assert_eq!(c.unclaimed_room(), Duration::from_secs(30));
         assert_eq!(
             c.ticket_public_key_path(),
             PathBuf::from("./.berth/ticket.pub.pem")

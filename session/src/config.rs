@@ -28,6 +28,12 @@ pub struct Config {
     #[command(flatten)]
     pub cluster: berth_runtime::ClusterArgs,
 
+    /// This server's own scheduler credential (`srv.<id>.<mac>`), which can only register,
+    /// heartbeat and release this server's rooms. Spawned servers get it from the scheduler
+    /// instead of the cluster secret; when set, the cluster secret is not read at all.
+    #[arg(long, env = "BERTH_SERVER_CREDENTIAL", hide_env_values = true)]
+    pub server_credential: Option<String>,
+
     /// This server's id (given by the scheduler when it spawns the server; required with
     /// `--standalone`; otherwise the scheduler assigns one at registration).
     #[arg(long, env = "BERTH_SERVER_ID")]

@@ -223,7 +223,12 @@ async fn serve(
                 };
                 shared.metrics.refused(refusal.0);
                 let frame = match refusal {
-                    (ErrorCode::TextTooLong, id) => with_client_id(&shared.errors.text_too_long, id.as_deref()),
+                    (ErrorCode::TextTooLong, id) => {
+                        with_client_id(&shared.errors.text_too_long, id.as_deref())
+                    }
+                    (ErrorCode::InvalidText, id) => {
+                        with_client_id(&shared.errors.invalid_text, id.as_deref())
+                    }
                     _ => shared.errors.bad_frame.clone(),
                 };
                 if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
@@ -268,6 +273,9 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<(String, Option<String>), R
             }
             if text.len() > max_text_bytes {
                 return Err((ErrorCode::TextTooLong, client_id));
+            }
+            if berth_protocol::text::message_text(&text).is_err() {
+                return Err((ErrorCode::InvalidText, client_id));
             }
             Ok((text, client_id))
         }
@@ -322,6 +330,14 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"send","text":"hello world"}"#, 10),
             Err((ErrorCode::TextTooLong, None))
+        );
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\u0000b","clientId":"c"}"#, 10),
+            Err((ErrorCode::InvalidText, Some("c".into())))
+        );
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\nb\tc"}"#, 10),
+            Ok(("a\nb\tc".into(), None))
         );
         assert_eq!(parse("nope", 10), Err((ErrorCode::BadFrame, None)));
         assert_eq!(

@@ -154,6 +154,9 @@ async fn register(
         attempts += 1;
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
+                if let Some(credential) = &registered.credential {
+                    client.use_credential(credential);
+                }
                 lease.renew(state, sent, registered.heartbeat_timeout_ms);
                 state.set_server_id(&registered.server_id);
                 state

@@ -57,6 +57,7 @@ pub(crate) struct Shared {
 /// `error` frames a connection may answer with, serialized once per server.
 pub(crate) struct ErrorFrames {
     pub text_too_long: Utf8Bytes,
+    pub invalid_text: Utf8Bytes,
     pub bad_frame: Utf8Bytes,
     pub rate_limited: Utf8Bytes,
 }
@@ -109,16 +110,30 @@ impl AppState {
         let scheduler = if config.standalone {
             None
         } else {
-            let secret = config.cluster.secret()?;
+            let secret = match &config.server_credential {
+                Some(credential) => {
+                    let credential = credential.trim();
+                    if credential.is_empty() {
+                        return Err(Error::Config("the server credential is empty".into()));
+                    }
+                    credential.to_owned()
+                }
+                None => config.cluster.secret()?.expose().to_owned(),
+            };
             Some(SchedulerClient::new(
                 &config.cluster.scheduler_url,
-                secret.expose(),
+                &secret,
             )?)
         };
         let errors = ErrorFrames {
             text_too_long: error_frame(
                 ErrorCode::TextTooLong,
                 format!("text is longer than {} bytes", config.max_text_bytes),
+                None,
+            ),
+            invalid_text: error_frame(
+                ErrorCode::InvalidText,
+                berth_protocol::text::TextError::TextControl.to_string(),
                 None,
             ),
             bad_frame: error_frame(

@@ -171,6 +171,17 @@ impl Cluster {
         if let Some(url) = &options.database_url {
             args.extend(["--database-url".to_owned(), url.clone()]);
         }
+        // Tests drive many requests from one address: no request limits unless a test sets one.
+        for flag in [
+            "--create-rate-per-address",
+            "--api-rate-per-address",
+            "--api-rate-per-user",
+            "--history-rate",
+        ] {
+            if !options.backend_args.iter().any(|a| a == flag) {
+                args.extend([flag.to_owned(), "0".to_owned()]);
+            }
+        }
         args.extend(options.backend_args.iter().cloned());
         let config = berth_backend::Config::parse_from(args);
         let token = shutdown.clone();
@@ -229,6 +240,18 @@ impl Cluster {
             .get(format!("{}{}", self.scheduler_url, path))
             .bearer_auth(&self.secret)
             .send()
+            .await
+            .unwrap()
+    }
+
+    /// The scheduler's `/metrics` text.
+    pub async fn scheduler_metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.scheduler_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }
