@@ -24,6 +24,8 @@ pub enum ErrorCode {
     GuestsDisabled,
     /// The call needs an account (guests and outside identities cannot make it).
     AccountRequired,
+    /// The request was not received and answered in time (408).
+    RequestTimeout,
     // Session server, before the upgrade.
     InvalidTicket,
     WrongServer,
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::PasswordRequired => "password_required",
             ErrorCode::GuestsDisabled => "guests_disabled",
             ErrorCode::AccountRequired => "account_required",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InvalidTicket => "invalid_ticket",
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",

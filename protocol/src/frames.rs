@@ -76,6 +76,11 @@ pub enum ClientFrame {
 
 /// WebSocket close codes Berth uses.
 pub mod close {
+    /// The client broke the framing protocol (unmasked frame, oversize or fragmented control
+    /// frame, unknown opcode).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Abuse: oversize frames, flooding.
     pub const POLICY: u16 = 1008;
     /// The server hit an internal error (for example its room failed).

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::room::{self, Durability, Exit, RoomHandle, RoomSettings};
 use crate::rooms::Rooms;
 use crate::scheduler::SchedulerClient;
-use crate::ticket::TicketVerifier;
+use crate::ticket::{TicketVerifier, UsedTickets};
 use crate::writer::Writer;
 
 /// Shared state of one session server; cheap to clone.
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Set once the scheduler has accepted a registration (so there is something to leave).
     pub registered: AtomicBool,
     pub verifier: TicketVerifier,
+    /// Tickets already used here (a ticket opens one connection).
+    pub used_tickets: UsedTickets,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     /// `None` in `--standalone` mode.
@@ -146,6 +148,7 @@ impl AppState {
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
             verifier,
+            used_tickets: UsedTickets::default(),
             rooms: Arc::default(),
             metrics,
             scheduler,
@@ -261,6 +264,7 @@ impl AppState {
             server_id: server_id.clone(),
             members_per_room: shared.config.members_per_room,
             history: shared.config.history,
+            welcome_history_bytes: shared.config.welcome_history_bytes,
             idle: shared.config.room_idle(),
             panic_text: shared.panic_text.clone(),
             metrics: shared.metrics.clone(),

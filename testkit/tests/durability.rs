@@ -926,6 +926,13 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
             RoomEvent::Frame(ServerFrame::Error { code, message }) => {
                 assert_eq!(code, "store_unavailable");
                 assert!(message.contains("c-two"), "{message}");
+                // The store's own words stay in the logs.
+                for internal in ["sqlite", "locked", "postgres", "read-only", "transaction"] {
+                    assert!(
+                        !message.to_lowercase().contains(internal),
+                        "internal cause reached the client: {message}"
+                    );
+                }
                 break;
             }
             RoomEvent::Frame(ServerFrame::Message(m)) => {

@@ -56,6 +56,7 @@ async fn tickets_are_checked_before_the_upgrade() {
         epoch: placement.epoch,
         iat: now_secs(),
         exp,
+        jti: berth_protocol::claims::new_ticket_id(),
     };
 
     // A valid ticket works (and so does the backend's own).
