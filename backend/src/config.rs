@@ -62,6 +62,9 @@ pub struct Config {
     /// Accounts, guests, password hashing, sign-in throttles, outside identity provider.
     #[command(flatten)]
     pub accounts: crate::accounts::AccountArgs,
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl std::fmt::Debug for Config {
             .field("web_dir", &self.web_dir)
             .field("store", &self.store)
             .field("accounts", &self.accounts)
+            .field("http", &self.http)
             .finish()
     }
 }

@@ -29,7 +29,6 @@ pub mod throttle;
 pub mod tokens;
 pub mod web;
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
@@ -93,11 +92,12 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, scheduler_url = %config.scheduler_url, "backend serving");
 
-    // Connect info: the client address the login throttle keys on.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    // The listener hands handlers the client address (`ConnectInfo`) the login throttle keys on.
+    let limits = berth_listener::Limits {
+        shutdown_grace: SHUTDOWN_TIMEOUT,
+        ..config.http.limits()
+    };
+    let server = berth_listener::serve(listener, router(state), limits, shutdown.clone());
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(Error::Serve),

@@ -91,6 +91,10 @@ pub struct Config {
     #[command(flatten)]
     pub store: berth_store::StoreArgs,
 
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
+
     /// How long stopping waits for spawned servers to exit after SIGTERM before killing them.
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
@@ -202,6 +206,7 @@ impl std::fmt::Debug for Config {
             .field("create_rate", &self.create_rate)
             .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
             .field("store", &self.store)
+            .field("http", &self.http)
             .finish()
     }
 }
