@@ -23,6 +23,7 @@ pub mod error;
 pub mod jwks;
 pub mod keys;
 pub mod password;
+pub mod openapi;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms/{room_id}", get(api::lookup_room))
         .route("/api/rooms/{room_id}/messages", get(api::room_messages))
         .route("/healthz", get(api::healthz))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))

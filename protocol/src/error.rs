@@ -85,6 +85,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// The JSON body of every HTTP error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -92,6 +93,7 @@ pub struct ErrorBody {
 /// The inside of [`ErrorBody`]. `code` is kept as a string so that clients of an older version
 /// still read codes they do not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

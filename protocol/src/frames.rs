@@ -14,6 +14,7 @@ pub struct User {
 /// One chat message, as delivered live and in `welcome.history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     /// Increases by exactly one per message within a room.
     pub seq: u64,
