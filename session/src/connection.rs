@@ -343,6 +343,69 @@ async fn close_with(ws: &mut Socket, code: u16, reason: &'static str, read_answe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client may send is a message or a refusal from the documented list.
+        #[test]
+        fn any_text_is_a_send_or_a_documented_refusal(raw in ".{0,200}", max in 1usize..64) {
+            match parse(&raw, max) {
+                Ok((text, client_id)) => {
+                    prop_assert!(text.len() <= max);
+                    prop_assert!(client_id.is_none_or(|c| c.len() <= MAX_CLIENT_ID_BYTES));
+                }
+                Err(code) => prop_assert!(matches!(code, ErrorCode::BadFrame | ErrorCode::TextTooLong)),
+            }
+        }
+
+        /// Any JSON object with a `type` is a message or a documented refusal.
+        #[test]
+        fn any_json_is_a_send_or_a_documented_refusal(
+            kind in prop_oneof![Just("send".to_owned()), ".{0,8}"],
+            text in proptest::option::of(".{0,80}"),
+            client_id in proptest::option::of(".{0,80}"),
+            extra in proptest::option::of(any::<i64>()),
+        ) {
+            let mut v = serde_json::json!({"type": kind});
+            if let Some(t) = text { v["text"] = t.into(); }
+            if let Some(c) = client_id { v["clientId"] = c.into(); }
+            if let Some(x) = extra { v["text2"] = x.into(); }
+            let r = parse(&v.to_string(), 40);
+            prop_assert!(matches!(r, Ok(_) | Err(ErrorCode::BadFrame | ErrorCode::TextTooLong)));
+        }
+
+        /// Arbitrary bytes from a client, read as a server-side WebSocket: every frame is read or
+        /// ends the connection with a documented close code, and nothing panics.
+        #[test]
+        fn arbitrary_bytes_end_with_a_documented_close(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let ends = rt.block_on(async move {
+                let (mut client, server) = tokio::io::duplex(4096);
+                client.write_all(&bytes).await.unwrap();
+                drop(client);
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(256))
+                    .max_frame_size(Some(256));
+                let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+                let mut ends = Vec::new();
+                for _ in 0..64 {
+                    match ws.next().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => { ends.push(read_error(e)); break; }
+                        None => break,
+                    }
+                }
+                ends
+            });
+            for end in ends {
+                prop_assert!(matches!(
+                    end,
+                    End::Gone
+                        | End::Fail(close::POLICY | close::PROTOCOL | close::INVALID_DATA, _)
+                ), "{end:?}");
+            }
+        }
+    }
 
     #[test]
     fn parses_send_frames_and_refuses_the_rest() {
