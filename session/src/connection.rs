@@ -221,7 +221,7 @@ async fn serve(
                     Some(Ok(Message::Binary(_))) => None,
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         // Control frames spend the same budget: a ping flood is closed.
-                        if limiter.check(std::time::Instant::now()) == Verdict::Flooding {
+                        if limiter.check() == Verdict::Flooding {
                             shared.metrics.refused(ErrorCode::RateLimited);
                             return End::Close(close::POLICY, "flooding");
                         }
