@@ -594,18 +594,28 @@ export class RoomConnection {
     this._connectTimer = setTimeout(() => {
       if (gen === this._gen && !welcomed) ws.close(); // the close handler retries
     }, CONNECT_TIMEOUT_MS);
-    // Frames are handled in order, one after the other: a welcome may first page the messages
-    // it had no room for over HTTP.
-    let inbox = Promise.resolve();
+    // Frames are handled at once, in order; while a welcome pages the messages it had no room
+    // for over HTTP, the frames behind it wait for it.
+    let pending = null;
+    const wait = (promise) => {
+      const mine = promise.catch(() => {});
+      pending = mine;
+      mine.then(() => {
+        if (pending === mine) pending = null;
+      });
+    };
     ws.onmessage = (ev) => {
       if (gen !== this._gen) return;
       if (!welcomed) {
         welcomed = true;
         clearTimeout(this._connectTimer);
       }
-      inbox = inbox
-        .then(() => (gen === this._gen ? this._onFrame(ev.data) : undefined))
-        .catch(() => {});
+      if (pending) {
+        wait(pending.then(() => (gen === this._gen ? this._onFrame(ev.data) : undefined)));
+        return;
+      }
+      const paging = this._onFrame(ev.data);
+      if (paging) wait(paging);
     };
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
@@ -750,16 +760,26 @@ export class RoomConnection {
     }
   }
 
-  async _onWelcome(frame) {
-    const resumed = this._welcomed;
-    let history = Array.isArray(frame.history) ? frame.history : [];
+  /** @returns {Promise<void> | undefined} a promise while missed messages are paged first */
+  _onWelcome(frame) {
+    const history = Array.isArray(frame.history) ? frame.history : [];
     const seq = Number(frame.seq) || 0;
     // A welcome holds a bounded number of bytes: the messages missed before its first one are
     // paged from the store.
-    if (resumed && seq >= this.lastSeq && history.length > 0) {
+    if (this._welcomed && seq >= this.lastSeq && history.length > 0) {
       const first = Math.min(...history.map((m) => Number(m.seq) || 0));
-      if (first > this.lastSeq + 1) history = (await this._missedBefore(first)).concat(history);
+      if (first > this.lastSeq + 1) {
+        return this._missedBefore(first).then((missed) => this._welcome(frame, missed.concat(history)));
+      }
     }
+    this._welcome(frame, history);
+    return undefined;
+  }
+
+  /** @param {any} frame @param {any[]} history */
+  _welcome(frame, history) {
+    const resumed = this._welcomed;
+    const seq = Number(frame.seq) || 0;
     // The room restarted from scratch if its sequence went backwards, or if a message we saw
     // under some seq now has another author or time.
     let historyReset = resumed && seq < this.lastSeq;
