@@ -21,7 +21,7 @@ use berth_protocol::api::{
     MeResponse, RegisterRequest,
 };
 use berth_protocol::claims::UserClaims;
-use berth_protocol::{ErrorCode, ids};
+use berth_protocol::{ErrorBody, ErrorCode, ids};
 use berth_runtime::http::Json as JsonBody;
 use berth_store::{Account, Store, StoreError};
 
@@ -154,6 +154,15 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserClaims, A
 }
 
 /// `POST /api/register`: a new account, signed in.
+#[utoipa::path(post, path = "/api/register", tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account, signed in", body = LoginResponse),
+        (status = 400, description = "`invalid_username`, `weak_password` or `invalid_request`", body = ErrorBody),
+        (status = 409, description = "`username_taken`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` (accounts need a store)", body = ErrorBody),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RegisterRequest>,
@@ -200,6 +209,16 @@ pub async fn register(
 }
 
 /// `POST /api/login`: with a password, an account; without one, a guest.
+#[utoipa::path(post, path = "/api/login", tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in: a user token", body = LoginResponse),
+        (status = 400, description = "`invalid_username` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials` or `password_required`", body = ErrorBody),
+        (status = 403, description = "`guests_disabled`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -248,6 +267,13 @@ pub async fn login(
 }
 
 /// `GET /api/me`: who the token names.
+#[utoipa::path(get, path = "/api/me", tag = "accounts",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Who the token names", body = MeResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn me(AuthUser(user): AuthUser) -> Json<MeResponse> {
     Json(MeResponse {
         user_id: user.sub,
@@ -257,6 +283,14 @@ pub async fn me(AuthUser(user): AuthUser) -> Json<MeResponse> {
 }
 
 /// `POST /api/token/refresh`: a fresh token (new expiry) for a valid one of Berth's own.
+#[utoipa::path(post, path = "/api/token/refresh", tag = "accounts",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "A fresh token", body = LoginResponse),
+        (status = 400, description = "`invalid_request`: an identity provider's token", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn refresh(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -277,6 +311,18 @@ pub async fn refresh(
 
 /// `POST /api/me/password`: changes an account's password (the old one is needed); every token
 /// issued before stops working, and the answer carries a new one.
+#[utoipa::path(post, path = "/api/me/password", tag = "accounts",
+    request_body = ChangePasswordRequest,
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Changed: a new token (older ones stop working)", body = LoginResponse),
+        (status = 400, description = "`weak_password` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized` or `invalid_credentials`", body = ErrorBody),
+        (status = 403, description = "`account_required`", body = ErrorBody),
+        (status = 409, description = "`invalid_request`: changed meanwhile", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn change_password(
     State(state): State<AppState>,
     addr: ClientAddr,

@@ -12,6 +12,7 @@ use berth_protocol::api::{
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
+use berth_protocol::ErrorBody;
 use berth_runtime::http::{JsonOrDefault, Query, RoomId};
 
 use crate::error::{ApiError, chain};
@@ -49,6 +50,14 @@ impl FromRequestParts<AppState> for AuthUser {
 }
 
 /// `POST /api/rooms`: place a new room and hand back a ticket into it.
+#[utoipa::path(post, path = "/api/rooms", tag = "rooms",
+    request_body(content = Option<CreateRoomRequest>, description = "Optional; every field has a default"),
+    security(("user_token" = [])),
+    responses(
+        (status = 201, description = "The room, placed, and a ticket into it", body = RoomTicket),
+        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 413, description = "`invalid_request`: body too large", body = ErrorBody), (status = 503, description = "`no_capacity` (with `Retry-After`) or `scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn create_room(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -77,6 +86,14 @@ pub async fn create_room(
 }
 
 /// `GET /api/rooms/{roomId}`: where a room lives, and a fresh ticket into it.
+#[utoipa::path(get, path = "/api/rooms/{roomId}", tag = "rooms",
+    params(("roomId" = String, Path, description = "The room's id")),
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Where the room lives and a fresh ticket", body = RoomTicket),
+        (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`room_not_found`", body = ErrorBody), (status = 503, description = "`no_capacity` or `scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn lookup_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -97,6 +114,18 @@ pub struct PageQuery {
 
 /// `GET /api/rooms/{roomId}/messages?before=SEQ&limit=N`: older history from the store, oldest
 /// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
+#[utoipa::path(get, path = "/api/rooms/{roomId}/messages", tag = "rooms",
+    params(
+        ("roomId" = String, Path, description = "The room's id"),
+        ("before" = Option<u64>, Query, description = "Messages before this seq (exclusive); absent: the newest", minimum = 1),
+        ("limit" = Option<usize>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
+    ),
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Stored history, oldest first", body = MessagePage),
+        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`room_not_found`", body = ErrorBody), (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn room_messages(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -155,6 +184,12 @@ pub async fn room_messages(
 }
 
 /// `GET /api/rooms`: the public rooms (no token needed).
+#[utoipa::path(get, path = "/api/rooms", tag = "rooms",
+    responses(
+        (status = 200, description = "The public rooms", body = RoomList),
+        (status = 503, description = "`scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn list_rooms(State(state): State<AppState>) -> Result<Json<RoomList>, ApiError> {
     let directory = state.scheduler().public_rooms().await?;
     let rooms = directory
@@ -171,6 +206,11 @@ pub async fn list_rooms(State(state): State<AppState>) -> Result<Json<RoomList>,
 }
 
 /// `GET /healthz`: 200 while the scheduler answers its own `/healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "The scheduler answers", body = Object),
+        (status = 503, description = "`scheduler_unavailable`", body = ErrorBody),
+    ))]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match state.scheduler().healthy().await {
         Ok(()) => Ok(Json(serde_json::json!({"status": "ok"}))),

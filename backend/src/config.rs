@@ -73,6 +73,9 @@ pub struct Config {
     /// Accounts, guests, password hashing, sign-in throttles, outside identity provider.
     #[command(flatten)]
     pub accounts: crate::accounts::AccountArgs,
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 }
 
 impl Config {

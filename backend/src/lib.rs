@@ -27,13 +27,13 @@ pub mod keys;
 pub mod operator;
 pub mod password;
 pub mod ratelimit;
+pub mod openapi;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
 pub mod tokens;
 pub mod web;
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms/{room_id}/messages", get(api::room_messages))
         .route("/api/operator/fleet", get(operator::fleet))
         .route("/healthz", get(api::healthz))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
@@ -104,11 +105,12 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, scheduler_url = %config.cluster.scheduler_url, "backend serving");
 
-    // Connect info: the client address the login throttle keys on.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    // The listener hands handlers the client address (`ConnectInfo`) the login throttle keys on.
+    let limits = berth_listener::Limits {
+        shutdown_grace: SHUTDOWN_TIMEOUT,
+        ..config.http.limits()
+    };
+    let server = berth_listener::serve(listener, router(state), limits, shutdown.clone());
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(Error::Serve),

@@ -1,8 +1,10 @@
 //! The operator page's data: `GET /api/operator/fleet`, behind the cluster secret (bearer).
 //!
 //! It answers the scheduler's fleet (`/v1/servers`) and room directory (`/v1/rooms`) in one
-//! call, adding each session server's `berth_session_messages_in_total` read from its
-//! `/metrics`, so that the page (`/operator`) can draw messages per second. The cluster secret
+//! call, adding each session server's `berth_session_messages_in_total` read from `/metrics` on
+//! its operator listener (the `adminUrl` it registered: `/metrics` is never on the public
+//! port), so that the page (`/operator`) can draw messages per second. A server without an
+//! operator listener (started by hand without `--admin-listen`) shows no rate (`null`). The cluster secret
 //! never leaves the operator's browser tab except as this request's bearer.
 
 use std::sync::OnceLock;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use berth_protocol::ErrorBody;
 use berth_protocol::cluster::{RoomInfo, ServerInfo, ServerState};
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -26,7 +29,7 @@ const MAX_METRICS_BYTES: usize = 256 * 1024;
 const MESSAGES_IN: &str = "berth_session_messages_in_total";
 
 /// `GET /api/operator/fleet`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fleet {
     pub servers: Vec<FleetServer>,
@@ -38,16 +41,26 @@ pub struct Fleet {
 }
 
 /// A server of [`Fleet`]: the scheduler's view plus its message counter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetServer {
     #[serde(flatten)]
     pub info: ServerInfo,
-    /// Chat messages it accepted since it started; `null` when its metrics could not be read.
+    /// Chat messages it accepted since it started; `null` when its metrics could not be read
+    /// (no operator listener, starting, dead, unreachable).
     pub messages_in: Option<u64>,
 }
 
 /// `GET /api/operator/fleet`: 401 `unauthorized` without the cluster secret as bearer.
+#[utoipa::path(get, path = "/api/operator/fleet", tag = "operations",
+    security(("cluster_secret" = [])),
+    responses(
+        (status = 200, description = "The fleet, its rooms and message counters", body = Fleet),
+        (status = 401, description = "`unauthorized`: the cluster secret is needed", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`scheduler_unavailable`", body = ErrorBody),
+        (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+    ))]
 pub async fn fleet(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -82,13 +95,14 @@ pub async fn fleet(
     }))
 }
 
-/// A server's `berth_session_messages_in_total`, read from `/metrics` beside its WebSocket
-/// endpoint; `None` when it cannot be read (starting, dead, unreachable, or no such line).
+/// A server's `berth_session_messages_in_total`, read from `/metrics` on its operator
+/// listener; `None` when it cannot be read (no operator listener, starting, dead, unreachable,
+/// or no such line).
 async fn messages_in(server: &ServerInfo) -> Option<u64> {
     if server.state == ServerState::Dead {
         return None;
     }
-    let url = metrics_url(&server.url)?;
+    let url = metrics_url(server.admin_url.as_deref()?)?;
     let http = HTTP.get_or_init(|| {
         reqwest::Client::builder()
             .timeout(SCRAPE_TIMEOUT)
@@ -106,15 +120,12 @@ async fn messages_in(server: &ServerInfo) -> Option<u64> {
 
 static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
 
-/// `ws://host:port/ws` → `http://host:port/metrics` (and `wss` → `https`).
-pub fn metrics_url(ws_url: &str) -> Option<String> {
-    let mut url = reqwest::Url::parse(ws_url).ok()?;
-    let scheme = match url.scheme() {
-        "ws" => "http",
-        "wss" => "https",
-        _ => return None,
-    };
-    url.set_scheme(scheme).ok()?;
+/// `http://host:port` (an operator listener's `adminUrl`) → `http://host:port/metrics`.
+pub fn metrics_url(admin_url: &str) -> Option<String> {
+    let mut url = reqwest::Url::parse(admin_url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
     url.set_path("/metrics");
     url.set_query(None);
     Some(url.into())
@@ -140,17 +151,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metrics_sit_beside_the_websocket() {
+    fn metrics_are_read_on_the_operator_listener() {
         assert_eq!(
-            metrics_url("ws://127.0.0.1:4100/ws").as_deref(),
-            Some("http://127.0.0.1:4100/metrics")
+            metrics_url("http://127.0.0.1:4101").as_deref(),
+            Some("http://127.0.0.1:4101/metrics")
         );
         assert_eq!(
-            metrics_url("wss://s1.example/ws?x=1").as_deref(),
-            Some("https://s1.example/metrics")
+            metrics_url("https://s1.internal:9100/x?y=1").as_deref(),
+            Some("https://s1.internal:9100/metrics")
         );
         assert_eq!(metrics_url(""), None);
-        assert_eq!(metrics_url("http://h/ws"), None);
+        assert_eq!(metrics_url("ws://h/ws"), None);
     }
 
     #[test]

@@ -11,6 +11,11 @@ use berth_protocol::ErrorCode;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The web client's Content-Security-Policy: its own scripts and styles only (no inline code),
+/// fetches to this backend, WebSockets to the session servers (on their own hosts and ports),
+/// and never inside another site's frame.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// Where the web files come from.
 #[derive(Clone, Debug)]
 pub enum WebFiles {
@@ -126,6 +131,15 @@ async fn serve(state: &AppState, asset: &Asset) -> Result<Response, ApiError> {
         (
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
         ),
     ];
     Ok((headers, body).into_response())

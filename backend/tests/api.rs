@@ -667,6 +667,13 @@ async fn web_client_is_served_with_content_types() {
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.headers()["content-type"], content_type);
         assert_eq!(resp.headers()["cache-control"], "no-cache");
+        // A strict policy: no inline code, never framed.
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
         assert_eq!(
             resp.text().await.unwrap(),
             std::fs::read_to_string(web.join(file)).unwrap(),

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use berth_protocol::api::{CreateRoomRequest, RoomTicket};
-use berth_protocol::frames::{ServerFrame, close};
+use berth_protocol::api::{CreateRoomRequest, MAX_PAGE_LIMIT, RoomTicket};
+use berth_protocol::frames::{ChatMessage, ServerFrame, close};
 
 use crate::backend::{Backend, Session};
 use crate::connection::{RoomConnection, RoomEvent, Welcome};
@@ -235,12 +235,59 @@ impl Room {
         } else {
             // The server sends only newer messages; the filter stays as a safety net.
             welcome.history.retain(|m| m.seq > self.last_seq);
+            // `welcome` carries a bounded number of bytes: page the older missed ones over HTTP.
+            self.fill_gap(&mut welcome.history).await;
         }
         self.last_seq = welcome.seq;
         self.conn = Some(conn);
         self.attempts = 0;
         tracing::info!(room_id = %self.room_id, server_id = %welcome.server_id, "reconnected");
         Ok(welcome)
+    }
+
+    /// Prepends to `history` (the newest missed messages) the stored ones between the last seen
+    /// `seq` and its first, a page at a time (bounded: a long gap keeps its newest pages). A
+    /// failed page leaves the gap as it is: the live stream matters more.
+    async fn fill_gap(&self, history: &mut Vec<ChatMessage>) {
+        /// Most pages fetched to fill one gap.
+        const MAX_PAGES: usize = 20;
+        let mut before = match history.first() {
+            Some(m) if m.seq > self.last_seq + 1 => m.seq,
+            _ => return,
+        };
+        let mut missed = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let page = match self
+                .backend
+                .messages(
+                    &self.session,
+                    &self.room_id,
+                    Some(before),
+                    Some(MAX_PAGE_LIMIT),
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(room_id = %self.room_id, error = %e, "cannot page the missed messages");
+                    break;
+                }
+            };
+            let Some(first) = page.messages.first().map(|m| m.seq) else {
+                break;
+            };
+            let done = first <= self.last_seq + 1 || !page.has_more;
+            missed.splice(
+                0..0,
+                page.messages.into_iter().filter(|m| m.seq > self.last_seq),
+            );
+            before = first;
+            if done {
+                break;
+            }
+        }
+        missed.append(history);
+        *history = missed;
     }
 
     /// Leaves the room (close 1000).

@@ -598,13 +598,28 @@ export class RoomConnection {
     this._connectTimer = setTimeout(() => {
       if (gen === this._gen && !welcomed) ws.close(); // the close handler retries
     }, CONNECT_TIMEOUT_MS);
+    // Frames are handled at once, in order; while a welcome pages the messages it had no room
+    // for over HTTP, the frames behind it wait for it.
+    let pending = null;
+    const wait = (promise) => {
+      const mine = promise.catch(() => {});
+      pending = mine;
+      mine.then(() => {
+        if (pending === mine) pending = null;
+      });
+    };
     ws.onmessage = (ev) => {
       if (gen !== this._gen) return;
       if (!welcomed) {
         welcomed = true;
         clearTimeout(this._connectTimer);
       }
-      this._onFrame(ev.data);
+      if (pending) {
+        wait(pending.then(() => (gen === this._gen ? this._onFrame(ev.data) : undefined)));
+        return;
+      }
+      const paging = this._onFrame(ev.data);
+      if (paging) wait(paging);
     };
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
@@ -690,6 +705,28 @@ export class RoomConnection {
     }
   }
 
+  /**
+   * The stored messages after `lastSeq` and before `before`, oldest first (at most 20 pages;
+   * a longer gap keeps its newest pages; a failed page ends the filling).
+   * @param {number} before
+   */
+  async _missedBefore(before) {
+    const missed = [];
+    for (let page = 0; page < 20; page++) {
+      let answer;
+      try {
+        answer = await this.client.messages(this.roomId, { before, limit: 200 });
+      } catch {
+        break;
+      }
+      const messages = (answer.messages ?? []).filter((m) => m.seq > this.lastSeq);
+      missed.unshift(...messages);
+      if (!answer.hasMore || messages.length === 0 || messages[0].seq <= this.lastSeq + 1) break;
+      before = messages[0].seq;
+    }
+    return missed;
+  }
+
   /** @param {unknown} data */
   _onFrame(data) {
     let frame;
@@ -701,8 +738,7 @@ export class RoomConnection {
     if (!frame || typeof frame !== "object") return;
     switch (frame.type) {
       case "welcome":
-        this._onWelcome(frame);
-        break;
+        return this._onWelcome(frame);
       case "message": {
         const msg = this._accept(frame);
         if (msg) this._emit("message", msg);
@@ -738,9 +774,25 @@ export class RoomConnection {
     }
   }
 
+  /** @returns {Promise<void> | undefined} a promise while missed messages are paged first */
   _onWelcome(frame) {
-    const resumed = this._welcomed;
     const history = Array.isArray(frame.history) ? frame.history : [];
+    const seq = Number(frame.seq) || 0;
+    // A welcome holds a bounded number of bytes: the messages missed before its first one are
+    // paged from the store.
+    if (this._welcomed && seq >= this.lastSeq && history.length > 0) {
+      const first = Math.min(...history.map((m) => Number(m.seq) || 0));
+      if (first > this.lastSeq + 1) {
+        return this._missedBefore(first).then((missed) => this._welcome(frame, missed.concat(history)));
+      }
+    }
+    this._welcome(frame, history);
+    return undefined;
+  }
+
+  /** @param {any} frame @param {any[]} history */
+  _welcome(frame, history) {
+    const resumed = this._welcomed;
     const seq = Number(frame.seq) || 0;
     // The room restarted from scratch if its sequence went backwards, or if a message we saw
     // under some seq now has another author or time.

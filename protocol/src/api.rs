@@ -5,7 +5,12 @@ use serde::{Deserialize, Serialize};
 /// `POST /api/login`: with a password, signs an account in; without one, a guest (when the
 /// name belongs to no account and guests are allowed).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)
+    )]
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
@@ -13,6 +18,7 @@ pub struct LoginRequest {
 
 /// `POST /api/register`: a new account.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     pub username: String,
     pub password: String,
@@ -21,6 +27,7 @@ pub struct RegisterRequest {
 /// `POST /api/me/password`: changes an account's password; tokens issued before stop working.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePasswordRequest {
     pub old_password: String,
     pub new_password: String,
@@ -60,6 +67,7 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 /// `POST /api/me/password`: a user token for the other calls, and who it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
     pub token: String,
     pub user_id: String,
@@ -75,6 +83,7 @@ pub struct LoginResponse {
 /// Answer to `GET /api/me`: who the user token names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeResponse {
     pub user_id: String,
     pub username: String,
@@ -83,9 +92,11 @@ pub struct MeResponse {
 
 /// `POST /api/rooms` (the body is optional; every field has a default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRoomRequest {
     /// Shown in the room list; 1–64 characters. Defaults to the room id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: Option<String>,
     /// Public rooms are listed by `GET /api/rooms`. Defaults to private.
     #[serde(default)]
@@ -96,6 +107,7 @@ pub struct CreateRoomRequest {
 /// to get in. Connect to `url` with `?token=` + `token` before `expiresAt`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomTicket {
     pub room_id: String,
     pub url: String,
@@ -111,6 +123,7 @@ pub struct RoomTicket {
 
 /// Answer to `GET /api/rooms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomList {
     pub rooms: Vec<RoomSummary>,
 }
@@ -118,6 +131,7 @@ pub struct RoomList {
 /// One public room in [`RoomList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomSummary {
     pub room_id: String,
     pub name: String,
@@ -172,6 +186,7 @@ mod room_name_tests {
 /// [`DEFAULT_PAGE_LIMIT`] and is at most [`MAX_PAGE_LIMIT`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagePage {
     pub messages: Vec<crate::frames::ChatMessage>,
     /// Older messages remain: ask again with `before` = the first message's `seq`.

@@ -54,6 +54,7 @@ pub struct RoomDirectory {
 /// One room in [`RoomDirectory`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomInfo {
     pub room_id: String,
     pub name: String,
@@ -81,6 +82,7 @@ pub struct ReleaseRoom {
 /// What a session server can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     pub rooms: u32,
     pub members_per_room: u32,
@@ -116,6 +118,10 @@ pub struct RegisterServer {
     pub draining: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `http://host:port` of its operator listener (`/metrics`, `/healthz`), when it has one:
+    /// `/metrics` is never served on the public port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
 }
 
 /// Answer to [`RegisterServer`].
@@ -163,6 +169,7 @@ pub struct HeartbeatAck {
 /// A session server's life: `starting` → `ready` → `draining` → gone; `dead` when heartbeats stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ServerState {
     Starting,
     Ready,
@@ -190,6 +197,7 @@ pub struct ServerList {
 /// One session server in [`ServerList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerInfo {
     pub id: String,
     /// Empty while `starting`.
@@ -209,6 +217,9 @@ pub struct ServerInfo {
     /// Why a `dead` server is dead: its exit status, or how long it stayed silent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_reason: Option<String>,
+    /// `http://host:port` of its operator listener (`/metrics`), as it registered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
 }
 
 /// Prefix of a session server's credential: `srv.<server id>.<hex HMAC>`.

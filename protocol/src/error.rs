@@ -26,6 +26,8 @@ pub enum ErrorCode {
     GuestsDisabled,
     /// The call needs an account (guests and outside identities cannot make it).
     AccountRequired,
+    /// The request was not received and answered in time (408).
+    RequestTimeout,
     // Session server, before the upgrade.
     InvalidTicket,
     WrongServer,
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::PasswordRequired => "password_required",
             ErrorCode::GuestsDisabled => "guests_disabled",
             ErrorCode::AccountRequired => "account_required",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InvalidTicket => "invalid_ticket",
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",
@@ -125,6 +128,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// The JSON body of every HTTP error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -132,6 +136,7 @@ pub struct ErrorBody {
 /// The inside of [`ErrorBody`]. `code` is kept as a string so that clients of an older version
 /// still read codes they do not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

@@ -14,6 +14,7 @@ pub struct User {
 /// One chat message, as delivered live and in `welcome.history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     /// Increases by exactly one per message within a room.
     pub seq: u64,
@@ -80,6 +81,11 @@ pub enum ClientFrame {
 
 /// WebSocket close codes Berth uses.
 pub mod close {
+    /// The client broke the framing protocol (unmasked frame, oversize or fragmented control
+    /// frame, unknown opcode).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Abuse: oversize frames, flooding.
     pub const POLICY: u16 = 1008;
     /// The server hit an internal error (for example its room failed).

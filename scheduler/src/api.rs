@@ -166,6 +166,15 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
     {
         return Err(ApiError::invalid_request("invalid server id"));
     }
+    let admin_url_ok = req.admin_url.as_ref().is_none_or(|u| {
+        u.len() <= MAX_URL_BYTES
+            && (u.starts_with("http://") || u.starts_with("https://"))
+            && u.len() > "https://".len()
+            && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if !admin_url_ok {
+        return Err(ApiError::invalid_request("invalid adminUrl"));
+    }
     let url_ok = req.url.len() <= MAX_URL_BYTES
         && (req.url.starts_with("ws://") || req.url.starts_with("wss://"))
         && req.url.len() > "wss://".len()
@@ -299,6 +308,7 @@ async fn register_server(
     // A managed child's pid is the one we spawned, whatever it says.
     let pid = if server.managed { None } else { req.pid };
     server.registered(req.url, req.capacity, req.connections, pid);
+    server.set_admin_url(req.admin_url);
     // Rooms first, so their slots count before placements may land here.
     state.directory.adopt(&server, &req.rooms, &state.registry);
     // A report knows no names: take them from the store (after a scheduler restart).

@@ -48,6 +48,15 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub session_host: String,
 
+    /// Address spawned session servers bind their operator listener (`/metrics`, `/healthz`) to,
+    /// on a free port; the backend's operator page reads `/metrics` there. Keep it private.
+    #[arg(
+        long,
+        env = "BERTH_SESSION_ADMIN_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub session_admin_host: std::net::IpAddr,
+
     /// Ticket public key passed to spawned servers; default `<data-dir>/ticket.pub.pem`.
     #[arg(long, env = "BERTH_TICKET_PUBLIC_KEY")]
     pub ticket_public_key: Option<PathBuf>,
@@ -91,6 +100,10 @@ pub struct Config {
     /// the database URL in their environment only.
     #[command(flatten)]
     pub store: berth_store::StoreArgs,
+
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 
     /// How long stopping waits for spawned servers to exit after SIGTERM before killing them.
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]

@@ -54,6 +54,8 @@ struct Live {
     dead_since: Option<Instant>,
     /// Why it is dead: its exit status or how long it was silent.
     dead_reason: Option<String>,
+    /// Its operator listener (`/metrics`), as it registered it.
+    admin_url: Option<String>,
 }
 
 impl Server {
@@ -103,6 +105,7 @@ impl Server {
                 empty_since: None,
                 dead_since: None,
                 dead_reason: None,
+                admin_url: None,
             }),
         }
     }
@@ -266,6 +269,11 @@ impl Server {
         live.last_heartbeat = Instant::now();
     }
 
+    /// Where its operator listener is (`None`: it has none).
+    pub fn set_admin_url(&self, admin_url: Option<String>) {
+        lock(&self.live).admin_url = admin_url;
+    }
+
     /// Records a heartbeat.
     pub fn heartbeat(&self, connections: u32) {
         let mut live = lock(&self.live);
@@ -313,6 +321,7 @@ impl Server {
             last_heartbeat_ms_ago: u64::try_from(live.last_heartbeat.elapsed().as_millis())
                 .unwrap_or(u64::MAX),
             dead_reason: live.dead_reason.clone(),
+            admin_url: live.admin_url.clone(),
         }
     }
 }

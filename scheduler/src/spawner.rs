@@ -157,6 +157,8 @@ pub fn session_command(
         .arg(scheduler_url)
         .arg("--host")
         .arg(&config.session_host)
+        .arg("--admin-listen")
+        .arg(std::net::SocketAddr::new(config.session_admin_host, 0).to_string())
         .arg("--rooms")
         .arg(config.rooms_per_server.to_string())
         .arg("--members-per-room")

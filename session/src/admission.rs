@@ -79,10 +79,18 @@ pub(crate) fn check_ticket(
     token: Option<&str>,
 ) -> Result<TicketClaims, ApiError> {
     let server_id = state.server_id();
-    Ok(state
+    let claims = state
         .0
         .verifier
-        .verify(token.unwrap_or(""), server_id.as_deref())?)
+        .verify(token.unwrap_or(""), server_id.as_deref())?;
+    if !state
+        .0
+        .used_tickets
+        .first_use(&claims, berth_protocol::now_secs())
+    {
+        return Err(TicketError::Invalid("ticket already used; fetch a fresh one").into());
+    }
+    Ok(claims)
 }
 
 /// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).

@@ -67,6 +67,25 @@ pub struct Config {
     #[arg(long, env = "BERTH_HISTORY", default_value_t = 100)]
     pub history: usize,
 
+    /// Bytes of history (as serialized JSON) sent in `welcome` at most: the newest messages that
+    /// fit; older ones are paged over HTTP (`GET /api/rooms/{id}/messages`).
+    #[arg(long, env = "BERTH_WELCOME_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    pub welcome_history_bytes: usize,
+
+    /// Deadline of every write to a client (the `welcome`, a batch of frames, a close): a client
+    /// that cannot take it in time is disconnected.
+    #[arg(long, env = "BERTH_WRITE_TIMEOUT_MS", default_value_t = 10000)]
+    pub write_timeout_ms: u64,
+
+    /// Operator listener serving `/metrics` (and `/healthz`); off unless set. The public port
+    /// never serves `/metrics`. Its address is registered with the scheduler (`adminUrl`).
+    #[arg(long, env = "BERTH_SESSION_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Bounds of the HTTP listeners (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
+
     /// Messages per second per connection (sustained).
     #[arg(long, env = "BERTH_MESSAGE_RATE", default_value_t = 20.0)]
     pub message_rate: f64,
@@ -114,6 +133,10 @@ impl Config {
         Duration::from_millis(self.ping_interval_ms)
     }
 
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
     pub(crate) fn room_idle(&self) -> Duration {
         Duration::from_secs(self.room_idle_secs)
     }
@@ -147,6 +170,7 @@ impl Config {
             ("--message-burst", self.message_burst as u64),
             ("--outbound-queue", self.outbound_queue as u64),
             ("--ping-interval-ms", self.ping_interval_ms),
+            ("--write-timeout-ms", self.write_timeout_ms),
         ];
         for (flag, value) in positive {
             if value == 0 {

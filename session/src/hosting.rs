@@ -72,6 +72,7 @@ fn spawn_room(state: &AppState, id: Arc<str>, epoch: u64, instance: u64) -> Room
         server_id: server_id.clone(),
         members_per_room: shared.config.members_per_room,
         history: shared.config.history,
+        welcome_history_bytes: shared.config.welcome_history_bytes,
         idle: shared.config.room_idle(),
         panic_text: shared.panic_text.clone(),
         metrics: shared.metrics.clone(),

@@ -1,4 +1,5 @@
-//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /healthz`, `GET /metrics`.
+//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade) and `GET /healthz` on the
+//! public listener; `GET /metrics` and `GET /healthz` on the operator listener.
 
 use std::net::SocketAddr;
 
@@ -28,10 +29,18 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (flushes write earlier).
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// The session server's routes over `state`.
+/// The session server's public routes over `state`. `/metrics` is not among them: operators
+/// scrape the admin listener ([`admin_router`], `--admin-listen`).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// The operator routes (`--admin-listen`): `/metrics` and `/healthz`, without credentials.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(berth_runtime::http::not_found)
@@ -184,19 +193,15 @@ fn handshake(
     Ok((accept, on_upgrade))
 }
 
-/// Bound on a connection's write buffer: room for the largest frame the server may send (a
-/// `welcome` with full history, every text escaped at worst) on top of the normal buffer.
+/// Bound on a connection's write buffer: room for the largest frame the server writes through
+/// tungstenite (a message with every character escaped at worst; the `welcome` is written
+/// before, straight to the socket) twice over, on top of the normal buffer. A client that does
+/// not read pins no more than this (plus its queue of shared frames) until its write deadline.
 fn max_write_buffer(config: &crate::Config) -> usize {
     let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
-    let welcome = config
-        .history
-        .max(berth_protocol::frames::MAX_RESUME_MESSAGES)
-        .saturating_mul(per_message)
-        .saturating_add((config.members_per_room as usize).saturating_mul(1024));
     WRITE_BUFFER
-        .saturating_add(welcome)
-        .saturating_add(64 * 1024)
-        .max(1 << 20)
+        .saturating_add(per_message.saturating_mul(2))
+        .saturating_add(16 * 1024)
 }
 
 fn refuse(state: &AppState, refusal: ApiError, peer: Option<SocketAddr>) -> Response {

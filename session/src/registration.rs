@@ -141,6 +141,7 @@ async fn register(
             connections: state.0.metrics.connections() as u32,
             draining: state.is_draining(),
             pid: Some(std::process::id()),
+            admin_url: state.admin_url().map(str::to_owned),
         };
         let sent = Instant::now();
         let result = tokio::select! {

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::room::{Durability, error_frame};
 use crate::rooms::Rooms;
 use crate::scheduler::SchedulerClient;
-use crate::ticket::TicketVerifier;
+use crate::ticket::{TicketVerifier, UsedTickets};
 use crate::writer::Writer;
 
 /// Shared state of one session server; cheap to clone.
@@ -30,10 +30,15 @@ pub(crate) struct Shared {
     server_id: RwLock<Option<Arc<str>>>,
     /// Set once the scheduler has accepted a registration (so there is something to leave).
     pub registered: AtomicBool,
+    /// `http://host:port` of the operator listener (`/metrics`), registered with the scheduler
+    /// so the operator page can read it; unset without `--admin-listen`.
+    admin_url: std::sync::OnceLock<String>,
     /// Set while the server's lease with the scheduler has run out: it serves no room and
     /// admits nobody until a heartbeat or registration gets through again.
     pub fenced: AtomicBool,
     pub verifier: TicketVerifier,
+    /// Tickets already used here (a ticket opens one connection).
+    pub used_tickets: UsedTickets,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     /// `None` in `--standalone` mode.
@@ -164,8 +169,10 @@ impl AppState {
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
+            admin_url: std::sync::OnceLock::new(),
             fenced: AtomicBool::new(false),
             verifier,
+            used_tickets: UsedTickets::default(),
             rooms: Arc::default(),
             metrics,
             scheduler,
@@ -222,6 +229,27 @@ impl AppState {
     /// Stops taking rooms and connections; `serve` then drains and returns.
     pub fn request_drain(&self) {
         self.0.draining.cancel();
+    }
+
+    /// Records where the operator listener is (once, before registering).
+    pub(crate) fn set_admin_addr(&self, addr: SocketAddr) {
+        // An unspecified bind address is reached through the host clients are told about.
+        let host = if addr.ip().is_unspecified() {
+            self.0.config.host.clone()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let _ = self.0.admin_url.set(format!("http://{host}:{}", addr.port()));
+    }
+
+    /// `http://host:port` of the operator listener, when there is one.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.0.admin_url.get().map(String::as_str)
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

@@ -275,6 +275,14 @@ impl Cluster {
             .unwrap_or_else(|| panic!("server {id} not listed"))
     }
 
+    /// `http://host:port` of server `id`'s operator listener (`/metrics`), as it registered it.
+    pub async fn admin_url(&self, id: &str) -> String {
+        self.server(id)
+            .await
+            .admin_url
+            .unwrap_or_else(|| panic!("server {id} has no operator listener"))
+    }
+
     /// SIGKILLs the session process of server `id` (it must be one the scheduler spawned).
     pub async fn kill_server(&self, id: &str) {
         let pid = self

@@ -182,15 +182,6 @@ fn assert_gap_free(messages: &[ChatMessage], what: &str) {
 /// How soon a drained server's rooms must be served elsewhere (the drain timeout is far longer).
 const HAND_OVER: Duration = Duration::from_secs(10);
 
-/// `http://host:port` of a session server from its WebSocket URL.
-fn http_base(ws_url: &str) -> String {
-    let mut url = reqwest::Url::parse(ws_url).unwrap();
-    url.set_scheme("http").unwrap();
-    url.set_path("");
-    url.set_query(None);
-    url.as_str().trim_end_matches('/').to_owned()
-}
-
 /// Polls `GET {server}/metrics` until the server stops answering; yields the highest value of
 /// the counter `name` seen (`None`: never read).
 fn spawn_metric_watch(server: &str, name: &'static str) -> tokio::task::JoinHandle<Option<u64>> {
@@ -484,7 +475,10 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     // The server drains: the room is handed over and its members told to come back (1012).
     // The old server's hand-off counter is watched until it exits; alice reads her close only
     // then (the server waits a moment for her answer, which keeps it up to be read).
-    let handoffs = spawn_metric_watch(&http_base(&room.url), "berth_session_handoffs_total");
+    let handoffs = spawn_metric_watch(
+        &cluster.admin_url(&room.server_id).await,
+        "berth_session_handoffs_total",
+    );
     let drained_at = tokio::time::Instant::now();
     let res = cluster
         .scheduler_post(&format!("/v1/servers/{}/drain", room.server_id))
@@ -928,6 +922,13 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
             RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 assert_eq!(code, "store_unavailable");
                 assert!(message.contains("c-two"), "{message}");
+                // The store's own words stay in the logs.
+                for internal in ["sqlite", "locked", "postgres", "read-only", "transaction"] {
+                    assert!(
+                        !message.to_lowercase().contains(internal),
+                        "internal cause reached the client: {message}"
+                    );
+                }
                 break;
             }
             RoomEvent::Frame(ServerFrame::Message(m)) => {

@@ -137,10 +137,8 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
         .text()
         .await
         .unwrap();
-    let session_metrics = ticket
-        .url
-        .replacen("ws://", "http://", 1)
-        .replace("/ws", "/metrics");
+    // A session server's `/metrics` is on its operator listener, never its public port.
+    let session_metrics = format!("{}/metrics", cluster.admin_url(&ticket.server_id).await);
     exported += &http
         .get(&session_metrics)
         .send()
