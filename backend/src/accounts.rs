@@ -26,10 +26,10 @@ use berth_runtime::http::Json as JsonBody;
 use berth_store::{Account, Store, StoreError};
 
 use crate::api::AuthUser;
-use crate::ratelimit::ClientAddr;
 use crate::error::ApiError;
 use crate::jwks::{JwksArgs, JwksConfigError, JwksVerifier};
 use crate::password::{self, Argon2Args, PasswordError, Passwords};
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 use crate::throttle::{LoginThrottle, ThrottleArgs};
 use crate::tokens;

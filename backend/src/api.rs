@@ -5,6 +5,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use berth_protocol::ErrorBody;
 use berth_protocol::ErrorCode;
 use berth_protocol::api::{
     CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessagePage, RoomList, RoomSummary,
@@ -12,7 +13,6 @@ use berth_protocol::api::{
 };
 use berth_protocol::claims::UserClaims;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement};
-use berth_protocol::ErrorBody;
 use berth_runtime::http::{JsonOrDefault, Query, RoomId};
 
 use crate::error::{ApiError, chain};

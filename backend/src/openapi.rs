@@ -6,8 +6,8 @@ use axum::Json;
 use axum::response::IntoResponse;
 use berth_protocol::ErrorBody;
 use berth_protocol::api::{
-    ChangePasswordRequest, CreateRoomRequest, LoginRequest, LoginResponse, MeResponse,
-    MessagePage, RegisterRequest, RoomList, RoomSummary, RoomTicket,
+    ChangePasswordRequest, CreateRoomRequest, LoginRequest, LoginResponse, MeResponse, MessagePage,
+    RegisterRequest, RoomList, RoomSummary, RoomTicket,
 };
 use berth_protocol::cluster::{Capacity, RoomInfo, ServerInfo, ServerState};
 use berth_protocol::error::ErrorDetail;

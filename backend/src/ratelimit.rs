@@ -76,7 +76,7 @@ fn rate_limited(what: &str, wait: Duration) -> ApiError {
         ErrorCode::RateLimited,
         format!("too many {what}; retry in {secs}s"),
     )
-    .with_retry_after(secs)
+    .retry_after(secs)
 }
 
 /// Every limit of the backend.

@@ -171,10 +171,7 @@ mod room_name_tests {
             room_name(Some(&"x".repeat(65))),
             Err(RoomNameError::NameTooLong)
         );
-        assert_eq!(
-            room_name(Some("a\tb")),
-            Err(RoomNameError::NameControl)
-        );
+        assert_eq!(room_name(Some("a\tb")), Err(RoomNameError::NameControl));
         // No spoofing: bidirectional overrides and invisible characters are refused.
         assert_eq!(room_name(Some("a\u{202E}b")), Err(RoomNameError::NameBidi));
         assert!(room_name(Some("\u{200B}")).is_err());

@@ -234,7 +234,7 @@ async fn list_rooms(
     caller.operator("list rooms")?;
     Ok(Json(RoomDirectory {
         rooms: state.directory.list(query.public),
-    })
+    }))
 }
 
 /// `GET /v1/rooms/{id}`: re-places an orphaned room.

@@ -50,11 +50,7 @@ pub struct Config {
 
     /// Address spawned session servers bind their operator listener (`/metrics`, `/healthz`) to,
     /// on a free port; the backend's operator page reads `/metrics` there. Keep it private.
-    #[arg(
-        long,
-        env = "BERTH_SESSION_ADMIN_HOST",
-        default_value = "127.0.0.1"
-    )]
+    #[arg(long, env = "BERTH_SESSION_ADMIN_HOST", default_value = "127.0.0.1")]
     pub session_admin_host: std::net::IpAddr,
 
     /// Ticket public key passed to spawned servers; default `<data-dir>/ticket.pub.pem`.

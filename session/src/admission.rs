@@ -88,7 +88,9 @@ pub(crate) fn check_ticket(
         .used_tickets
         .first_use(&claims, berth_protocol::now_secs())
     {
-        return Err(TicketError::Invalid("ticket already used; fetch a fresh one").into());
+        return Err(
+            crate::ticket::TicketError::Invalid("ticket already used; fetch a fresh one").into(),
+        );
     }
     Ok(claims)
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use berth_protocol::ErrorCode;
+use berth_protocol::frames::ServerFrame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -244,7 +245,10 @@ impl AppState {
         } else {
             host
         };
-        let _ = self.0.admin_url.set(format!("http://{host}:{}", addr.port()));
+        let _ = self
+            .0
+            .admin_url
+            .set(format!("http://{host}:{}", addr.port()));
     }
 
     /// `http://host:port` of the operator listener, when there is one.

@@ -285,6 +285,7 @@ async fn a_stalled_scheduler_never_takes_down_the_data_plane() {
             epoch: p.epoch,
             iat: now,
             exp: now + 60,
+            jti: berth_protocol::claims::new_ticket_id(),
         },
     );
     let (mut conn, _welcome) = RoomConnection::connect(&p.url, &ticket).await.unwrap();
