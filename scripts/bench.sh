@@ -365,7 +365,9 @@ placement() {
     if [ "$mode" = spawn ]; then rps=100; warm=0; else rps=$((PLACEMENT_ROOMS + 100)); warm=1; fi
     step "placement: $PLACEMENT_ROOMS creates, $mode"
     wait_quiet
+    # One load generator on one address: the per-address and per-user limits would throttle it.
     BERTH_CLUSTER_SECRET="$secret" BERTH_DATA_DIR="$data" RUST_LOG=warn \
+      BERTH_CREATE_RATE_PER_ADDRESS=0 BERTH_API_RATE_PER_ADDRESS=0 BERTH_API_RATE_PER_USER=0 \
       taskset -c "$SERVER_CPU" "$bin/berth-backend" --listen "127.0.0.1:$backend_port" \
       --scheduler-url "http://127.0.0.1:$sched_port" >"$out/placement-$mode-backend.log" 2>&1 &
     local backend_pid=$!

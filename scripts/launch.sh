@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs a whole Berth cluster on this machine: the scheduler and the backend, with session
-# servers spawned by the scheduler on demand. Ctrl-C (or SIGTERM) stops everything it started.
+# Runs a whole Berth cluster on this machine: the backend, the scheduler and the stock bot, with
+# session servers spawned by the scheduler on demand. Ctrl-C (or SIGTERM) stops everything it started.
 #
 #   scripts/launch.sh            # then open http://127.0.0.1:8080
 #
 # Every BERTH_* variable of the README is passed through (e.g. BERTH_ROOMS_PER_SERVER=2).
+# The cluster secret is written to $BERTH_DATA_DIR/cluster.secret (mode 0600) for operators'
+# calls to the scheduler API. BERTH_BIN_DIR runs the binaries found there instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,15 +24,26 @@ if [ -z "${BERTH_BOT_WEBHOOK_SECRET:-}" ]; then
   BERTH_BOT_WEBHOOK_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export BERTH_BOT_WEBHOOK_SECRET
 fi
+
+if [ -n "${BERTH_BIN_DIR:-}" ]; then
+  bin="$BERTH_BIN_DIR"
+else
+  echo "==> building (release)…"
+  cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli -p berth-bot
+  bin="$PWD/target/release"
+fi
+mkdir -p "$BERTH_DATA_DIR"
+# The cluster secret: BERTH_CLUSTER_SECRET, else the one of the last run, else a new random one.
+# It is kept in the data dir, readable by this user only, for operators' calls to the scheduler.
+secret_file="$BERTH_DATA_DIR/cluster.secret"
+if [ -z "${BERTH_CLUSTER_SECRET:-}" ] && [ -s "$secret_file" ]; then
+  BERTH_CLUSTER_SECRET="$(tr -d ' \n' <"$secret_file")"
+fi
 if [ -z "${BERTH_CLUSTER_SECRET:-}" ]; then
   BERTH_CLUSTER_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  export BERTH_CLUSTER_SECRET
 fi
-
-echo "==> building (release)…"
-cargo build --release --locked --quiet -p berth-scheduler -p berth-session -p berth-backend -p berth-cli -p berth-bot
-bin="$PWD/target/release"
-mkdir -p "$BERTH_DATA_DIR"
+export BERTH_CLUSTER_SECRET
+(umask 077 && rm -f "$secret_file" && printf '%s\n' "$BERTH_CLUSTER_SECRET" >"$secret_file")
 
 pids=()
 stop() {
@@ -77,11 +90,13 @@ cat <<MSG
   Berth is running.
     web client  http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/
     API         http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/api/rooms
-    scheduler   ${BERTH_SCHEDULER_URL}/v1/servers  (bearer: the cluster secret)
     stock bot   say /stock=AAPL.US or /help in any room
+    operator    http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}/operator  (paste the cluster secret)
+    secret      ${secret_file}  (mode 0600)
+    fleet       curl -sH "Authorization: Bearer \$(cat ${secret_file})" ${BERTH_SCHEDULER_URL%%,*}/v1/servers
     CLI         $bin/berth chat --backend http://${BERTH_BACKEND_LISTEN/0.0.0.0/127.0.0.1}
   Ctrl-C stops everything.
 
 MSG
-# Exit (and stop the rest) as soon as either process ends.
+# Exit (and stop the rest) as soon as any of them ends.
 wait -n "${pids[@]}"

@@ -11,18 +11,17 @@
 //! so older tokens stop working), and a guest token stops working when guests are turned off or
 //! its name becomes an account's. Password checks go through [`crate::throttle`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use berth_protocol::api::{
     ChangePasswordRequest, LoginRequest, LoginResponse, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS,
     MeResponse, RegisterRequest,
 };
 use berth_protocol::claims::UserClaims;
-use berth_protocol::{ErrorCode, ids};
+use berth_protocol::{ErrorBody, ErrorCode, ids};
 use berth_runtime::http::Json as JsonBody;
 use berth_store::{Account, Store, StoreError};
 
@@ -30,6 +29,7 @@ use crate::api::AuthUser;
 use crate::error::ApiError;
 use crate::jwks::{JwksArgs, JwksConfigError, JwksVerifier};
 use crate::password::{self, Argon2Args, PasswordError, Passwords};
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 use crate::throttle::{LoginThrottle, ThrottleArgs};
 use crate::tokens;
@@ -89,23 +89,6 @@ impl Accounts {
     /// The outside identity provider's verifier, when one is configured.
     pub fn jwks(&self) -> Option<&JwksVerifier> {
         self.jwks.as_ref()
-    }
-}
-
-/// The client's address (the TCP peer), when the server was started with connect info.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
     }
 }
 
@@ -171,6 +154,15 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserClaims, A
 }
 
 /// `POST /api/register`: a new account, signed in.
+#[utoipa::path(post, path = "/api/register", tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account, signed in", body = LoginResponse),
+        (status = 400, description = "`invalid_username`, `weak_password` or `invalid_request`", body = ErrorBody),
+        (status = 409, description = "`username_taken`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` (accounts need a store)", body = ErrorBody),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RegisterRequest>,
@@ -217,16 +209,26 @@ pub async fn register(
 }
 
 /// `POST /api/login`: with a password, an account; without one, a guest.
+#[utoipa::path(post, path = "/api/login", tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in: a user token", body = LoginResponse),
+        (status = 400, description = "`invalid_username` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials` or `password_required`", body = ErrorBody),
+        (status = 403, description = "`guests_disabled`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     check_username(&req.username)?;
     // An empty password is no password: a guest.
     match req.password.filter(|p| !p.is_empty()) {
         Some(password) => {
-            let account = check_password(&state, &req.username, &password, addr).await?;
+            let account = check_password(&state, &req.username, &password, addr.known()).await?;
             tracing::debug!(user_id = %account.user_id, "signed in");
             Ok(Json(signed_in(
                 &state,
@@ -265,6 +267,13 @@ pub async fn login(
 }
 
 /// `GET /api/me`: who the token names.
+#[utoipa::path(get, path = "/api/me", tag = "accounts",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Who the token names", body = MeResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn me(AuthUser(user): AuthUser) -> Json<MeResponse> {
     Json(MeResponse {
         user_id: user.sub,
@@ -274,6 +283,14 @@ pub async fn me(AuthUser(user): AuthUser) -> Json<MeResponse> {
 }
 
 /// `POST /api/token/refresh`: a fresh token (new expiry) for a valid one of Berth's own.
+#[utoipa::path(post, path = "/api/token/refresh", tag = "accounts",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "A fresh token", body = LoginResponse),
+        (status = 400, description = "`invalid_request`: an identity provider's token", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn refresh(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -294,9 +311,21 @@ pub async fn refresh(
 
 /// `POST /api/me/password`: changes an account's password (the old one is needed); every token
 /// issued before stops working, and the answer carries a new one.
+#[utoipa::path(post, path = "/api/me/password", tag = "accounts",
+    request_body = ChangePasswordRequest,
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Changed: a new token (older ones stop working)", body = LoginResponse),
+        (status = 400, description = "`weak_password` or `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized` or `invalid_credentials`", body = ErrorBody),
+        (status = 403, description = "`account_required`", body = ErrorBody),
+        (status = 409, description = "`invalid_request`: changed meanwhile", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn change_password(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     AuthUser(user): AuthUser,
     // Read after the account check: a guest is told why before its body is looked at.
     body: Result<JsonBody<ChangePasswordRequest>, ApiError>,
@@ -316,7 +345,7 @@ pub async fn change_password(
             format!("passwords are {MIN_PASSWORD_CHARS}-{MAX_PASSWORD_CHARS} characters"),
         ));
     }
-    let account = check_password(&state, &user.name, &req.old_password, addr).await?;
+    let account = check_password(&state, &user.name, &req.old_password, addr.known()).await?;
     if account.user_id != user.sub {
         return Err(ApiError::unauthorized("this account no longer exists"));
     }

@@ -5,6 +5,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use berth_protocol::ErrorBody;
 use berth_protocol::ErrorCode;
 use berth_protocol::api::{
     CreateRoomRequest, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessagePage, RoomList, RoomSummary,
@@ -15,6 +16,7 @@ use berth_protocol::cluster::{PlaceRoomRequest, Placement};
 use berth_runtime::http::{JsonOrDefault, Query, RoomId};
 
 use crate::error::{ApiError, chain};
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 use crate::tokens;
 
@@ -41,13 +43,24 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
-        Ok(AuthUser(crate::accounts::authenticate(state, token).await?))
+        let claims = crate::accounts::authenticate(state, token).await?;
+        state.limits().api_per_user.check(&claims.sub)?;
+        Ok(AuthUser(claims))
     }
 }
 
 /// `POST /api/rooms`: place a new room and hand back a ticket into it.
+#[utoipa::path(post, path = "/api/rooms", tag = "rooms",
+    request_body(content = Option<CreateRoomRequest>, description = "Optional; every field has a default"),
+    security(("user_token" = [])),
+    responses(
+        (status = 201, description = "The room, placed, and a ticket into it", body = RoomTicket),
+        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 413, description = "`invalid_request`: body too large", body = ErrorBody), (status = 503, description = "`no_capacity` (with `Retry-After`) or `scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn create_room(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     AuthUser(user): AuthUser,
     // The body is optional: empty (or blank) means all defaults.
     JsonOrDefault(req): JsonOrDefault<CreateRoomRequest>,
@@ -64,6 +77,12 @@ pub async fn create_room(
             "private rooms need a store (this deployment runs with --store none)",
         ));
     }
+    // After validation, so that a refused body costs no create.
+    state
+        .limits()
+        .create_per_address
+        .check(&addr)
+        .inspect_err(|_| tracing::info!(%addr, user_id = %user.sub, "room creates rate limited"))?;
     let placement = state
         .scheduler()
         .place_room(&PlaceRoomRequest {
@@ -78,6 +97,14 @@ pub async fn create_room(
 }
 
 /// `GET /api/rooms/{roomId}`: where a room lives, and a fresh ticket into it.
+#[utoipa::path(get, path = "/api/rooms/{roomId}", tag = "rooms",
+    params(("roomId" = String, Path, description = "The room's id")),
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Where the room lives and a fresh ticket", body = RoomTicket),
+        (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`room_not_found`", body = ErrorBody), (status = 503, description = "`no_capacity` or `scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn lookup_room(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -99,12 +126,27 @@ pub struct PageQuery {
 
 /// `GET /api/rooms/{roomId}/messages?before=SEQ&limit=N`: older history from the store, oldest
 /// first, for scrolling back (an addition to DESIGN.md; see README "Durable history").
+#[utoipa::path(get, path = "/api/rooms/{roomId}/messages", tag = "rooms",
+    params(
+        ("roomId" = String, Path, description = "The room's id"),
+        ("before" = Option<u64>, Query, description = "Messages before this seq (exclusive); absent: the newest", minimum = 1),
+        ("limit" = Option<usize>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
+    ),
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "Stored history, oldest first", body = MessagePage),
+        (status = 400, description = "`invalid_request`", body = ErrorBody), (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 404, description = "`room_not_found`", body = ErrorBody), (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn room_messages(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     AuthUser(user): AuthUser,
     RoomId(room_id): RoomId,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
+    state.limits().history_per_user.check(&user.sub)?;
+    state.limits().history_per_address.check(&addr)?;
     crate::conversations::check_access(&state, &room_id, &user.sub).await?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
@@ -155,6 +197,12 @@ pub async fn room_messages(
 }
 
 /// `GET /api/rooms`: the public rooms (no token needed).
+#[utoipa::path(get, path = "/api/rooms", tag = "rooms",
+    responses(
+        (status = 200, description = "The public rooms", body = RoomList),
+        (status = 503, description = "`scheduler_unavailable`", body = ErrorBody), (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn list_rooms(State(state): State<AppState>) -> Result<Json<RoomList>, ApiError> {
     let directory = state.scheduler().public_rooms().await?;
     let rooms = directory
@@ -171,6 +219,11 @@ pub async fn list_rooms(State(state): State<AppState>) -> Result<Json<RoomList>,
 }
 
 /// `GET /healthz`: 200 while the scheduler answers its own `/healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "The scheduler answers", body = Object),
+        (status = 503, description = "`scheduler_unavailable`", body = ErrorBody),
+    ))]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match state.scheduler().healthy().await {
         Ok(()) => Ok(Json(serde_json::json!({"status": "ok"}))),

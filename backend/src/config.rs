@@ -42,6 +42,29 @@ pub struct Config {
     #[arg(long, env = "BERTH_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
+    /// Room creates per client address per minute (0: unlimited); the scheduler also limits
+    /// creates per user (`BERTH_CREATE_RATE`).
+    #[arg(long, env = "BERTH_CREATE_RATE_PER_ADDRESS", default_value_t = 30)]
+    pub create_rate_per_address: u32,
+
+    /// Requests per client address per minute, on every endpoint but `/healthz` (0: unlimited).
+    #[arg(long, env = "BERTH_API_RATE_PER_ADDRESS", default_value_t = 1200)]
+    pub api_rate_per_address: u32,
+
+    /// Requests per user (user token) per minute (0: unlimited).
+    #[arg(long, env = "BERTH_API_RATE_PER_USER", default_value_t = 600)]
+    pub api_rate_per_user: u32,
+
+    /// History pages (`GET /api/rooms/{id}/messages`) per user and per address per minute
+    /// (0: unlimited).
+    #[arg(long, env = "BERTH_HISTORY_RATE", default_value_t = 60)]
+    pub history_rate: u32,
+
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated IP addresses or CIDR
+    /// blocks). Requests from anyone else are limited by their TCP peer address.
+    #[arg(long, env = "BERTH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::ratelimit::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Where the history that `GET /api/rooms/{id}/messages` pages through is read from
     /// (`--store`, `--database-url`): the session servers' store.
     #[command(flatten)]
@@ -50,6 +73,9 @@ pub struct Config {
     /// Accounts, guests, password hashing, sign-in throttles, outside identity provider.
     #[command(flatten)]
     pub accounts: crate::accounts::AccountArgs,
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 }
 
 impl Config {
@@ -87,6 +113,11 @@ mod tests {
             PathBuf::from("./.berth/ticket.key.pem")
         );
         assert!(c.web_dir.is_none());
+        assert_eq!(c.create_rate_per_address, 30);
+        assert!(c.trusted_proxies.is_empty());
+        let c = Config::parse_from(["berth-backend", "--trusted-proxies", "10.0.0.0/8,::1"]);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["berth-backend", "--trusted-proxies", "nope"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use berth_protocol::api::{AddMemberRequest, DmRequest, DmTicket, MAX_MY_ROOMS, MyRoom, MyRooms};
 use berth_protocol::claims::UserClaims;
 use berth_protocol::frames::User;
-use berth_protocol::{ErrorCode, ids};
+use berth_protocol::{ErrorBody, ErrorCode, ids};
 use berth_runtime::http::{Json as JsonBody, RoomId};
 use berth_store::{Store, StoreError};
 use sha2::Digest as _;
@@ -85,6 +85,19 @@ fn require_account(user: &UserClaims, what: &str) -> Result<(), ApiError> {
 /// `POST /api/rooms/{roomId}/members` `{"username"}`: a member of a private room adds an
 /// account to it. 204; 404 `user_not_found`; 403 `not_a_member`; 400 for rooms that are not
 /// private (anyone may join those) and for direct messages (always two people).
+#[utoipa::path(post, path = "/api/rooms/{roomId}/members", tag = "conversations",
+    params(("roomId" = String, Path, description = "The private room's id")),
+    request_body = AddMemberRequest,
+    security(("user_token" = [])),
+    responses(
+        (status = 204, description = "The account is a member"),
+        (status = 400, description = "`invalid_request`: not a private room, or a direct message", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 404, description = "`room_not_found` or `user_not_found`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn add_member(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -146,6 +159,19 @@ pub fn dm_room_id(a: &str, b: &str) -> String {
 
 /// `POST /api/dms` `{"username"}`: the one private room of the caller and that account
 /// (created on first use), with a ticket into it.
+#[utoipa::path(post, path = "/api/dms", tag = "conversations",
+    request_body = DmRequest,
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "The direct-message room, a ticket into it, and the other person", body = DmTicket),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`account_required`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `no_capacity` or `scheduler_unavailable`", body = ErrorBody),
+        (status = 502, description = "`internal`: the scheduler answered oddly", body = ErrorBody),
+    ))]
 pub async fn open_dm(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -189,6 +215,14 @@ pub async fn open_dm(
 
 /// `GET /api/me/rooms`: every room of the caller with its unread count, most recent activity
 /// first, from one store query.
+#[utoipa::path(get, path = "/api/me/rooms", tag = "conversations",
+    security(("user_token" = [])),
+    responses(
+        (status = 200, description = "The caller's rooms, most recent activity first", body = MyRooms),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    ))]
 pub async fn my_rooms(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -70,8 +70,10 @@ pub fn public_key_path(private: &Path) -> PathBuf {
 /// does not exist. The public key file is (re)written whenever it is missing or does not match.
 pub fn load_or_generate(private_path: &Path) -> Result<TicketKeys, KeyError> {
     if let Some(dir) = private_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+        berth_runtime::secret::private_dir(dir).map_err(io_err("creating directory", dir))?;
     }
+    berth_runtime::secret::private_file(private_path)
+        .map_err(io_err("protecting", private_path))?;
     let signing = match std::fs::read_to_string(private_path) {
         Ok(pem) => {
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::BadPrivateKey {

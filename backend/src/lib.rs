@@ -15,6 +15,8 @@
 //! - [`scheduler`]: the client of the scheduler's internal API.
 //! - [`messages`]: `POST /api/rooms/{roomId}/messages`, messages sent over HTTP.
 //! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
+//! - [`operator`]: the operator page's fleet view, behind the cluster secret.
+//! - [`ratelimit`]: request limits per client address and per user, and the client address.
 //! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
 //! - [`cli`]: the binary's `main`.
 
@@ -27,14 +29,16 @@ pub mod error;
 pub mod jwks;
 pub mod keys;
 pub mod messages;
+pub mod openapi;
+pub mod operator;
 pub mod password;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
 pub mod tokens;
 pub mod web;
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
@@ -79,15 +83,25 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/dms", axum::routing::post(conversations::open_dm))
         .route("/api/me/rooms", get(conversations::my_rooms))
+        .route("/api/operator/fleet", get(operator::fleet))
         .route("/healthz", get(api::healthz))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/", get(web::index))
         .route("/berth.js", get(web::sdk))
         .route("/app.js", get(web::app))
         .route("/conversations.js", get(web::conversations))
         .route("/style.css", get(web::style))
+        .route("/operator", get(web::operator_page))
+        .route("/operator.js", get(web::operator_script))
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Per-address request limits (`ratelimit`), inside the shared layers so that a 429 is
+        // traced and carries the security headers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::per_address,
+        ))
         .with_state(state);
     Layers {
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -116,11 +130,12 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, scheduler_url = %config.cluster.scheduler_url, "backend serving");
 
-    // Connect info: the client address the login throttle keys on.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    // The listener hands handlers the client address (`ConnectInfo`) the login throttle keys on.
+    let limits = berth_listener::Limits {
+        shutdown_grace: SHUTDOWN_TIMEOUT,
+        ..config.http.limits()
+    };
+    let server = berth_listener::serve(listener, router(state), limits, shutdown.clone());
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(Error::Serve),

@@ -15,8 +15,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_protocol::ErrorCode;
 use berth_protocol::api::{SendMessageRequest, http_base};
+use berth_protocol::frames::ChatMessage;
+use berth_protocol::{ErrorBody, ErrorCode};
 use berth_runtime::http::{Json, RoomId};
 
 use crate::api::AuthUser;
@@ -42,13 +43,37 @@ pub fn session_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// `POST /api/rooms/{roomId}/messages` `{"text", "clientId"?}`.
+#[utoipa::path(post, path = "/api/rooms/{roomId}/messages", tag = "rooms",
+    params(("roomId" = String, Path, description = "The room's id")),
+    request_body = SendMessageRequest,
+    security(("user_token" = [])),
+    responses(
+        (status = 201, description = "Stored and delivered: the `message` frame", body = ChatMessage),
+        (status = 400, description = "`invalid_request`, `invalid_text`, `text_too_long` or `bad_frame`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 404, description = "`room_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`server_unavailable`, `store_unavailable`, `no_capacity` or `scheduler_unavailable`", body = ErrorBody),
+    ))]
 pub async fn send(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     RoomId(room_id): RoomId,
-    // Shape only; the text's limits are the session server's, as for a WebSocket `send`.
+    // Shape and characters only; the text's size and rate limits are the session server's, as
+    // for a WebSocket `send`.
     Json(request): Json<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
+    // The one text rule (`berth_protocol::text`), before any lookup: the session server applies
+    // it again, as it does to every WebSocket `send`.
+    berth_protocol::text::message_text(&request.text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidText,
+            e.to_string(),
+        )
+    })?;
     let body = Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?);
     let mut wait = RETRY_WAIT;
     let mut last_failure = String::new();

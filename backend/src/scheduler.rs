@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_protocol::ErrorBody;
-use berth_protocol::cluster::{PlaceRoomRequest, Placement, RoomDirectory};
+use berth_protocol::cluster::{PlaceRoomRequest, Placement, RoomDirectory, ServerList};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -82,6 +82,22 @@ impl SchedulerClient {
                 .query(&[("public", "true")]),
         )
         .await
+    }
+
+    /// `GET /v1/rooms`: every room in the directory (for the operator page).
+    pub async fn all_rooms(&self) -> Result<RoomDirectory, SchedulerError> {
+        self.call(self.request(Method::GET, "/v1/rooms")).await
+    }
+
+    /// `GET /v1/servers`: the fleet (for the operator page).
+    pub async fn servers(&self) -> Result<ServerList, SchedulerError> {
+        self.call(self.request(Method::GET, "/v1/servers")).await
+    }
+
+    /// Whether `candidate` is the cluster secret (compared in constant time).
+    pub fn is_cluster_secret(&self, candidate: &str) -> bool {
+        let (a, b) = (self.secret.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
     /// `GET /healthz` (no secret needed): whether the scheduler answers 2xx.

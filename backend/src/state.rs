@@ -6,17 +6,26 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys;
+use crate::ratelimit::Limits;
 use crate::scheduler::SchedulerClient;
 use crate::tokens::TokenIssuer;
 use crate::web::WebFiles;
 
 /// Shared, cheap to clone (one `Arc`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.inner.issuer)
+            .field("web", &self.inner.web)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     issuer: TokenIssuer,
     scheduler: SchedulerClient,
@@ -25,6 +34,7 @@ struct Inner {
     accounts: crate::accounts::Accounts,
     /// Calls session servers' internal send endpoint (`messages`).
     sessions: reqwest::Client,
+    limits: Limits,
 }
 
 impl AppState {
@@ -65,6 +75,7 @@ impl AppState {
                 web,
                 store,
                 accounts,
+                limits: Limits::new(config),
             }),
         })
     }
@@ -92,6 +103,11 @@ impl AppState {
     /// The HTTP client for session servers.
     pub fn sessions(&self) -> &reqwest::Client {
         &self.inner.sessions
+    }
+
+    /// Request limits per address and per user.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// Where the web client's files come from.

@@ -111,6 +111,7 @@ impl TokenIssuer {
             epoch: placement.epoch,
             iat,
             exp,
+            jti: berth_protocol::claims::new_ticket_id(),
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.keys.encoding)?;

@@ -63,6 +63,27 @@ const STYLE: Asset = Asset {
     embedded: include_str!("../../client/web/style.css"),
 };
 
+const OPERATOR_PAGE: Asset = Asset {
+    name: "operator.html",
+    content_type: "text/html; charset=utf-8",
+    embedded: include_str!("../../client/web/operator.html"),
+};
+const OPERATOR_JS: Asset = Asset {
+    name: "operator.js",
+    content_type: "text/javascript; charset=utf-8",
+    embedded: include_str!("../../client/web/operator.js"),
+};
+
+/// `GET /operator`: the live fleet view (asks for the cluster secret).
+pub async fn operator_page(State(state): State<AppState>) -> Result<Response, ApiError> {
+    serve(&state, &OPERATOR_PAGE).await
+}
+
+/// `GET /operator.js`.
+pub async fn operator_script(State(state): State<AppState>) -> Result<Response, ApiError> {
+    serve(&state, &OPERATOR_JS).await
+}
+
 /// `GET /`.
 pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     serve(&state, &INDEX).await
@@ -111,8 +132,10 @@ async fn serve(state: &AppState, asset: &Asset) -> Result<Response, ApiError> {
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
         ),
-        // nosniff, no-referrer and the CSP come from the shared layers (`berth_runtime::layers`).
+        // nosniff, no-referrer and the CSP (`WEB_CLIENT_CSP`) come from the shared layers
+        // (`berth_runtime::layers`); pages also refuse framing the old way, for old browsers.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
     ];
     Ok((headers, body).into_response())
 }

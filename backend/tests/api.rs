@@ -662,6 +662,17 @@ async fn web_client_is_served_with_content_types() {
         ("/berth.js", "berth.js", "text/javascript; charset=utf-8"),
         ("/app.js", "app.js", "text/javascript; charset=utf-8"),
         ("/style.css", "style.css", "text/css; charset=utf-8"),
+        (
+            "/conversations.js",
+            "conversations.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/operator", "operator.html", "text/html; charset=utf-8"),
+        (
+            "/operator.js",
+            "operator.js",
+            "text/javascript; charset=utf-8",
+        ),
     ] {
         let resp = backend.get(path).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
@@ -669,8 +680,20 @@ async fn web_client_is_served_with_content_types() {
         assert_eq!(resp.headers()["cache-control"], "no-cache");
         assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
         assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+        // A strict policy: no inline code, never framed; SSE and HTTP send still reach the
+        // session servers.
         let csp = resp.headers()["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(
+            csp.contains("connect-src 'self' ws: wss: http: https:"),
+            "{path}: {csp}"
+        );
         assert_eq!(
             resp.text().await.unwrap(),
             std::fs::read_to_string(web.join(file)).unwrap(),

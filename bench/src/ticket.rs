@@ -54,6 +54,7 @@ impl TicketMinter {
             epoch: 0,
             iat: now,
             exp: now + TICKET_TTL_SECS,
+            jti: berth_protocol::claims::new_ticket_id(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
             .map_err(|e| BenchError::Mint(e.to_string()))

@@ -10,6 +10,7 @@
 
 mod chat;
 pub mod credentials;
+mod terminal;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -82,13 +83,15 @@ pub enum Command {
     },
     /// Look a room up and print where it lives with a fresh ticket (JSON).
     Lookup {
-        /// The room id (`r-...`).
+        /// The room id (`r-...`) or its share link (`http://host:8080/#/rooms/r-...`).
+        #[arg(value_parser = parse_room)]
         room_id: String,
     },
     /// Chat in a room: join `--room`, or create one. Type lines to send; Ctrl-D or Ctrl-C leaves.
     Chat {
-        /// Join this room instead of creating one.
-        #[arg(long)]
+        /// Join this room (its id, or its share link `http://host:8080/#/rooms/r-...`) instead
+        /// of creating one.
+        #[arg(long, value_parser = parse_room)]
         room: Option<String>,
         /// Name of the room to create.
         #[arg(long, conflicts_with = "room")]
@@ -134,15 +137,39 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let backend_url = cli.backend.clone();
     let result = runtime.block_on(run(cli));
-    // A blocking stdin read (chat) never finishes on its own: do not wait for it.
+    // A blocking stdin read (chat) never finishes on its own: do not wait for it, and take the
+    // terminal back from the line editor.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    terminal::restore_mode();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", describe(&e, &backend_url));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A room id from `--room` / `lookup`: the id itself, or the share link the web client shows
+/// (`http://host:8080/#/rooms/r-...`), from which the id is taken.
+pub fn parse_room(input: &str) -> Result<String, String> {
+    let input = input.trim();
+    let id = match input.find("#/rooms/") {
+        Some(at) => input[at + "#/rooms/".len()..].trim_end_matches('/'),
+        None => input,
+    };
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "expected a room id like r-7kq2m9x4ta or a link like http://host:8080/#/rooms/r-7kq2m9x4ta, got {input:?}"
+        ))
     }
 }
 
@@ -250,7 +277,14 @@ async fn session(backend: &Backend, cli: &Cli) -> anyhow::Result<Session> {
 fn username(cli: &Cli) -> String {
     match &cli.username {
         Some(name) => name.clone(),
-        None => default_username(std::env::var("USER").ok().as_deref()),
+        None => {
+            let user = std::env::var("USER").ok();
+            let name = default_username(user.as_deref());
+            if let Some(notice) = username_notice(user.as_deref(), &name) {
+                eprintln!("* {notice}");
+            }
+            name
+        }
     }
 }
 
@@ -282,6 +316,19 @@ fn note(text: &str) {
     eprintln!("{text}");
 }
 
+/// What to tell the user when `$USER` could not be used as it is, or `None` when it could.
+pub fn username_notice(user: Option<&str>, chosen: &str) -> Option<String> {
+    match user {
+        Some(user) if user == chosen => None,
+        Some(user) if !user.is_empty() => Some(format!(
+            "$USER {user:?} is not a valid username (1-32 letters, digits, '_' or '-'): signing in as {chosen:?}; choose with --username"
+        )),
+        _ => Some(format!(
+            "$USER is not set: signing in as {chosen:?}; choose with --username"
+        )),
+    }
+}
+
 /// `$USER` reduced to what a username may hold (letters, digits, `_`, `-`, at most 32), or
 /// `guest` when nothing is left.
 pub fn default_username(user: Option<&str>) -> String {
@@ -305,10 +352,14 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<code>: <message>` for API errors, otherwise the error with its causes.
-fn describe(e: &anyhow::Error) -> String {
+/// `<code>: <message>` for API errors, otherwise the error with its causes; a backend that
+/// cannot be reached gets a hint naming the URL tried.
+fn describe(e: &anyhow::Error, backend_url: &str) -> String {
     match e.downcast_ref::<ClientError>() {
         Some(api @ ClientError::Api { .. }) => api.to_string(),
+        Some(ClientError::Http(http)) if http.is_connect() => format!(
+            "{e:#}\nhint: is the Berth backend running at {backend_url}? (set --backend or BERTH_BACKEND_URL)"
+        ),
         _ => format!("{e:#}"),
     }
 }
@@ -354,6 +405,56 @@ mod tests {
             message: "no such room".into(),
             retry_after: None,
         });
-        assert_eq!(describe(&e), "room_not_found: no such room");
+        assert_eq!(describe(&e, "http://b:1"), "room_not_found: no such room");
+    }
+
+    #[test]
+    fn share_links_are_room_ids() {
+        assert_eq!(parse_room("r-7kq2m9x4ta").unwrap(), "r-7kq2m9x4ta");
+        assert_eq!(
+            parse_room("http://127.0.0.1:8080/#/rooms/r-7kq2m9x4ta").unwrap(),
+            "r-7kq2m9x4ta"
+        );
+        assert_eq!(
+            parse_room(" https://chat.example/berth/#/rooms/r-1/ ").unwrap(),
+            "r-1"
+        );
+        assert!(parse_room("http://h/#/rooms/").is_err());
+        assert!(parse_room("r 1").is_err());
+        let cli = Cli::parse_from(["berth", "chat", "--room", "http://h:8080/#/rooms/r-9"]);
+        assert!(matches!(cli.command, Command::Chat { room: Some(ref r), .. } if r == "r-9"));
+        let cli = Cli::parse_from(["berth", "lookup", "http://h:8080/#/rooms/r-8"]);
+        assert!(matches!(cli.command, Command::Lookup { ref room_id } if room_id == "r-8"));
+    }
+
+    #[test]
+    fn username_changes_are_announced() {
+        assert_eq!(username_notice(Some("alice"), "alice"), None);
+        let notice = username_notice(Some("john.doe"), "johndoe").unwrap();
+        assert!(
+            notice.contains("\"john.doe\"") && notice.contains("\"johndoe\""),
+            "{notice}"
+        );
+        let notice = username_notice(None, "guest").unwrap();
+        assert!(
+            notice.contains("not set") && notice.contains("\"guest\""),
+            "{notice}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_names_the_backend() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = Backend::new(url.clone()).login("alice").await.unwrap_err();
+        let text = describe(&anyhow::Error::from(err), &url);
+        assert!(
+            text.contains(&format!("is the Berth backend running at {url}?")),
+            "{text}"
+        );
     }
 }

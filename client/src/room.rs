@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use berth_protocol::api::{CreateRoomRequest, RoomTicket};
-use berth_protocol::frames::{ServerFrame, close};
+use berth_protocol::api::{CreateRoomRequest, MAX_PAGE_LIMIT, RoomTicket};
+use berth_protocol::frames::{ChatMessage, ServerFrame, close};
 
 use crate::backend::{Backend, Session};
 use crate::connection::{RoomConnection, RoomEvent, Welcome};
@@ -54,6 +54,9 @@ pub enum RoomUpdate {
     /// (those above the last seen `seq`: the room resumes with `since`), so printing it shows
     /// no duplicates and no gap.
     Reconnected(Welcome),
+    /// The connection was just lost and a reconnect follows (only with
+    /// [`Room::report_disconnects`]), so that a user can be told at once.
+    Disconnected { code: Option<u16>, reason: String },
     /// The room is over for this client (a close that does not invite a reconnect, such as
     /// 1000 or 1008). Every later call returns it again.
     Closed { code: Option<u16>, reason: String },
@@ -73,6 +76,8 @@ pub struct Room {
     attempts: u32,
     /// Set when the room is over.
     finished: Option<(Option<u16>, String)>,
+    /// Whether [`Room::next`] yields [`RoomUpdate::Disconnected`].
+    report_disconnects: bool,
 }
 
 impl Room {
@@ -113,6 +118,7 @@ impl Room {
             policy: ReconnectPolicy::default(),
             attempts: 0,
             finished: None,
+            report_disconnects: false,
         };
         Ok((room, welcome))
     }
@@ -120,6 +126,12 @@ impl Room {
     /// Replaces the reconnect policy.
     pub fn set_policy(&mut self, policy: ReconnectPolicy) {
         self.policy = policy;
+    }
+
+    /// Makes [`Room::next`] yield [`RoomUpdate::Disconnected`] as soon as a connection is lost
+    /// (before reconnecting), for clients that show the connection's state.
+    pub fn report_disconnects(&mut self, report: bool) {
+        self.report_disconnects = report;
     }
 
     /// The room's id.
@@ -215,6 +227,9 @@ impl Room {
                     if reconnects_after(code) {
                         tracing::info!(room_id = %self.room_id, ?code, %reason, "connection lost, reconnecting");
                         self.attempts = 0;
+                        if self.report_disconnects {
+                            return Ok(RoomUpdate::Disconnected { code, reason });
+                        }
                     } else {
                         self.finished = Some((code, reason));
                     }
@@ -240,12 +255,59 @@ impl Room {
         } else {
             // The server sends only newer messages; the filter stays as a safety net.
             welcome.history.retain(|m| m.seq > self.last_seq);
+            // `welcome` carries a bounded number of bytes: page the older missed ones over HTTP.
+            self.fill_gap(&mut welcome.history).await;
         }
         self.last_seq = welcome.seq;
         self.conn = Some(conn);
         self.attempts = 0;
         tracing::info!(room_id = %self.room_id, server_id = %welcome.server_id, "reconnected");
         Ok(welcome)
+    }
+
+    /// Prepends to `history` (the newest missed messages) the stored ones between the last seen
+    /// `seq` and its first, a page at a time (bounded: a long gap keeps its newest pages). A
+    /// failed page leaves the gap as it is: the live stream matters more.
+    async fn fill_gap(&self, history: &mut Vec<ChatMessage>) {
+        /// Most pages fetched to fill one gap.
+        const MAX_PAGES: usize = 20;
+        let mut before = match history.first() {
+            Some(m) if m.seq > self.last_seq + 1 => m.seq,
+            _ => return,
+        };
+        let mut missed = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let page = match self
+                .backend
+                .messages(
+                    &self.session,
+                    &self.room_id,
+                    Some(before),
+                    Some(MAX_PAGE_LIMIT),
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(room_id = %self.room_id, error = %e, "cannot page the missed messages");
+                    break;
+                }
+            };
+            let Some(first) = page.messages.first().map(|m| m.seq) else {
+                break;
+            };
+            let done = first <= self.last_seq + 1 || !page.has_more;
+            missed.splice(
+                0..0,
+                page.messages.into_iter().filter(|m| m.seq > self.last_seq),
+            );
+            before = first;
+            if done {
+                break;
+            }
+        }
+        missed.append(history);
+        *history = missed;
     }
 
     /// Leaves the room (close 1000).

@@ -99,6 +99,12 @@ function describeError(e, roomId) {
       return `You're doing that too often. Try again${wait}.`;
     case "text_too_long":
       return `That message is too long (at most ${MAX_TEXT_BYTES} bytes).`;
+    case "invalid_text":
+      return "That message has invisible control characters that can't be sent: remove them and try again.";
+    case "not_a_member":
+      return "That room is private: ask one of its members to add you.";
+    case "server_unavailable":
+      return `The room's server can't be reached right now. Try again${wait}.`;
     case "policy_violation":
       return "The server disconnected you for sending too much, too fast (or a message that was too large).";
     case "unauthorized":
@@ -117,7 +123,7 @@ function describeError(e, roomId) {
     case "username_taken":
       return "That username is taken. Pick another, or sign in if it's yours.";
     case "network":
-      return "Can't reach the Berth server. Check your connection.";
+      return networkProblem();
     case "scheduler_unavailable":
       return `Berth is having trouble finding rooms. Try again${wait}.`;
     case "unreachable":
@@ -125,6 +131,172 @@ function describeError(e, roomId) {
     default:
       return e.message || "Something went wrong.";
   }
+}
+
+/**
+ * Tells a lost network apart from a server outage where the browser can: `navigator.onLine`
+ * is false only when the device has no network at all.
+ */
+function networkProblem() {
+  return navigator.onLine === false
+    ? "You're offline. Check your network connection."
+    : "Can't reach the Berth server right now: it may be down or restarting. Retrying.";
+}
+
+// --- message text: links and day separators ---------------------------------------------
+
+const URL_IN_TEXT = /\bhttps?:\/\/[^\s<>"']+/gi;
+
+/**
+ * Fills `node` with `text`, turning http(s) URLs into links. Built with DOM APIs only (text
+ * nodes and anchors), so message text is never parsed as HTML; other schemes stay text.
+ * @param {HTMLElement} node @param {string} text
+ */
+function renderMessageText(node, text) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(URL_IN_TEXT)) {
+    // Trailing punctuation usually ends the sentence, not the URL.
+    const raw = match[0].replace(/[.,;:!?)\]}'"]+$/, "");
+    const href = safeHref(raw);
+    if (!href) continue;
+    const at = match.index ?? 0;
+    if (at > last) parts.push(document.createTextNode(text.slice(last, at)));
+    const a = document.createElement("a");
+    a.href = href;
+    a.textContent = raw;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.dataset.testid = "message-link";
+    parts.push(a);
+    last = at + raw.length;
+  }
+  if (last < text.length) parts.push(document.createTextNode(text.slice(last)));
+  node.replaceChildren(...parts);
+}
+
+/** The URL if it is an absolute http(s) URL, else null. @param {string} raw */
+function safeHref(raw) {
+  try {
+    const url = new URL(raw);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+
+/** "Today", "Yesterday" or the date. @param {Date} d */
+function dayLabel(d) {
+  const today = new Date();
+  const yesterday = new Date(today);
+  yesterday.setDate(today.getDate() - 1);
+  if (d.toDateString() === today.toDateString()) return "Today";
+  if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+  const label = dayFormat.format(d);
+  return d.getFullYear() === today.getFullYear() ? label : `${label}, ${d.getFullYear()}`;
+}
+
+/**
+ * Puts one day separator before the first message of each day in `list`, and removes stale
+ * ones. One pass over the list.
+ * @param {HTMLElement} list
+ */
+function syncDaySeparators(list) {
+  let lastDay = "";
+  for (const node of [...list.children]) {
+    if (!(node instanceof HTMLElement)) continue;
+    if (node.classList.contains("day-separator")) {
+      node.remove(); // put back below when a message needs it
+      continue;
+    }
+    if (!node.classList.contains("message")) continue;
+    const d = new Date(node.dataset.ts ?? "");
+    if (Number.isNaN(d.getTime())) continue;
+    const day = d.toDateString();
+    if (day !== lastDay) {
+      const sep = el("li", "day-separator");
+      sep.dataset.testid = "day-separator";
+      sep.dataset.day = day;
+      sep.setAttribute("role", "separator");
+      sep.append(el("span", "", dayLabel(d)));
+      // The day comes above the "New messages" line (conversations.js) of the same message.
+      const prev = node.previousElementSibling;
+      (prev?.classList.contains("new-divider") ? prev : node).before(sep);
+      lastDay = day;
+    }
+  }
+}
+
+// --- remembered rooms: the rooms a user has open come back after a reload ----------------
+
+const OPEN_ROOMS_KEY = "berth.openRooms.";
+const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_REMEMBERED_ROOMS = 20;
+/** Rooms being reopened after a reload (kept in the remembered list meanwhile). */
+const reopening = new Set();
+/** The user whose rooms were restored in this page, so it happens once. */
+let restoredFor = null;
+
+function openRoomsKey() {
+  return client.session ? OPEN_ROOMS_KEY + client.session.userId : null;
+}
+
+/** @returns {string[]} the rooms this user had open, oldest first */
+function rememberedRooms() {
+  const key = openRoomsKey();
+  if (!key) return [];
+  try {
+    const ids = JSON.parse(localStorage.getItem(key) ?? "[]");
+    return Array.isArray(ids) ? ids.filter((id) => typeof id === "string" && ROOM_ID.test(id)).slice(-MAX_REMEMBERED_ROOMS) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Saves the open rooms (and those still being reopened) for this user. */
+function rememberOpenRooms() {
+  const key = openRoomsKey();
+  if (!key) return;
+  const ids = [...new Set([...reopening, ...rooms.keys()])].slice(-MAX_REMEMBERED_ROOMS);
+  try {
+    localStorage.setItem(key, JSON.stringify(ids));
+  } catch {
+    /* storage full or disabled: rooms are simply not remembered */
+  }
+}
+
+/** Reopens, in the background, the rooms this user had open before the reload. */
+function restoreOpenRooms() {
+  const userId = client.session?.userId;
+  if (!userId || restoredFor === userId) return;
+  restoredFor = userId;
+  for (const roomId of rememberedRooms()) if (!rooms.has(roomId)) reopenRoom(roomId);
+}
+
+/** Opens a remembered room without bringing it into view; a room that is gone is forgotten. @param {string} roomId */
+async function reopenRoom(roomId) {
+  if (rooms.has(roomId) || opening.has(roomId)) return;
+  reopening.add(roomId);
+  opening.add(roomId);
+  let ticket;
+  try {
+    ticket = await client.lookupRoom(roomId);
+  } catch {
+    ticket = null;
+  } finally {
+    opening.delete(roomId);
+    reopening.delete(roomId);
+  }
+  if (ticket && !rooms.has(roomId) && client.session) {
+    const view = new RoomView(roomId, ticket);
+    rooms.set(roomId, view);
+    view.section.hidden = activeRoomId !== roomId;
+    $("rooms").append(view.section);
+    renderNav();
+  }
+  rememberOpenRooms();
 }
 
 // --- toasts -------------------------------------------------------------------------------
@@ -220,6 +392,7 @@ async function openDm(username) {
 }
 
 function logout() {
+  restoredFor = null;
   myRooms.stop();
   myRooms.byId.clear();
   myRooms.render();
@@ -246,6 +419,7 @@ function route() {
   enterApp();
   if (roomId) openRoom(roomId);
   else showLobby();
+  restoreOpenRooms();
 }
 
 /** Sets the address bar without triggering a `hashchange`. @param {string} hash */
@@ -426,6 +600,7 @@ async function openRoom(roomId, ticket) {
   rooms.set(roomId, view);
   $("rooms").append(view.section);
   activate(roomId);
+  rememberOpenRooms();
   return true;
 }
 
@@ -450,6 +625,7 @@ function closeRoom(roomId) {
   if (!view) return;
   view.destroy();
   rooms.delete(roomId);
+  rememberOpenRooms();
   if (activeRoomId === roomId) showLobby();
   else renderNav();
 }
@@ -550,6 +726,7 @@ class RoomView {
     q(".share-button").addEventListener("click", () => this.copyLink(share));
     q(".leave-button").addEventListener("click", () => closeRoom(roomId));
     q(".members-toggle").addEventListener("click", () => this.toggleMembers());
+    q(".details-toggle").addEventListener("click", () => this.toggleDetails());
     this.jump.addEventListener("click", () => this.scrollToBottom(true));
     this.list.addEventListener("scroll", () => this.onScroll(), { passive: true });
     this.form.addEventListener("submit", (e) => {
@@ -639,7 +816,11 @@ class RoomView {
       const why = e.error && !["connection_lost", "connection_failed", "server_restart"].includes(e.error.code)
         ? ` ${describeError(e.error, this.roomId)}`
         : "";
-      this.showBanner("warning", `Connection lost — reconnecting (attempt ${e.attempt}).${why} Messages you send now go out when it's back.`);
+      const lost = navigator.onLine === false
+        ? "You're offline — reconnecting once your network is back"
+        : `The connection to the room's server was lost — reconnecting (attempt ${e.attempt})`;
+      this.showBanner("warning", `${lost}.${why} Messages you send now go out when it's back.`);
+      this.banner.dataset.cause = navigator.onLine === false ? "offline" : "server";
     } else if (state === "connecting" && e.error) {
       this.showBanner("warning", `Still connecting (attempt ${e.attempt}). ${describeError(e.error, this.roomId)}`);
     } else if (state === "closed") {
@@ -652,6 +833,8 @@ class RoomView {
         });
       }
     }
+    // Who is here is unknown while disconnected: the member list is greyed out meanwhile.
+    this.section.querySelector(".members-panel").toggleAttribute("data-stale", state !== "open");
     const closed = state === "closed";
     this.input.disabled = closed;
     this.sendButton.disabled = closed;
@@ -736,15 +919,23 @@ class RoomView {
     node.classList.add("failed");
     node.dataset.pending = "failed";
     const status = node.querySelector(".message-status") ?? el("div", "message-status");
-    status.replaceChildren(el("span", "", "Not delivered."));
+    status.dataset.testid = "message-status";
+    status.dataset.code = e.code ?? "";
+    const why = e.code ? describeError({ code: e.code, message: e.reason }, this.roomId) : e.reason;
+    const label = el("span", "", "Not delivered");
+    label.title = why;
+    status.replaceChildren(label);
     if (this.conn.state !== "closed") {
       const retry = el("button", "link-button", "Retry");
       retry.type = "button";
+      retry.dataset.testid = "retry-send";
+      retry.setAttribute("aria-label", `Retry sending: ${why}`);
       retry.addEventListener("click", () => {
         node.remove();
+        syncDaySeparators(this.list);
         this.sendText(e.text);
       });
-      status.append(" ", retry);
+      status.append(" · ", retry);
     }
     node.append(status);
   }
@@ -842,7 +1033,7 @@ class RoomView {
     time.dateTime = m.ts;
     time.textContent = formatTime(date);
     time.title = Number.isNaN(date.getTime()) ? "" : fullFormat.format(date);
-    li.querySelector(".message-text").textContent = m.text;
+    renderMessageText(/** @type {HTMLElement} */ (li.querySelector(".message-text")), m.text);
   }
 
   // --- scroll-back: older history pages in from the store (GET /api/rooms/{id}/messages)
@@ -888,6 +1079,7 @@ class RoomView {
         this.regroup(node);
       }
       if (anchor instanceof HTMLElement) this.regroup(anchor);
+      syncDaySeparators(this.list);
       this.hasOlder = page.hasMore;
       this.updateOlderButton();
       l.scrollTop = top + (l.scrollHeight - height);
@@ -932,7 +1124,7 @@ class RoomView {
     if (firstPending) this.list.insertBefore(li, firstPending);
     else this.list.append(li);
     if (firstPending) this.regroup(firstPending);
-    this.afterInsert(stick, false);
+    this.afterInsert(stick, false, false);
   }
 
   renderMembers() {
@@ -957,6 +1149,13 @@ class RoomView {
     this.membersCount.textContent = String(members.length);
     this.membersCountInline.textContent = `(${members.length})`;
     this.section.querySelector(".members-toggle").setAttribute("aria-label", `Members: ${members.length}`);
+  }
+
+  /** Shows or hides the room's details: its server, id and share link ("Copy link" stays). */
+  toggleDetails() {
+    const details = /** @type {HTMLElement} */ (this.section.querySelector(".room-details"));
+    details.hidden = !details.hidden;
+    this.section.querySelector(".details-toggle").setAttribute("aria-expanded", String(!details.hidden));
   }
 
   toggleMembers() {
@@ -994,11 +1193,16 @@ class RoomView {
     }
   }
 
-  /** @param {boolean} stick @param {boolean} own */
-  afterInsert(stick, own) {
+  /**
+   * After something was added to the list: follow it, or count it in "N new messages ↓"
+   * (messages only: notices such as "bob joined" are not counted).
+   * @param {boolean} stick @param {boolean} own @param {boolean} [isMessage]
+   */
+  afterInsert(stick, own, isMessage = true) {
+    syncDaySeparators(this.list);
     if (stick || own) {
       this.scrollToBottom(false);
-    } else {
+    } else if (isMessage) {
       this.newBelow += 1;
       this.jump.textContent = `${this.newBelow} new ${this.newBelow === 1 ? "message" : "messages"} ↓`;
       this.jump.hidden = false;

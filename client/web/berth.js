@@ -99,7 +99,11 @@
 
 /** @typedef {{user: User}} PresenceEvent */
 /** @typedef {{code: string, message: string, fatal: boolean}} ErrorEvent */
-/** @typedef {{clientId: string, text: string, reason: string}} FailedEvent */
+/**
+ * A message that was not delivered: refused by the server (`code`, e.g. `rate_limited`, names
+ * why), never confirmed, or left unsent when the room closed.
+ * @typedef {{clientId: string, text: string, reason: string, code?: string}} FailedEvent
+ */
 
 /**
  * Events of a {@link RoomConnection}.
@@ -701,6 +705,7 @@ export class RoomConnection {
     this._connectTimer = setTimeout(() => {
       if (gen === this._gen && !welcomed) ws.close(); // the close handler retries
     }, CONNECT_TIMEOUT_MS);
+    const handle = this._inOrder(gen);
     ws.onmessage = (ev) => {
       if (gen !== this._gen) return;
       if (!welcomed) {
@@ -708,7 +713,7 @@ export class RoomConnection {
         this._wsFailures = 0;
         clearTimeout(this._connectTimer);
       }
-      this._onFrame(ev.data);
+      handle(ev.data);
     };
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
@@ -723,6 +728,32 @@ export class RoomConnection {
       this._onClose(ev, welcomed);
     };
     ws.onerror = () => {}; // a close event follows with the details there are
+  }
+
+  /**
+   * The frame handler of one connection (`gen`), either transport. Frames are handled at once,
+   * in order; while a welcome pages the messages it had no room for over HTTP, the frames
+   * behind it wait for it.
+   * @param {number} gen @returns {(data: unknown) => void}
+   */
+  _inOrder(gen) {
+    /** @type {Promise<void> | null} */
+    let pending = null;
+    const wait = (promise) => {
+      const mine = promise.catch(() => {});
+      pending = mine;
+      mine.then(() => {
+        if (pending === mine) pending = null;
+      });
+    };
+    return (data) => {
+      if (pending) {
+        wait(pending.then(() => (gen === this._gen ? this._onFrame(data) : undefined)));
+        return;
+      }
+      const paging = this._onFrame(data);
+      if (paging) wait(paging);
+    };
   }
 
   /** Moves an `auto` connection to Server-Sent Events; `false` when it cannot. */
@@ -762,13 +793,14 @@ export class RoomConnection {
     this._connectTimer = setTimeout(() => {
       if (gen === this._gen && !welcomed) end(1006, "");
     }, CONNECT_TIMEOUT_MS);
+    const handle = this._inOrder(gen);
     const frame = (ev) => {
       if (gen !== this._gen || ended) return;
       if (!welcomed) {
         welcomed = true;
         clearTimeout(this._connectTimer);
       }
-      this._onFrame(ev.data);
+      handle(ev.data);
     };
     for (const type of ["welcome", "message", "joined", "left"]) es.addEventListener(type, frame);
     es.addEventListener("error", (ev) => {
@@ -864,9 +896,10 @@ export class RoomConnection {
       this.client.postMessage(this.roomId, item.text, item.clientId).catch((err) => {
         const e = err instanceof BerthError ? err : new BerthError("network", String(err));
         if (e.status >= 400 && e.status < 500 && e.status !== 408) {
+          // Refused, as a WebSocket `error` frame naming its clientId would be: that message
+          // failed, with the server's code.
           this._outbox.delete(item.clientId);
-          this._emit("error", { code: e.code, message: e.message, fatal: false });
-          this._emit("failed", { clientId: item.clientId, text: item.text, reason: e.message });
+          this._emit("failed", { clientId: item.clientId, text: item.text, reason: e.message, code: e.code });
         }
         // Otherwise it stays pending: sent again after the next welcome, or reported as failed.
       });
@@ -877,6 +910,28 @@ export class RoomConnection {
     } catch {
       /* the close handler will resend it after the next welcome */
     }
+  }
+
+  /**
+   * The stored messages after `lastSeq` and before `before`, oldest first (at most 20 pages;
+   * a longer gap keeps its newest pages; a failed page ends the filling).
+   * @param {number} before
+   */
+  async _missedBefore(before) {
+    const missed = [];
+    for (let page = 0; page < 20; page++) {
+      let answer;
+      try {
+        answer = await this.client.messages(this.roomId, { before, limit: 200 });
+      } catch {
+        break;
+      }
+      const messages = (answer.messages ?? []).filter((m) => m.seq > this.lastSeq);
+      missed.unshift(...messages);
+      if (!answer.hasMore || messages.length === 0 || messages[0].seq <= this.lastSeq + 1) break;
+      before = messages[0].seq;
+    }
+    return missed;
   }
 
   /** @param {unknown} data */
@@ -890,8 +945,7 @@ export class RoomConnection {
     if (!frame || typeof frame !== "object") return;
     switch (frame.type) {
       case "welcome":
-        this._onWelcome(frame);
-        break;
+        return this._onWelcome(frame);
       case "message": {
         const msg = this._accept(frame);
         if (msg) {
@@ -928,17 +982,43 @@ export class RoomConnection {
           this._emit("left", { user: frame.user });
         }
         break;
-      case "error":
-        this._emit("error", { code: String(frame.code ?? "error"), message: String(frame.message ?? ""), fatal: false });
+      case "error": {
+        const code = String(frame.code ?? "error");
+        const message = String(frame.message ?? "");
+        // A refused send names its clientId: that message failed, now rather than at timeout.
+        const item = typeof frame.clientId === "string" ? this._outbox.get(frame.clientId) : undefined;
+        if (item) {
+          this._outbox.delete(item.clientId);
+          this._emit("failed", { clientId: item.clientId, text: item.text, reason: message, code });
+        } else {
+          this._emit("error", { code, message, fatal: false });
+        }
         break;
+      }
       default:
         break; // newer servers may send frames this SDK does not know
     }
   }
 
+  /** @returns {Promise<void> | undefined} a promise while missed messages are paged first */
   _onWelcome(frame) {
-    const resumed = this._welcomed;
     const history = Array.isArray(frame.history) ? frame.history : [];
+    const seq = Number(frame.seq) || 0;
+    // A welcome holds a bounded number of bytes: the messages missed before its first one are
+    // paged from the store.
+    if (this._welcomed && seq >= this.lastSeq && history.length > 0) {
+      const first = Math.min(...history.map((m) => Number(m.seq) || 0));
+      if (first > this.lastSeq + 1) {
+        return this._missedBefore(first).then((missed) => this._welcome(frame, missed.concat(history)));
+      }
+    }
+    this._welcome(frame, history);
+    return undefined;
+  }
+
+  /** @param {any} frame @param {any[]} history */
+  _welcome(frame, history) {
+    const resumed = this._welcomed;
     const seq = Number(frame.seq) || 0;
     // The room restarted from scratch if its sequence went backwards, or if a message we saw
     // under some seq now has another author or time.

@@ -5,7 +5,12 @@ use serde::{Deserialize, Serialize};
 /// `POST /api/login`: with a password, signs an account in; without one, a guest (when the
 /// name belongs to no account and guests are allowed).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9_-]{1,32}$", min_length = 1, max_length = 32)
+    )]
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
@@ -13,6 +18,7 @@ pub struct LoginRequest {
 
 /// `POST /api/register`: a new account.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     pub username: String,
     pub password: String,
@@ -21,6 +27,7 @@ pub struct RegisterRequest {
 /// `POST /api/me/password`: changes an account's password; tokens issued before stop working.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePasswordRequest {
     pub old_password: String,
     pub new_password: String,
@@ -60,6 +67,7 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 /// `POST /api/me/password`: a user token for the other calls, and who it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
     pub token: String,
     pub user_id: String,
@@ -75,6 +83,7 @@ pub struct LoginResponse {
 /// Answer to `GET /api/me`: who the user token names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeResponse {
     pub user_id: String,
     pub username: String,
@@ -83,9 +92,11 @@ pub struct MeResponse {
 
 /// `POST /api/rooms` (the body is optional; every field has a default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRoomRequest {
     /// Shown in the room list; 1–64 characters. Defaults to the room id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: Option<String>,
     /// Public rooms are listed by `GET /api/rooms`. Defaults to unlisted.
     #[serde(default)]
@@ -100,6 +111,7 @@ pub struct CreateRoomRequest {
 /// to get in. Connect to `url` with `?token=` + `token` before `expiresAt`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomTicket {
     pub room_id: String,
     pub url: String,
@@ -142,6 +154,7 @@ pub fn http_base(ws_url: &str) -> String {
 /// (same limits, same errors). Answered 201 with the stored `message` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessageRequest {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +163,7 @@ pub struct SendMessageRequest {
 
 /// Answer to `GET /api/rooms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomList {
     pub rooms: Vec<RoomSummary>,
 }
@@ -157,6 +171,7 @@ pub struct RoomList {
 /// One public room in [`RoomList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomSummary {
     pub room_id: String,
     pub name: String,
@@ -167,42 +182,19 @@ pub struct RoomSummary {
 /// Longest room name accepted, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
-/// Why a room name was refused (the message tells the user what to change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomNameError {
-    TooLong,
-    ControlCharacter,
-}
-
-impl std::fmt::Display for RoomNameError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RoomNameError::TooLong => {
-                write!(f, "room names are at most {MAX_ROOM_NAME_CHARS} characters")
-            }
-            RoomNameError::ControlCharacter => {
-                f.write_str("room names cannot contain control characters")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RoomNameError {}
+/// Why a room name was refused (the message tells the user what to change): the rules of
+/// [`crate::text`].
+pub use crate::text::TextError as RoomNameError;
 
 /// The one room-name rule, applied wherever a name comes in: surrounding blanks are trimmed, a
 /// blank name means "no name" (the room id is shown instead), otherwise at most
-/// [`MAX_ROOM_NAME_CHARS`] characters and no control characters.
+/// [`MAX_ROOM_NAME_CHARS`] characters and none of the characters [`crate::text::room_name`]
+/// refuses (control, bidirectional, invisible).
 pub fn room_name(name: Option<&str>) -> Result<Option<String>, RoomNameError> {
-    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
-        return Ok(None);
-    };
-    if name.chars().count() > MAX_ROOM_NAME_CHARS {
-        return Err(RoomNameError::TooLong);
+    match name {
+        None => Ok(None),
+        Some(name) => crate::text::room_name(name).map(|n| n.map(str::to_owned)),
     }
-    if name.chars().any(char::is_control) {
-        return Err(RoomNameError::ControlCharacter);
-    }
-    Ok(Some(name.to_owned()))
 }
 
 #[cfg(test)]
@@ -217,12 +209,12 @@ mod room_name_tests {
         assert_eq!(room_name(Some(&"é".repeat(64))), Ok(Some("é".repeat(64))));
         assert_eq!(
             room_name(Some(&"x".repeat(65))),
-            Err(RoomNameError::TooLong)
+            Err(RoomNameError::NameTooLong)
         );
-        assert_eq!(
-            room_name(Some("a\tb")),
-            Err(RoomNameError::ControlCharacter)
-        );
+        assert_eq!(room_name(Some("a\tb")), Err(RoomNameError::NameControl));
+        // No spoofing: bidirectional overrides and invisible characters are refused.
+        assert_eq!(room_name(Some("a\u{202E}b")), Err(RoomNameError::NameBidi));
+        assert!(room_name(Some("\u{200B}")).is_err());
     }
 }
 
@@ -231,6 +223,7 @@ mod room_name_tests {
 /// [`DEFAULT_PAGE_LIMIT`] and is at most [`MAX_PAGE_LIMIT`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagePage {
     pub messages: Vec<crate::frames::ChatMessage>,
     /// Older messages remain: ask again with `before` = the first message's `seq`.
@@ -244,18 +237,21 @@ pub const MAX_PAGE_LIMIT: usize = 200;
 
 /// `POST /api/rooms/{roomId}/members`: a member adds an account to a private room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMemberRequest {
     pub username: String,
 }
 
 /// `POST /api/dms`: the direct-message room of the caller and `username`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DmRequest {
     pub username: String,
 }
 
 /// Answer to `POST /api/dms`: a ticket into the room, and who the other person is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DmTicket {
     #[serde(flatten)]
     pub ticket: RoomTicket,
@@ -265,6 +261,7 @@ pub struct DmTicket {
 /// Answer to `GET /api/me/rooms`: every room the user created, joined or was added to, most
 /// recent activity first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MyRooms {
     pub rooms: Vec<MyRoom>,
 }
@@ -272,6 +269,7 @@ pub struct MyRooms {
 /// One room in [`MyRooms`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MyRoom {
     pub room_id: String,
     /// For a direct message, the other person's name.

@@ -47,6 +47,18 @@ pub struct TicketClaims {
     pub epoch: u64,
     pub iat: u64,
     pub exp: u64,
+    /// The ticket's own id: a session server remembers it until `exp` and refuses a second
+    /// connection with the same ticket. Required (an empty one is refused).
+    #[serde(default)]
+    pub jti: String,
+}
+
+/// Longest ticket id accepted, in bytes.
+pub const MAX_TICKET_ID_BYTES: usize = 64;
+
+/// A fresh random ticket id (128 bits, hex).
+pub fn new_ticket_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The `use` claim of a send token.

@@ -1,5 +1,7 @@
 //! Bodies of the scheduler's internal API (`/v1/...`), used by the backend and session servers.
-//! Every call carries `Authorization: Bearer <cluster secret>`.
+//! Every call carries `Authorization: Bearer <credential>`: the cluster secret (backend,
+//! operators: every call), or a session server's own [`server_credential`], which may only
+//! register that server, heartbeat for it, release its rooms, look rooms up and leave.
 //!
 //! | call | body | answer |
 //! | --- | --- | --- |
@@ -55,6 +57,7 @@ pub struct RoomDirectory {
 /// One room in [`RoomDirectory`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomInfo {
     pub room_id: String,
     pub name: String,
@@ -82,6 +85,7 @@ pub struct ReleaseRoom {
 /// What a session server can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     pub rooms: u32,
     pub members_per_room: u32,
@@ -117,6 +121,10 @@ pub struct RegisterServer {
     pub draining: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `http://host:port` of its operator listener (`/metrics`, `/healthz`), when it has one:
+    /// `/metrics` is never served on the public port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
 }
 
 /// Answer to [`RegisterServer`].
@@ -131,6 +139,10 @@ pub struct Registered {
     /// first (fencing). Absent from schedulers that predate it: no lease then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// The server's own credential, handed to a server that registered with the cluster
+    /// secret: it uses this one from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// `PUT /v1/servers/{id}/heartbeat`: the server's load.
@@ -160,6 +172,7 @@ pub struct HeartbeatAck {
 /// A session server's life: `starting` → `ready` → `draining` → gone; `dead` when heartbeats stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ServerState {
     Starting,
     Ready,
@@ -187,6 +200,7 @@ pub struct ServerList {
 /// One session server in [`ServerList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerInfo {
     pub id: String,
     /// Empty while `starting`.
@@ -203,4 +217,73 @@ pub struct ServerInfo {
     pub age_secs: u64,
     /// Milliseconds since its last heartbeat (or registration).
     pub last_heartbeat_ms_ago: u64,
+    /// Why a `dead` server is dead: its exit status, or how long it stayed silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<String>,
+    /// `http://host:port` of its operator listener (`/metrics`), as it registered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
+}
+
+/// Prefix of a session server's credential: `srv.<server id>.<hex HMAC>`.
+const CREDENTIAL_PREFIX: &str = "srv.";
+
+/// The credential of session server `server_id`: `srv.<id>.<hex HMAC-SHA256(secret, id)>`.
+/// Only the holder of the cluster secret can mint one, and it names the one server it speaks
+/// for, so a compromised session process cannot act for the fleet.
+pub fn server_credential(cluster_secret: &str, server_id: &str) -> String {
+    format!(
+        "{CREDENTIAL_PREFIX}{server_id}.{}",
+        hex(&credential_mac(cluster_secret, server_id))
+    )
+}
+
+fn credential_mac(cluster_secret: &str, server_id: &str) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(cluster_secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"berth session server\0");
+    mac.update(server_id.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The server id a credential speaks for, when `presented` is a valid server credential under
+/// `cluster_secret` (compared in constant time).
+pub fn verify_server_credential<'a>(cluster_secret: &str, presented: &'a str) -> Option<&'a str> {
+    use hmac::Mac as _;
+    let rest = presented.strip_prefix(CREDENTIAL_PREFIX)?;
+    let (server_id, mac_hex) = rest.rsplit_once('.')?;
+    if server_id.is_empty() || mac_hex.len() != 64 {
+        return None;
+    }
+    let mut given = [0u8; 32];
+    for (i, byte) in given.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(mac_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(cluster_secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"berth session server\0");
+    mac.update(server_id.as_bytes());
+    mac.verify_slice(&given).ok().map(|()| server_id)
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_names_its_server_and_needs_the_secret() {
+        let c = server_credential("secret", "s-abc");
+        assert!(c.starts_with("srv.s-abc."));
+        assert_eq!(verify_server_credential("secret", &c), Some("s-abc"));
+        assert_eq!(verify_server_credential("other", &c), None);
+        let forged = c.replace("s-abc", "s-xyz");
+        assert_eq!(verify_server_credential("secret", &forged), None);
+        assert_eq!(verify_server_credential("secret", "secret"), None);
+        assert_eq!(verify_server_credential("secret", "srv.s-abc.zz"), None);
+    }
 }

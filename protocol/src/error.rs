@@ -10,6 +10,8 @@ pub enum ErrorCode {
     InvalidUsername,
     InvalidRequest,
     Unauthorized,
+    /// A valid credential that may not do this (a session server's, for an operator call).
+    Forbidden,
     RoomNotFound,
     NoCapacity,
     RateLimited,
@@ -29,6 +31,8 @@ pub enum ErrorCode {
     NotAMember,
     /// No account has that name.
     UserNotFound,
+    /// The request was not received and answered in time (408).
+    RequestTimeout,
     // Session server, before the upgrade.
     InvalidTicket,
     WrongServer,
@@ -38,6 +42,8 @@ pub enum ErrorCode {
     ServerUnavailable,
     // Session server, after the upgrade (error frames).
     TextTooLong,
+    /// A message text with control characters other than newline and tab.
+    InvalidText,
     BadFrame,
     RoomClosed,
     /// The message was not stored (the store refuses writes or cannot be reached), so nobody
@@ -60,6 +66,7 @@ impl ErrorCode {
             ErrorCode::InvalidUsername => "invalid_username",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::RoomNotFound => "room_not_found",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::RateLimited => "rate_limited",
@@ -74,12 +81,14 @@ impl ErrorCode {
             ErrorCode::AccountRequired => "account_required",
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InvalidTicket => "invalid_ticket",
             ErrorCode::WrongServer => "wrong_server",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::ServerDraining => "server_draining",
             ErrorCode::ServerUnavailable => "server_unavailable",
             ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::InvalidText => "invalid_text",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -91,21 +100,33 @@ impl ErrorCode {
     }
 
     /// Every code, for lookups by string.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidUsername,
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::RoomNotFound,
         ErrorCode::NoCapacity,
         ErrorCode::RateLimited,
         ErrorCode::NotFound,
         ErrorCode::Internal,
         ErrorCode::SchedulerUnavailable,
+        ErrorCode::WeakPassword,
+        ErrorCode::UsernameTaken,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::PasswordRequired,
+        ErrorCode::GuestsDisabled,
+        ErrorCode::AccountRequired,
+        ErrorCode::NotAMember,
+        ErrorCode::UserNotFound,
+        ErrorCode::RequestTimeout,
         ErrorCode::InvalidTicket,
         ErrorCode::WrongServer,
         ErrorCode::RoomFull,
         ErrorCode::ServerDraining,
+        ErrorCode::ServerUnavailable,
         ErrorCode::TextTooLong,
+        ErrorCode::InvalidText,
         ErrorCode::BadFrame,
         ErrorCode::RoomClosed,
         ErrorCode::StoreUnavailable,
@@ -129,6 +150,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// The JSON body of every HTTP error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -136,6 +158,7 @@ pub struct ErrorBody {
 /// The inside of [`ErrorBody`]. `code` is kept as a string so that clients of an older version
 /// still read codes they do not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,

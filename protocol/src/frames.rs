@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// A user as other members see it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub user_id: String,
     pub username: String,
@@ -14,6 +15,7 @@ pub struct User {
 /// One chat message, as delivered live and in `welcome.history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     /// Increases by exactly one per message within a room.
     pub seq: u64,
@@ -72,10 +74,14 @@ pub enum ServerFrame {
         user: User,
         active: bool,
     },
-    /// A refused frame; the connection stays open unless a close follows.
+    /// A refused frame; the connection stays open unless a close follows. `clientId` names
+    /// the refused `send` when it had one, so the sender can mark that message undelivered.
+    #[serde(rename_all = "camelCase")]
     Error {
         code: String,
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
 }
 
@@ -111,6 +117,11 @@ pub const TYPING_TIMEOUT_MS: u64 = 6000;
 
 /// WebSocket close codes Berth uses.
 pub mod close {
+    /// The client broke the framing protocol (unmasked frame, oversize or fragmented control
+    /// frame, unknown opcode).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Abuse: oversize frames, flooding.
     pub const POLICY: u16 = 1008;
     /// The server hit an internal error (for example its room failed).

@@ -10,6 +10,7 @@
 //! - [`error`]: the one error body every HTTP answer uses, and its codes.
 //! - [`webhook`]: the JSON and headers of webhook deliveries (room events POSTed out).
 //! - [`ids`]: how room, server and user ids look and are minted.
+//! - [`text`]: which room names and message texts are accepted (no spoofing characters).
 
 pub mod api;
 pub mod claims;
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod error;
 pub mod frames;
 pub mod ids;
+pub mod text;
 pub mod webhook;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -30,12 +30,13 @@ pub struct Layers {
     pub content_security_policy: Option<&'static str>,
 }
 
-/// The policy of the backend's web client: its own scripts and styles only (no inline ones),
-/// WebSockets and Server-Sent Events (`http:`/`https:`) to the session servers, which are
-/// other origins whose addresses come with each ticket, never framed.
-pub const WEB_CLIENT_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+/// The policy of the backend's web client: nothing unless named (`default-src 'none'`), its own
+/// scripts and styles only (no inline ones), WebSockets, Server-Sent Events and HTTP send
+/// (`http:`/`https:`) to the session servers, which are other origins whose addresses come with
+/// each ticket, no native form submissions (every form is handled by script), never framed.
+pub const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self' ws: wss: http: https:; object-src 'none'; \
-    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 impl Layers {
     /// Wraps `router`. Outermost first: tracing (sees the final status and the whole latency),
@@ -110,7 +111,7 @@ async fn error_body(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large().into_response(),
         StatusCode::REQUEST_TIMEOUT => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::Internal,
+            ErrorCode::RequestTimeout,
             "the request took too long",
         )
         .into_response(),
@@ -199,7 +200,7 @@ mod tests {
             .unwrap();
         let response = layered(None).oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
-        assert_eq!(code_of(response).await, "internal");
+        assert_eq!(code_of(response).await, "request_timeout");
     }
 
     /// The timeout bounds the answer to an upgrade request (the `101`), not the upgraded

@@ -1,7 +1,7 @@
 //! The HTTP API: the internal `/v1` calls of `berth_protocol::cluster` behind the cluster
 //! secret, plus `/healthz` and `/metrics`. Every error answer is the JSON `ErrorBody`.
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -67,8 +67,44 @@ pub fn router(state: AppState) -> Router {
     .apply(routes)
 }
 
-/// Bearer cluster secret, compared in constant time.
-async fn require_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who is calling: the holder of the cluster secret (the backend, an operator), or one session
+/// server with its own credential (`berth_protocol::cluster::server_credential`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Server(String),
+}
+
+impl Caller {
+    /// Only the cluster secret may do this.
+    fn operator(&self, action: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Server(id) => {
+                info!(server_id = %id, action, "refused a session server's credential");
+                Err(error::forbidden(action))
+            }
+        }
+    }
+
+    /// The cluster secret, or the credential of server `server_id` itself.
+    fn operator_or_server(&self, server_id: &str, action: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Server(id) if id != server_id => {
+                info!(server_id = %id, other = %server_id, action, "refused a session server acting for another");
+                Err(error::forbidden(action))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Bearer cluster secret (compared in constant time) or a session server's credential.
+async fn require_secret(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -78,11 +114,20 @@ async fn require_secret(State(state): State<AppState>, request: Request, next: N
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) => {
+    let caller = presented.and_then(|token| {
+        if constant_time_eq(token.as_bytes(), state.secret.as_bytes()) {
+            Some(Caller::Operator)
+        } else {
+            berth_protocol::cluster::verify_server_credential(&state.secret, token)
+                .map(|id| Caller::Server(id.to_owned()))
+        }
+    });
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        _ => {
+        None => {
             debug!(path = %request.uri().path(), "refused a call without the cluster secret");
             error::unauthorized().into_response()
         }
@@ -128,6 +173,15 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
     {
         return Err(ApiError::invalid_request("invalid server id"));
     }
+    let admin_url_ok = req.admin_url.as_ref().is_none_or(|u| {
+        u.len() <= MAX_URL_BYTES
+            && (u.starts_with("http://") || u.starts_with("https://"))
+            && u.len() > "https://".len()
+            && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if !admin_url_ok {
+        return Err(ApiError::invalid_request("invalid adminUrl"));
+    }
     let url_ok = req.url.len() <= MAX_URL_BYTES
         && (req.url.starts_with("ws://") || req.url.starts_with("wss://"))
         && req.url.len() > "wss://".len()
@@ -148,8 +202,10 @@ fn validate_register(req: &RegisterServer) -> Result<(), ApiError> {
 /// `POST /v1/rooms`.
 async fn create_room(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonOrDefault(req): JsonOrDefault<PlaceRoomRequest>,
 ) -> Result<(StatusCode, Json<Placement>), ApiError> {
+    caller.operator("create rooms")?;
     let name = berth_protocol::api::room_name(req.name.as_deref())
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
     if let Some(user) = &req.created_by {
@@ -187,11 +243,13 @@ struct ListRooms {
 /// `GET /v1/rooms[?public=true|false]`.
 async fn list_rooms(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<ListRooms>,
-) -> Json<RoomDirectory> {
-    Json(RoomDirectory {
+) -> Result<Json<RoomDirectory>, ApiError> {
+    caller.operator("list rooms")?;
+    Ok(Json(RoomDirectory {
         rooms: state.directory.list(query.public),
-    })
+    }))
 }
 
 /// `GET /v1/rooms/{id}`: re-places an orphaned room.
@@ -205,12 +263,14 @@ async fn get_room(
 /// `POST /v1/rooms/{id}/release`: 204 whether or not the placement was still current.
 async fn release_room(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ClusterRoomId(room_id): ClusterRoomId,
     Body(req): Body<ReleaseRoom>,
 ) -> Result<StatusCode, ApiError> {
     if !ids::is_valid_server_id(&req.server_id) {
         return Err(ApiError::invalid_request("invalid server id"));
     }
+    caller.operator_or_server(&req.server_id, "release another server's rooms")?;
     if state
         .directory
         .release(&room_id, &req.server_id, req.epoch, &state.registry)
@@ -225,9 +285,17 @@ async fn release_room(
 /// `POST /v1/servers`: a session server (re-)announces itself.
 async fn register_server(
     State(state): State<AppState>,
-    Body(req): Body<RegisterServer>,
+    Extension(caller): Extension<Caller>,
+    Body(mut req): Body<RegisterServer>,
 ) -> Result<Json<Registered>, ApiError> {
     validate_register(&req)?;
+    // A server credential registers its own server and no other.
+    if let Caller::Server(id) = &caller {
+        match req.server_id.clone() {
+            None => req.server_id = Some(id.clone()),
+            Some(named) => caller.operator_or_server(&named, "register another server")?,
+        }
+    }
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
             Some(server) => server,
@@ -246,14 +314,16 @@ async fn register_server(
             }
         },
     };
-    if server.kill_was_requested() {
-        // A managed server declared dead is being killed: it must not come back.
+    if server.kill_was_requested() || server.has_exited() {
+        // Its process is being killed or is gone: whoever this is, it must not come back.
         return Err(error::unknown_server());
     }
+    state.vigil.heard();
     let previous = server.state();
     // A managed child's pid is the one we spawned, whatever it says.
     let pid = if server.managed { None } else { req.pid };
     server.registered(req.url, req.capacity, req.connections, pid);
+    server.set_admin_url(req.admin_url);
     // Rooms first, so their slots count before placements may land here.
     state.directory.adopt(&server, &req.rooms, &state.registry);
     // A report knows no names: take them from the store (after a scheduler restart).
@@ -290,25 +360,32 @@ async fn register_server(
         info!(server_id = %server.id, managed = server.managed, rooms = req.rooms.len(), draining, previous = previous.as_str(), "session server registered");
     }
     state.fleet_kick.notify_one();
+    // Whoever registered with the cluster secret gets its own credential, to use from now on.
+    let credential = (caller == Caller::Operator)
+        .then(|| berth_protocol::cluster::server_credential(&state.secret, &server.id));
     Ok(Json(Registered {
         server_id: server.id.clone(),
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
         heartbeat_timeout_ms: Some(state.config.heartbeat_timeout_ms),
+        credential,
     }))
 }
 
 /// `PUT /v1/servers/{id}/heartbeat`.
 async fn heartbeat(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ServerId(server_id): ServerId,
     Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
+    caller.operator_or_server(&server_id, "heartbeat for another server")?;
     validate_hosted(&hb.rooms)?;
     let server = state
         .registry
         .get(&server_id)
         .filter(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
         .ok_or_else(error::unknown_server)?;
+    state.vigil.heard();
     server.heartbeat(hb.connections);
     if hb.draining && server.state() == ServerState::Ready {
         let _decision = lock(&state.placement_lock);
@@ -336,8 +413,10 @@ async fn heartbeat(
 /// `POST /v1/servers/{id}/drain`: no new rooms; the next heartbeat answer asks it to drain.
 async fn drain_server(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
+    caller.operator("drain servers")?;
     let server = state
         .registry
         .get(&server_id)
@@ -358,8 +437,10 @@ async fn drain_server(
 /// `DELETE /v1/servers/{id}`: a server leaving; its remaining rooms are re-placed on lookup.
 async fn remove_server(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
+    caller.operator_or_server(&server_id, "remove another server")?;
     let server = state
         .registry
         .get(&server_id)
@@ -371,12 +452,16 @@ async fn remove_server(
 }
 
 /// `GET /v1/servers`, oldest first.
-async fn list_servers(State(state): State<AppState>) -> Json<ServerList> {
+async fn list_servers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ServerList>, ApiError> {
+    caller.operator("list servers")?;
     let mut servers = state.registry.snapshot();
     servers.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
-    Json(ServerList {
+    Ok(Json(ServerList {
         servers: servers.iter().map(|s| s.info()).collect(),
-    })
+    }))
 }
 
 #[cfg(test)]

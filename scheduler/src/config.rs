@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub session_host: String,
 
+    /// Address spawned session servers bind their operator listener (`/metrics`, `/healthz`) to,
+    /// on a free port; the backend's operator page reads `/metrics` there. Keep it private.
+    #[arg(long, env = "BERTH_SESSION_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub session_admin_host: std::net::IpAddr,
+
     /// Ticket public key passed to spawned servers; default `<data-dir>/ticket.pub.pem`.
     #[arg(long, env = "BERTH_TICKET_PUBLIC_KEY")]
     pub ticket_public_key: Option<PathBuf>,
@@ -75,6 +80,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_ROOM_IDLE_SECS", default_value_t = 300)]
     pub room_idle_secs: u64,
 
+    /// A placed room that no member opens within this many seconds gives its slot back (it
+    /// stays dormant and is placed again on its next lookup). Fractions are accepted.
+    #[arg(long, env = "BERTH_UNCLAIMED_ROOM_SECS", default_value = "30", value_parser = parse_secs)]
+    pub unclaimed_room_secs: f64,
+
     /// A managed server without rooms for this long is drained, unless the warm buffer needs it.
     /// Fractions are accepted (`0.5`).
     #[arg(long, env = "BERTH_SERVER_IDLE_SECS", default_value = "120", value_parser = parse_secs)]
@@ -92,6 +102,10 @@ pub struct Config {
     /// the database URL in their environment only.
     #[command(flatten)]
     pub store: berth_store::StoreArgs,
+
+    /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 
     /// How long stopping waits for spawned servers to exit after SIGTERM before killing them.
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
@@ -128,6 +142,10 @@ impl Config {
 
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn unclaimed_room(&self) -> Duration {
+        Duration::from_secs_f64(self.unclaimed_room_secs)
     }
 
     pub fn server_idle(&self) -> Duration {
@@ -187,6 +205,7 @@ mod tests {
         assert_eq!(c.spawn_timeout(), Duration::from_secs(10));
         assert_eq!(c.server_idle(), Duration::from_secs(120));
         assert_eq!(c.create_rate, 10);
+        assert_eq!(c.unclaimed_room(), Duration::from_secs(30));
         assert_eq!(
             c.ticket_public_key_path(),
             PathBuf::from("./.berth/ticket.pub.pem")

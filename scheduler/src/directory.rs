@@ -317,6 +317,29 @@ impl Directory {
         revoked
     }
 
+    /// Makes rooms dormant that were placed more than `after` ago and that their server never
+    /// reported (nobody opened them), giving their slots back; returns how many. A member who
+    /// opens one later finds it again: its server re-adopts it if it is still there, or the
+    /// next lookup places it anew.
+    pub fn expire_unclaimed(&self, after: Duration, registry: &Registry) -> Vec<String> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for mut entry in self.rooms.iter_mut() {
+            if !entry.is_orphaned()
+                && entry.last_reported.is_none()
+                && now.saturating_duration_since(entry.placed_at) > after
+            {
+                entry.orphaned_at = Some(now);
+                entry.members = 0;
+                if let Some(server) = registry.get(&entry.server_id) {
+                    server.release_slot();
+                }
+                expired.push(entry.key().clone());
+            }
+        }
+        expired
+    }
+
     /// Forgets dormant rooms nobody looked up for `after`, and the oldest ones beyond
     /// [`MAX_DORMANT`]; returns how many.
     pub fn expire_orphans(&self, after: Duration) -> usize {
@@ -495,6 +518,43 @@ mod tests {
         assert_eq!(
             dir.heartbeat(&a, &[report("r-unknown", 1)], ttl),
             vec!["r-unknown".to_owned()]
+        );
+    }
+
+    #[test]
+    fn unclaimed_placements_give_their_slot_back_and_stay_dormant() {
+        let registry = Registry::default();
+        let a = server(&registry, "s-a");
+        let dir = Directory::default();
+        let epoch = place(&dir, &a, "r-1");
+        assert!(
+            dir.expire_unclaimed(Duration::from_secs(60), &registry)
+                .is_empty()
+        );
+        assert_eq!(
+            dir.expire_unclaimed(Duration::ZERO, &registry),
+            vec!["r-1".to_owned()]
+        );
+        assert_eq!(a.rooms(), 0);
+        assert!(
+            dir.get("r-1").unwrap().is_orphaned(),
+            "dormant, not forgotten"
+        );
+        // Opened at the last moment: its server reports it and keeps it.
+        let report = HostedRoom {
+            room_id: "r-1".into(),
+            epoch,
+            members: 1,
+        };
+        assert!(
+            dir.heartbeat(&a, &[report], Duration::from_secs(60))
+                .is_empty()
+        );
+        assert_eq!(a.rooms(), 1);
+        assert!(!dir.get("r-1").unwrap().is_orphaned());
+        assert!(
+            dir.expire_unclaimed(Duration::ZERO, &registry).is_empty(),
+            "claimed"
         );
     }
 

@@ -35,6 +35,16 @@ pub(crate) fn unknown_server() -> ApiError {
     )
 }
 
+/// 403 `forbidden`: a session server's credential used for something only the cluster secret
+/// may do (`action`), or for another server.
+pub(crate) fn forbidden(action: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!("this credential may not {action}"),
+    )
+}
+
 /// 503 `no_capacity` with the `Retry-After` the config gives: no slot can be had.
 pub(crate) fn no_capacity(config: &Config, message: &str) -> ApiError {
     ApiError::new(

@@ -1,25 +1,89 @@
 //! The fleet loop: the scheduler's background upkeep of its session servers.
 //!
-//! Every tick it declares silent servers dead (killing managed ones; their rooms are orphaned and
-//! re-placed on lookup), forgets long-dead entries and orphans, drains managed servers that have
+//! Every tick it declares silent servers dead (their rooms are orphaned and re-placed on lookup),
+//! forgets long-dead entries and orphans, drains managed servers that have
 //! been empty for `server_idle_secs` beyond what the warm buffer needs, and spawns servers so
 //! that at least `warm_servers × rooms_per_server` room slots are free. A placement wakes it early
 //! so the buffer is topped up right away. Failed spawns back the buffer off exponentially, so a
 //! broken `--session-bin` does not fork in a tight loop.
+//!
+//! Silence is evidence only while the scheduler itself demonstrably runs and reads: the loop
+//! notices when its own rounds were held up (a SIGSTOP, a frozen VM, a starved host) and then
+//! gives every server a full heartbeat timeout from the moment it resumed; and when other
+//! servers exist, a server counts as silent only while heartbeats from others keep arriving. A
+//! server declared dead that turns out alive registers again and keeps what was not placed
+//! elsewhere (the rest is revoked in its heartbeat answers); a managed process is killed only
+//! if it stays silent for long after.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use berth_protocol::cluster::ServerState;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::metrics::inc;
+use crate::metrics::{ExitCause, inc};
 use crate::registry::{Server, lock, spare_slots};
 use crate::spawner;
 use crate::state::AppState;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The scheduler's evidence that it is itself running and reading.
+pub struct Vigil {
+    /// When the fleet loop last ran a full round.
+    last_round: Mutex<Instant>,
+    /// When the loop last resumed after a stall: silence before it does not count.
+    resumed_at: Mutex<Instant>,
+    /// When any server's heartbeat last arrived.
+    last_heartbeat: Mutex<Instant>,
+}
+
+impl Default for Vigil {
+    fn default() -> Self {
+        let now = Instant::now();
+        Vigil {
+            last_round: Mutex::new(now),
+            resumed_at: Mutex::new(now),
+            last_heartbeat: Mutex::new(now),
+        }
+    }
+}
+
+impl Vigil {
+    /// A heartbeat arrived: the scheduler is reading its sockets.
+    pub fn heard(&self) {
+        *lock(&self.last_heartbeat) = Instant::now();
+    }
+
+    /// Records a round of the loop at `now`; true when the gap since the previous round shows
+    /// that the scheduler itself was stalled (then silence up to `now` is forgiven).
+    fn round(&self, now: Instant, tick: Duration) -> bool {
+        let previous = std::mem::replace(&mut *lock(&self.last_round), now);
+        let stalled = now.saturating_duration_since(previous) > stall_threshold(tick);
+        if stalled {
+            *lock(&self.resumed_at) = now;
+        }
+        stalled
+    }
+
+    /// How long `server` has been silent while the scheduler was running.
+    fn silence(&self, server: &Server, now: Instant) -> Duration {
+        let since = server.last_heartbeat().max(*lock(&self.resumed_at));
+        now.saturating_duration_since(since)
+    }
+
+    /// Whether heartbeats (from anyone) arrived within `window` before `now`.
+    fn reading(&self, now: Instant, window: Duration) -> bool {
+        now.saturating_duration_since(*lock(&self.last_heartbeat)) <= window
+    }
+}
+
+/// A gap between two rounds longer than this means the scheduler was not running.
+fn stall_threshold(tick: Duration) -> Duration {
+    (tick * 4).max(Duration::from_millis(1500))
+}
 
 /// Runs until shutdown.
 pub async fn run(state: AppState) {
@@ -33,8 +97,26 @@ pub async fn run(state: AppState) {
             _ = state.fleet_kick.notified() => false,
         };
         if full_round {
+            let now = Instant::now();
+            if state.vigil.round(now, state.config.fleet_tick()) {
+                inc(&state.metrics.stalls);
+                warn!(
+                    grace_ms = state.config.heartbeat_timeout_ms,
+                    "the scheduler was stalled; servers get a full heartbeat timeout from now"
+                );
+            }
             reap(&state);
             scale_down(&state);
+            let unclaimed = state
+                .directory
+                .expire_unclaimed(state.config.unclaimed_room(), &state.registry);
+            for room_id in &unclaimed {
+                inc(&state.metrics.unclaimed_rooms);
+                info!(
+                    room_id,
+                    "nobody opened the room in time: its slot is free, the room dormant"
+                );
+            }
             let expired = state.directory.expire_orphans(state.config.orphan_ttl());
             if expired > 0 {
                 info!(expired, "forgot orphaned rooms nobody looked up");
@@ -50,22 +132,42 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Declares silent servers dead and forgets servers dead for long.
+/// Declares silent servers dead, kills managed ones that stay silent long after, and forgets
+/// servers dead for long.
 pub fn reap(state: &AppState) {
     let now = Instant::now();
     let timeout = state.config.heartbeat_timeout();
-    for server in state.registry.snapshot() {
+    let servers = state.registry.snapshot();
+    let live = servers
+        .iter()
+        .filter(|s| matches!(s.state(), ServerState::Ready | ServerState::Draining))
+        .count();
+    // With other servers around, their heartbeats prove that we are reading our sockets.
+    let window = (state.config.heartbeat_interval() * 3).max(timeout / 2);
+    let reading = live <= 1 || state.vigil.reading(now, window);
+    for server in servers {
         match server.state() {
             ServerState::Ready | ServerState::Draining => {
-                let silent = now.saturating_duration_since(server.last_heartbeat());
-                if silent > timeout {
+                let silent = state.vigil.silence(&server, now);
+                if silent > timeout && reading {
                     declare_dead(state, &server, silent);
                 }
             }
             ServerState::Dead => {
-                if server.dead_since().is_some_and(|t| {
-                    now.saturating_duration_since(t) > state.config.dead_retention()
-                }) {
+                let dead_for = server
+                    .dead_since()
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                // Still silent well after being declared dead: a hung process, not a hiccup.
+                if server.managed
+                    && !server.has_exited()
+                    && !server.kill_was_requested()
+                    && dead_for > state.config.dead_retention() / 2
+                    && state.vigil.silence(&server, now) > timeout
+                {
+                    warn!(server_id = %server.id, "a session server declared dead stayed silent; killing it");
+                    server.request_kill();
+                }
+                if dead_for > state.config.dead_retention() {
                     state.registry.remove_if_same(&server);
                 }
             }
@@ -74,20 +176,22 @@ pub fn reap(state: &AppState) {
     }
 }
 
+/// Declares `server` dead on silence: no new rooms, its rooms orphaned (placed again on their
+/// next lookup). Its process is left running: if it is alive after all, it registers again and
+/// is told which of its rooms moved.
 fn declare_dead(state: &AppState, server: &Server, silent: Duration) {
-    server.set_state(ServerState::Dead);
+    let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+    server.set_dead(format!("silent for {silent_ms} ms"));
     inc(&state.metrics.servers_declared_dead);
+    state.metrics.server_exit(ExitCause::Silence);
     let orphaned = state.directory.orphan_server(server);
     warn!(
         server_id = %server.id,
-        silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+        silent_ms,
         orphaned,
         managed = server.managed,
         "no heartbeat: session server declared dead"
     );
-    if server.managed {
-        server.request_kill();
-    }
 }
 
 /// Drains managed servers empty for `server_idle_secs`, keeping the ones the warm buffer needs.

@@ -30,7 +30,6 @@ pub mod registry;
 pub mod spawner;
 pub mod state;
 
-use std::future::IntoFuture;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpListener;
@@ -74,10 +73,13 @@ pub async fn serve(
     state.tasks.spawn(fleet::run(state.clone()));
 
     let grace = state.config.shutdown_timeout() + std::time::Duration::from_secs(1);
-    let server = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let limits = berth_listener::Limits {
+        shutdown_grace: grace,
+        ..state.config.http.limits()
+    };
+    let server = berth_listener::serve(listener, router(state.clone()), limits, shutdown.clone());
     let served = tokio::select! {
-        result = server.into_future() => result,
+        result = server => result,
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!("HTTP connections did not close in time; stopping anyway");
             Ok(())

@@ -58,6 +58,37 @@ impl LatencyHistogram {
     }
 }
 
+/// Why a session server that had registered stopped being part of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// Its process exited with status 0 without leaving first.
+    Clean,
+    /// Its process exited with a non-zero status.
+    Error,
+    /// Its process was ended by a signal nobody here sent (SIGKILL by the OOM killer, say).
+    Signal,
+    /// It stayed silent while the scheduler was running and reading: declared dead.
+    Silence,
+}
+
+impl ExitCause {
+    pub const ALL: [ExitCause; 4] = [
+        ExitCause::Clean,
+        ExitCause::Error,
+        ExitCause::Signal,
+        ExitCause::Silence,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Clean => "clean",
+            ExitCause::Error => "error",
+            ExitCause::Signal => "signal",
+            ExitCause::Silence => "silence",
+        }
+    }
+}
+
 /// Everything `/metrics` shows. Counters and histograms move as things happen; the gauges are
 /// read from the registry and directory on each scrape.
 pub struct Metrics {
@@ -68,6 +99,12 @@ pub struct Metrics {
     pub no_capacity: Counter,
     pub rate_limited: Counter,
     pub servers_declared_dead: Counter,
+    /// Times the scheduler found its own loop had stalled and gave servers a grace period.
+    pub stalls: Counter,
+    /// Placed rooms nobody opened in time: their slots went back, the rooms dormant.
+    pub unclaimed_rooms: Counter,
+    /// Registered servers that exited or were declared dead, by [`ExitCause`].
+    server_exits: Family<[(&'static str, &'static str); 1], Counter>,
     pub placement_latency: LatencyHistogram,
     pub spawn_latency: LatencyHistogram,
     servers: Family<[(&'static str, &'static str); 1], Gauge>,
@@ -147,6 +184,26 @@ impl Default for Metrics {
             "berth_scheduler_servers_declared_dead",
             "Servers declared dead after missing heartbeats",
         );
+        let stalls = counter(
+            &mut registry,
+            "berth_scheduler_stalls",
+            "Stalls of the scheduler's own loop, after which servers got a grace period",
+        );
+        let unclaimed_rooms = counter(
+            &mut registry,
+            "berth_scheduler_unclaimed_rooms",
+            "Placed rooms nobody opened in time (their slots were given back)",
+        );
+        let server_exits = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        for cause in ExitCause::ALL {
+            // Every cause shown from the start, at 0.
+            drop(server_exits.get_or_create(&[("cause", cause.as_str())]));
+        }
+        registry.register(
+            "berth_scheduler_server_exits",
+            "Registered session servers that exited or were declared dead, by cause",
+            server_exits.clone(),
+        );
         let placement_latency = LatencyHistogram::new(PLACEMENT_BUCKETS);
         registry.register(
             "berth_scheduler_placement_seconds",
@@ -167,6 +224,9 @@ impl Default for Metrics {
             no_capacity,
             rate_limited,
             servers_declared_dead,
+            stalls,
+            unclaimed_rooms,
+            server_exits,
             placement_latency,
             spawn_latency,
             servers,
@@ -188,6 +248,13 @@ fn gauge_value(n: usize) -> i64 {
 }
 
 impl Metrics {
+    /// Counts a server exit or death.
+    pub fn server_exit(&self, cause: ExitCause) {
+        self.server_exits
+            .get_or_create(&[("cause", cause.as_str())])
+            .inc();
+    }
+
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), with the gauges read now.
     pub fn render(&self, registry: &Registry, directory: &Directory) -> String {
         let servers = registry.snapshot();
@@ -235,6 +302,10 @@ mod tests {
         assert!(text.contains("berth_scheduler_placement_seconds_count 3\n"));
         assert!(text.contains("berth_scheduler_placements_total 1\n"));
         assert!(text.contains("berth_scheduler_servers{state=\"ready\"} 0\n"));
+        m.server_exit(ExitCause::Signal);
+        let text = m.render(&Registry::default(), &Directory::default());
+        assert!(text.contains("berth_scheduler_server_exits_total{cause=\"signal\"} 1\n"));
+        assert!(text.contains("berth_scheduler_server_exits_total{cause=\"silence\"} 0\n"));
         assert!(text.contains("# TYPE berth_scheduler_placements counter\n"));
         assert!(text.ends_with("# EOF\n"));
     }

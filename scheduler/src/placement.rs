@@ -103,8 +103,8 @@ pub async fn load_dormant(state: &AppState) {
     }
 }
 
-/// Places a new room and records it in the directory (and its metadata in the store first, so
-/// a room that exists can always be found again).
+/// Places a new room and records it in the directory (and its metadata in the store before the
+/// answer, so a room that exists can always be found again; a refused create records nothing).
 pub async fn place_new(
     state: &AppState,
     room_id: String,
@@ -114,6 +114,8 @@ pub async fn place_new(
     created_by: Option<String>,
 ) -> Result<Placement, ApiError> {
     let started = Instant::now();
+    // The slot first: a create refused for want of capacity leaves nothing behind.
+    let server = reserve_slot(state).await?;
     if let Some(store) = &state.store {
         let meta = RoomMeta {
             room_id: room_id.clone(),
@@ -124,11 +126,11 @@ pub async fn place_new(
             created_at_ms: berth_protocol::now_ms(),
         };
         if let Err(e) = store.create_room(&meta).await {
+            server.release_slot();
             warn!(room_id, error = %e, "cannot record the new room in the store");
             return Err(error::store_unavailable());
         }
     }
-    let server = reserve_slot(state).await?;
     let epoch = state.directory.next_epoch();
     let entry = RoomEntry::new(server.id.clone(), epoch, name, public);
     let placement = to_placement(&room_id, &entry, server.url());

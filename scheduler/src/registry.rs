@@ -36,6 +36,8 @@ pub struct Server {
     drain_requested: AtomicBool,
     /// Cancelled to make the supervisor kill a managed child (declared dead).
     kill: CancellationToken,
+    /// Its process is known to have exited: it can never come back.
+    exited: AtomicBool,
     live: Mutex<Live>,
 }
 
@@ -50,6 +52,10 @@ struct Live {
     empty_since: Option<Instant>,
     /// Since when it is dead (forgotten after a while).
     dead_since: Option<Instant>,
+    /// Why it is dead: its exit status or how long it was silent.
+    dead_reason: Option<String>,
+    /// Its operator listener (`/metrics`), as it registered it.
+    admin_url: Option<String>,
 }
 
 impl Server {
@@ -89,6 +95,7 @@ impl Server {
             claims: AtomicU32::new(0),
             drain_requested: AtomicBool::new(false),
             kill: CancellationToken::new(),
+            exited: AtomicBool::new(false),
             live: Mutex::new(Live {
                 url,
                 members_per_room: capacity.members_per_room,
@@ -97,6 +104,8 @@ impl Server {
                 last_heartbeat: now,
                 empty_since: None,
                 dead_since: None,
+                dead_reason: None,
+                admin_url: None,
             }),
         }
     }
@@ -115,6 +124,28 @@ impl Server {
         let mut live = lock(&self.live);
         live.dead_since =
             (state == ServerState::Dead).then(|| live.dead_since.unwrap_or_else(Instant::now));
+        if state != ServerState::Dead {
+            live.dead_reason = None;
+        }
+    }
+
+    /// Declares it dead, saying why (shown by `GET /v1/servers`).
+    pub fn set_dead(&self, reason: String) {
+        self.set_state(ServerState::Dead);
+        lock(&self.live).dead_reason = Some(reason);
+    }
+
+    pub fn dead_reason(&self) -> Option<String> {
+        lock(&self.live).dead_reason.clone()
+    }
+
+    /// Records that its process exited (it can never register again).
+    pub fn set_exited(&self) {
+        self.exited.store(true, Ordering::SeqCst);
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
     }
 
     /// Watches the state (a create waiting for this server to register).
@@ -238,6 +269,11 @@ impl Server {
         live.last_heartbeat = Instant::now();
     }
 
+    /// Where its operator listener is (`None`: it has none).
+    pub fn set_admin_url(&self, admin_url: Option<String>) {
+        lock(&self.live).admin_url = admin_url;
+    }
+
     /// Records a heartbeat.
     pub fn heartbeat(&self, connections: u32) {
         let mut live = lock(&self.live);
@@ -284,6 +320,8 @@ impl Server {
             age_secs: self.started.elapsed().as_secs(),
             last_heartbeat_ms_ago: u64::try_from(live.last_heartbeat.elapsed().as_millis())
                 .unwrap_or(u64::MAX),
+            dead_reason: live.dead_reason.clone(),
+            admin_url: live.admin_url.clone(),
         }
     }
 }

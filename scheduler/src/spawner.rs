@@ -5,9 +5,10 @@
 //! it start a new one, never past `max_servers` (starting, ready and draining servers count).
 //! The new entry is `starting` with its pid; one supervisor task per child then awaits, in one
 //! `select!`: the child's exit, the spawn timeout (while it has not registered), a kill request
-//! (declared dead) and the scheduler's shutdown (SIGTERM, bounded wait, SIGKILL). However the
-//! child ends, its entry leaves the registry and its rooms are orphaned, to be re-placed on their
-//! next lookup.
+//! (silent long after it was declared dead) and the scheduler's shutdown (SIGTERM, bounded wait,
+//! SIGKILL). However the child ends, its rooms are orphaned, to be re-placed on their next
+//! lookup; a registered child that exited stays listed as `dead` with its exit status for a
+//! while, and is counted by cause.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::{self, ApiError};
-use crate::metrics::inc;
+use crate::metrics::{ExitCause, inc};
 use crate::registry::{Server, lock, spare_slots};
 use crate::state::AppState;
 
@@ -137,7 +138,8 @@ fn session_listen_addr(session_host: &str) -> &'static str {
 }
 
 /// The command line of a spawned session server (docs/architecture.md, "Scheduler ↔ session
-/// server"). The cluster secret goes in the environment only, never in the arguments.
+/// server"). The server gets its own credential, in the environment only (never in the
+/// arguments), and not the cluster secret.
 pub fn session_command(
     config: &Config,
     bin: &Path,
@@ -155,6 +157,8 @@ pub fn session_command(
         .arg(scheduler_url)
         .arg("--host")
         .arg(&config.session_host)
+        .arg("--admin-listen")
+        .arg(std::net::SocketAddr::new(config.session_admin_host, 0).to_string())
         .arg("--rooms")
         .arg(config.rooms_per_server.to_string())
         .arg("--members-per-room")
@@ -167,7 +171,12 @@ pub fn session_command(
         .arg(config.room_idle_secs.to_string())
         .arg("--drain-timeout-secs")
         .arg(config.drain_timeout_secs.to_string())
-        .env("BERTH_CLUSTER_SECRET", secret)
+        // Its own credential, never the cluster secret (which it would otherwise inherit).
+        .env_remove("BERTH_CLUSTER_SECRET")
+        .env(
+            "BERTH_SERVER_CREDENTIAL",
+            berth_protocol::cluster::server_credential(secret, server_id),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -237,6 +246,37 @@ pub fn retire(state: &AppState, server: &Arc<Server>) {
     }
 }
 
+/// Keeps a server whose process ended (or that was declared dead) listed as `dead` with
+/// `reason` for `dead_retention`, its rooms orphaned (re-placed on their next lookup). A server
+/// that already left (or was replaced under its id) is left alone.
+pub fn bury(state: &AppState, server: &Arc<Server>, reason: String) {
+    let current = state
+        .registry
+        .get(&server.id)
+        .is_some_and(|s| Arc::ptr_eq(&s, server));
+    if !current {
+        server.set_state(ServerState::Dead);
+        return;
+    }
+    server.set_dead(reason);
+    let orphaned = state.directory.orphan_server(server);
+    if orphaned > 0 {
+        info!(server_id = %server.id, orphaned, "rooms of a dead server will be re-placed on lookup");
+    }
+}
+
+/// Why a process ended, as counted in `/metrics`.
+fn exit_cause(status: &io::Result<ExitStatus>) -> ExitCause {
+    #[cfg(unix)]
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Ok(s) if s.success() => ExitCause::Clean,
+        #[cfg(unix)]
+        Ok(s) if s.signal().is_some() => ExitCause::Signal,
+        _ => ExitCause::Error,
+    }
+}
+
 /// How a child's supervision ended.
 enum End {
     Exited,
@@ -266,23 +306,39 @@ async fn supervise(state: AppState, server: Arc<Server>, mut child: Child) {
             }
         }
     };
+    server.set_exited();
     let was_starting = server.state() == ServerState::Starting;
-    retire(&state, &server);
+    let cause = exit_cause(&status);
     let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
     match end {
         End::SpawnTimeout => {
+            retire(&state, &server);
             inc(&state.metrics.spawn_failures);
             error!(server_id = %server.id, timeout_ms = state.config.spawn_timeout_ms, "session server did not register in time; killed");
         }
         End::Exited if was_starting => {
+            retire(&state, &server);
             inc(&state.metrics.spawn_failures);
             error!(server_id = %server.id, %status, "session server exited before registering");
         }
-        End::Exited => warn!(server_id = %server.id, %status, "session server exited"),
-        End::Killed => {
-            warn!(server_id = %server.id, %status, "killed a session server declared dead")
+        End::Exited => {
+            // Evidence of death: listed as dead with its status, counted by cause.
+            let was_listed = server.state() != ServerState::Dead;
+            if was_listed {
+                state.metrics.server_exit(cause);
+            }
+            bury(&state, &server, format!("process exited: {status}"));
+            warn!(server_id = %server.id, %status, cause = cause.as_str(), "session server exited");
         }
-        End::Shutdown => info!(server_id = %server.id, %status, "session server stopped"),
+        End::Killed => {
+            let silent = server.dead_reason().unwrap_or_default();
+            bury(&state, &server, format!("{silent}; killed ({status})"));
+            warn!(server_id = %server.id, %status, "killed a session server that stayed silent");
+        }
+        End::Shutdown => {
+            retire(&state, &server);
+            info!(server_id = %server.id, %status, "session server stopped");
+        }
     }
 }
 
@@ -416,11 +472,15 @@ mod tests {
         }
         assert!(!joined.contains(secret));
         let env: Vec<_> = std.get_envs().collect();
+        let credential = berth_protocol::cluster::server_credential(secret, "s-abc");
+        assert!(env.iter().any(|(k, v)| *k == "BERTH_SERVER_CREDENTIAL"
+            && *v == Some(std::ffi::OsStr::new(&credential))));
         assert!(
             env.iter()
-                .any(|(k, v)| *k == "BERTH_CLUSTER_SECRET"
-                    && *v == Some(std::ffi::OsStr::new(secret)))
+                .any(|(k, v)| *k == "BERTH_CLUSTER_SECRET" && v.is_none()),
+            "the cluster secret is removed from the inherited environment"
         );
+        assert!(!format!("{env:?}").contains(secret));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::fleet::Vigil;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::Registry;
@@ -25,6 +26,8 @@ pub struct Inner {
     pub registry: Registry,
     pub directory: Directory,
     pub metrics: Metrics,
+    /// Evidence that the scheduler itself runs and reads (stall detection).
+    pub vigil: Vigil,
     pub rate_limiter: RateLimiter,
     /// Room metadata (so dormant rooms survive a restart of the whole cluster); `None` with
     /// `--store none`.
@@ -69,6 +72,7 @@ impl AppState {
             registry: Registry::default(),
             directory: Directory::default(),
             metrics: Metrics::default(),
+            vigil: Vigil::default(),
             rate_limiter,
             store,
             placement_lock: Mutex::new(()),

@@ -57,11 +57,13 @@ while [ $# -gt 0 ]; do
     *) shift ;;
   esac
 done
-[ -n "${{BERTH_CLUSTER_SECRET:-}}" ] || exit 2
+# A spawned server gets its own credential, never the cluster secret.
+[ -n "${{BERTH_SERVER_CREDENTIAL:-}}" ] || exit 2
+[ -z "${{BERTH_CLUSTER_SECRET:-}}" ] || exit 4
 [ "{delay}" = never ] && exec sleep 600
 sleep {delay}
 curl -sf -X POST "$sched/v1/servers" \
-  -H "Authorization: Bearer $BERTH_CLUSTER_SECRET" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $BERTH_SERVER_CREDENTIAL" -H 'Content-Type: application/json' \
   -d "{{\"serverId\":\"$id\",\"url\":\"ws://127.0.0.1:9/$id\",\"capacity\":{{\"rooms\":$rooms,\"membersPerRoom\":$members}},\"pid\":$$}}" \
   > /dev/null || exit 3
 {trap}
@@ -317,7 +319,8 @@ async fn a_silent_managed_child_is_killed_and_its_room_moves_to_a_new_one() {
         ("--heartbeat-timeout-ms", "800"),
     ])
     .await;
-    // The fake never heartbeats: it is declared dead, killed, and forgotten.
+    // The fake never heartbeats: it is declared dead, killed once it stays silent, and
+    // forgotten after the dead-listing time.
     let p = s.create(json!({})).await.unwrap();
     let pid = s.server(&p.server_id).await.unwrap().pid.unwrap();
     eventually(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::http::{HeaderMap, header};
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
 use tokio::sync::{mpsc, oneshot};
@@ -14,6 +15,7 @@ use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
 use crate::room::{ConnId, JoinError, Kick, RoomHandle};
 use crate::state::AppState;
+use crate::ticket::token_from_request;
 
 /// Times a join is retried when the room ends under it (idle disposal racing the join).
 const JOIN_ATTEMPTS: usize = 3;
@@ -73,16 +75,40 @@ pub(crate) struct Admitted {
     pub task: TaskTrackerToken,
 }
 
-/// Verifies the ticket (the first check, before anything else is looked at).
+/// The ticket of a `/ws` or `/sse` request (`?token=`, else `Authorization: Bearer`), verified
+/// and spent ([`check_ticket`]): the first check of both transports, before anything else is
+/// looked at.
+pub(crate) fn ticket_from_request(
+    state: &AppState,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<TicketClaims, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    check_ticket(state, token_from_request(query_token, authorization))
+}
+
+/// Verifies the ticket and records its id as used (a ticket opens one connection or stream).
 pub(crate) fn check_ticket(
     state: &AppState,
     token: Option<&str>,
 ) -> Result<TicketClaims, ApiError> {
     let server_id = state.server_id();
-    Ok(state
+    let claims = state
         .0
         .verifier
-        .verify(token.unwrap_or(""), server_id.as_deref())?)
+        .verify(token.unwrap_or(""), server_id.as_deref())?;
+    if !state
+        .0
+        .used_tickets
+        .first_use(&claims, berth_protocol::now_secs())
+    {
+        return Err(
+            crate::ticket::TicketError::Invalid("ticket already used; fetch a fresh one").into(),
+        );
+    }
+    Ok(claims)
 }
 
 /// A private room admits its members only: the ticket names its user, and the store says
@@ -137,7 +163,7 @@ pub(crate) async fn admit(
     let mut prefetched: Option<Vec<ChatMessage>> = None;
     let mut attempts = 0;
     while attempts < JOIN_ATTEMPTS {
-        let room = crate::hosting::room_for(state, &claims).await?;
+        let room = crate::hosting::room_for(state, &claims.room, claims.epoch).await?;
         let conn = state.next_conn_id();
         let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();

@@ -28,6 +28,12 @@ pub struct Config {
     #[command(flatten)]
     pub cluster: berth_runtime::ClusterArgs,
 
+    /// This server's own scheduler credential (`srv.<id>.<mac>`), which can only register,
+    /// heartbeat and release this server's rooms. Spawned servers get it from the scheduler
+    /// instead of the cluster secret; when set, the cluster secret is not read at all.
+    #[arg(long, env = "BERTH_SERVER_CREDENTIAL", hide_env_values = true)]
+    pub server_credential: Option<String>,
+
     /// This server's id (given by the scheduler when it spawns the server; required with
     /// `--standalone`; otherwise the scheduler assigns one at registration).
     #[arg(long, env = "BERTH_SERVER_ID")]
@@ -60,6 +66,25 @@ pub struct Config {
     /// Messages of history sent in `welcome`.
     #[arg(long, env = "BERTH_HISTORY", default_value_t = 100)]
     pub history: usize,
+
+    /// Bytes of history (as serialized JSON) sent in `welcome` at most: the newest messages that
+    /// fit; older ones are paged over HTTP (`GET /api/rooms/{id}/messages`).
+    #[arg(long, env = "BERTH_WELCOME_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    pub welcome_history_bytes: usize,
+
+    /// Deadline of every write to a client (the `welcome`, a batch of frames, a close): a client
+    /// that cannot take it in time is disconnected.
+    #[arg(long, env = "BERTH_WRITE_TIMEOUT_MS", default_value_t = 10000)]
+    pub write_timeout_ms: u64,
+
+    /// Operator listener serving `/metrics` (and `/healthz`); off unless set. The public port
+    /// never serves `/metrics`. Its address is registered with the scheduler (`adminUrl`).
+    #[arg(long, env = "BERTH_SESSION_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Bounds of the HTTP listeners (connection budget, header-read and request timeouts).
+    #[command(flatten)]
+    pub http: berth_listener::HttpArgs,
 
     /// Messages per second per connection (sustained).
     #[arg(long, env = "BERTH_MESSAGE_RATE", default_value_t = 20.0)]
@@ -157,9 +182,10 @@ pub struct IntegrationArgs {
     #[arg(long, env = "BERTH_SSE_HEARTBEAT_MS", default_value_t = 10_000)]
     pub sse_heartbeat_ms: u64,
 
-    /// Time an SSE reader has to take each write before its stream is closed, in milliseconds.
-    #[arg(long, env = "BERTH_SSE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
-    pub sse_write_timeout_ms: u64,
+    /// Time an SSE reader has to take each write before its stream is closed, in milliseconds
+    /// (default: `--write-timeout-ms`, the deadline of every WebSocket write).
+    #[arg(long, env = "BERTH_SSE_WRITE_TIMEOUT_MS")]
+    pub sse_write_timeout_ms: Option<u64>,
 }
 
 impl IntegrationArgs {
@@ -187,7 +213,10 @@ impl IntegrationArgs {
             ("--webhook-attempts", u64::from(self.webhook_attempts)),
             ("--webhook-concurrency", self.webhook_concurrency as u64),
             ("--sse-heartbeat-ms", self.sse_heartbeat_ms),
-            ("--sse-write-timeout-ms", self.sse_write_timeout_ms),
+            (
+                "--sse-write-timeout-ms",
+                self.sse_write_timeout_ms.unwrap_or(1),
+            ),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -205,6 +234,18 @@ impl Config {
 
     pub(crate) fn typing_timeout(&self) -> Duration {
         Duration::from_millis(self.typing_timeout_ms.max(1))
+    }
+
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// The deadline of each write to an SSE reader: `--sse-write-timeout-ms`, else the one of
+    /// every WebSocket write (`--write-timeout-ms`).
+    pub(crate) fn sse_write_timeout(&self) -> Duration {
+        self.integrations
+            .sse_write_timeout_ms
+            .map_or_else(|| self.write_timeout(), Duration::from_millis)
     }
 
     pub(crate) fn room_idle(&self) -> Duration {
@@ -240,6 +281,7 @@ impl Config {
             ("--message-burst", self.message_burst as u64),
             ("--outbound-queue", self.outbound_queue as u64),
             ("--ping-interval-ms", self.ping_interval_ms),
+            ("--write-timeout-ms", self.write_timeout_ms),
         ];
         for (flag, value) in positive {
             if value == 0 {

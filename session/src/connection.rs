@@ -3,8 +3,10 @@
 //! revoked, server closing, room failed).
 //!
 //! Writes are coalesced: a frame from the outbound queue is fed, then every frame already queued
-//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write races the
-//! room's kick notice, so a client that stopped reading cannot pin its connection.
+//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write, the `welcome`
+//! first, races the room's kick notice and has a deadline (`--write-timeout-ms`), so a client
+//! that stopped reading cannot pin its connection. Control frames spend the connection's frame
+//! budget like messages do; protocol violations close with the RFC 6455 code (1002, 1007).
 //!
 //! The `welcome` is written to the raw socket before tungstenite takes it over: tungstenite's
 //! write buffer keeps the capacity of the largest frame it ever wrote, and the welcome (every
@@ -23,6 +25,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -30,7 +33,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::admission::Admitted;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Kick, RoomHandle};
-use crate::state::AppState;
+use crate::state::{AppState, with_client_id};
 
 /// Most frames written per flush.
 const MAX_BATCH: usize = 64;
@@ -46,6 +49,11 @@ enum End {
     Gone,
     /// Close with this code and reason.
     Close(u16, &'static str),
+    /// The client broke the protocol: close with this code and reason, without reading on (the
+    /// bytes on the wire cannot be parsed any further).
+    Fail(u16, &'static str),
+    /// A write missed its deadline: the client does not read.
+    Stuck,
 }
 
 fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
@@ -77,19 +85,29 @@ pub(crate) async fn run(
         slot,
         task,
     } = admitted;
-    let mut signal = Kicked(kick);
-    let welcomed = signal.guard(write_text_frame(&mut io, welcome)).await;
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let end = match welcomed {
-        Ok(()) => serve(&mut ws, &mut signal, &state, conn, &mut outbound, &room).await,
-        Err(end) => end,
+    let write_timeout = state.0.config.write_timeout();
+    let mut signal = Kicked {
+        kick,
+        write_timeout,
     };
+    // A client that cannot take its welcome in time is dropped at once: the frame is half
+    // written, so no close frame can follow it.
+    if let Err(end) = signal.guard(write_text_frame(&mut io, welcome)).await {
+        tracing::debug!(?end, "welcome not written");
+        drop(membership);
+        return;
+    }
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let end = serve(&mut ws, &mut signal, &state, conn, &mut outbound, &room).await;
     tracing::debug!(?end, "connection ending");
     match end {
         End::Gone => {
             let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
         }
-        End::Close(code, reason) => close_with(&mut ws, code, reason).await,
+        // Nothing more can be written to a client that does not read.
+        End::Stuck => {}
+        End::Close(code, reason) => close_with(&mut ws, code, reason, true).await,
+        End::Fail(code, reason) => close_with(&mut ws, code, reason, false).await,
     }
     drop(membership); // leave the room
     drop(slot);
@@ -116,29 +134,37 @@ async fn write_text_frame(io: &mut TokioIo<Upgraded>, text: Utf8Bytes) -> std::i
     io.flush().await
 }
 
-/// The room's notice that this connection must go, which every wait and write races. (Server
-/// shutdown reaches connections through their rooms too, so that no connection polls a
-/// process-wide signal on the message path.)
-struct Kicked(oneshot::Receiver<Kick>);
+/// The room's notice that this connection must go, which every wait and write races, and the
+/// deadline of every write. (Server shutdown reaches connections through their rooms too, so
+/// that no connection polls a process-wide signal on the message path.)
+struct Kicked {
+    kick: oneshot::Receiver<Kick>,
+    write_timeout: Duration,
+}
 
 impl Kicked {
     /// Waits for the notice.
     async fn fired(&mut self) -> End {
-        end_for_kick((&mut self.0).await)
+        end_for_kick((&mut self.kick).await)
     }
 
-    /// Runs `op` unless the notice comes first.
+    /// Runs the write `op` unless the notice or the write deadline comes first. (The deadline's
+    /// timer is only registered when the write does not complete at once.)
     async fn guard<T, E>(&mut self, op: impl Future<Output = Result<T, E>>) -> Result<T, End> {
+        let write_timeout = self.write_timeout;
         tokio::select! {
             biased;
             end = self.fired() => Err(end),
-            r = op => r.map_err(|_| End::Gone),
+            r = tokio::time::timeout(write_timeout, op) => match r {
+                Ok(r) => r.map_err(|_| End::Gone),
+                Err(_) => Err(End::Stuck),
+            },
         }
     }
 
     /// The room let go of this connection: its notice says why; none means the room failed.
     async fn room_gone(&mut self) -> End {
-        match tokio::time::timeout(CLOSE_GRACE, &mut self.0).await {
+        match tokio::time::timeout(CLOSE_GRACE, &mut self.kick).await {
             Ok(k) => end_for_kick(k),
             Err(_) => End::Close(close::INTERNAL, "room failed"),
         }
@@ -187,7 +213,14 @@ async fn serve(
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => Some(text),
                     Some(Ok(Message::Binary(_))) => None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        // Control frames spend the same budget: a ping flood is closed.
+                        if limiter.check() == Verdict::Flooding {
+                            shared.metrics.refused(ErrorCode::RateLimited);
+                            return End::Close(close::POLICY, "flooding");
+                        }
+                        continue;
+                    }
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
                     Some(Err(e)) => return read_error(e),
                 };
@@ -195,7 +228,8 @@ async fn serve(
                     Verdict::Allow => {}
                     Verdict::Refuse => {
                         shared.metrics.refused(ErrorCode::RateLimited);
-                        let frame = shared.errors.rate_limited.clone();
+                        let client_id = text.as_deref().and_then(client_id_of);
+                        let frame = with_client_id(&shared.errors.rate_limited, client_id.as_deref());
                         if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
                             return end;
                         }
@@ -224,12 +258,17 @@ async fn serve(
                         }
                         continue;
                     }
-                    Some(Err(code)) => code,
-                    None => ErrorCode::BadFrame,
+                    Some(Err(refused)) => refused,
+                    None => (ErrorCode::BadFrame, None),
                 };
-                shared.metrics.refused(refusal);
+                shared.metrics.refused(refusal.0);
                 let frame = match refusal {
-                    ErrorCode::TextTooLong => shared.errors.text_too_long.clone(),
+                    (ErrorCode::TextTooLong, id) => {
+                        with_client_id(&shared.errors.text_too_long, id.as_deref())
+                    }
+                    (ErrorCode::InvalidText, id) => {
+                        with_client_id(&shared.errors.invalid_text, id.as_deref())
+                    }
                     _ => shared.errors.bad_frame.clone(),
                 };
                 if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
@@ -248,12 +287,21 @@ async fn serve(
     }
 }
 
-/// An oversize frame is abuse (1008); any other read error means the socket is unusable.
+/// The close a read error earns (RFC 6455 section 7.4.1): an oversize frame is abuse (1008),
+/// invalid UTF-8 in a text frame 1007, a broken frame (unmasked, oversize control frame, bad
+/// opcode or fragmentation) 1002; any other error means the socket is unusable.
 fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
     match e {
-        tokio_tungstenite::tungstenite::Error::Capacity(_) => {
-            End::Close(close::POLICY, "frame too large")
-        }
+        Error::Capacity(_) => End::Fail(close::POLICY, "frame too large"),
+        Error::Utf8(_) => End::Fail(close::INVALID_DATA, "text frame is not UTF-8"),
+        Error::Protocol(p) => match p {
+            // The peer is gone, or closed: there is nobody to tell.
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::ReceivedAfterClosing
+            | ProtocolError::SendAfterClosing => End::Gone,
+            _ => End::Fail(close::PROTOCOL, "protocol error"),
+        },
         _ => End::Gone,
     }
 }
@@ -269,10 +317,13 @@ enum Inbound {
     Typing(bool),
 }
 
-/// A client frame (each counts against the connection's rate like a `send`), or the error code
-/// refusing it.
-fn parse(raw: &str, max_text_bytes: usize) -> Result<Inbound, ErrorCode> {
-    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| ErrorCode::BadFrame)?;
+/// The refusal of a client frame: its error code and the send's `clientId`, when known.
+type Refusal = (ErrorCode, Option<String>);
+
+/// A client frame (each counts against the connection's rate like a `send`), or the refusal
+/// (with the send's `clientId`, when known).
+fn parse(raw: &str, max_text_bytes: usize) -> Result<Inbound, Refusal> {
+    let frame: ClientFrame = serde_json::from_str(raw).map_err(|_| (ErrorCode::BadFrame, None))?;
     match frame {
         ClientFrame::Read { seq } => Ok(Inbound::Read(seq)),
         ClientFrame::Typing { active } => Ok(Inbound::Typing(active)),
@@ -281,18 +332,33 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<Inbound, ErrorCode> {
                 .as_ref()
                 .is_some_and(|c| c.len() > MAX_CLIENT_ID_BYTES)
             {
-                return Err(ErrorCode::BadFrame);
+                return Err((ErrorCode::BadFrame, None));
             }
             if text.len() > max_text_bytes {
-                return Err(ErrorCode::TextTooLong);
+                return Err((ErrorCode::TextTooLong, client_id));
+            }
+            if berth_protocol::text::message_text(&text).is_err() {
+                return Err((ErrorCode::InvalidText, client_id));
             }
             Ok(Inbound::Send { text, client_id })
         }
     }
 }
 
-/// Sends a close frame and waits (briefly) for the client's answer, so the client reads the code.
-async fn close_with(ws: &mut Socket, code: u16, reason: &'static str) {
+/// The `clientId` of a `send` frame refused before parsing (rate limited), if it has a usable one.
+fn client_id_of(raw: &str) -> Option<String> {
+    match serde_json::from_str::<ClientFrame>(raw) {
+        Ok(ClientFrame::Send {
+            client_id: Some(id),
+            ..
+        }) if id.len() <= MAX_CLIENT_ID_BYTES => Some(id),
+        _ => None,
+    }
+}
+
+/// Sends a close frame and, with `read_answer`, waits (briefly) for the client's answer, so the
+/// client reads the code.
+async fn close_with(ws: &mut Socket, code: u16, reason: &'static str, read_answer: bool) {
     let deadline = Instant::now() + CLOSE_GRACE;
     let frame = Message::Close(Some(CloseFrame {
         code: code.into(),
@@ -305,7 +371,7 @@ async fn close_with(ws: &mut Socket, code: u16, reason: &'static str) {
         return;
     }
     // After a read error the stream cannot be read again: the frame on the wire is bad.
-    if code == close::POLICY && reason == "frame too large" {
+    if !read_answer {
         return;
     }
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
@@ -314,6 +380,76 @@ async fn close_with(ws: &mut Socket, code: u16, reason: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client may send is a message or a refusal from the documented list.
+        #[test]
+        fn any_text_is_a_send_or_a_documented_refusal(raw in ".{0,200}", max in 1usize..64) {
+            match parse(&raw, max) {
+                Ok(Inbound::Send { text, client_id }) => {
+                    prop_assert!(text.len() <= max);
+                    prop_assert!(client_id.is_none_or(|c| c.len() <= MAX_CLIENT_ID_BYTES));
+                }
+                Ok(Inbound::Read(_) | Inbound::Typing(_)) => {}
+                Err((code, _)) => prop_assert!(matches!(
+                    code,
+                    ErrorCode::BadFrame | ErrorCode::TextTooLong | ErrorCode::InvalidText
+                )),
+            }
+        }
+
+        /// Any JSON object with a `type` is a message or a documented refusal.
+        #[test]
+        fn any_json_is_a_send_or_a_documented_refusal(
+            kind in prop_oneof![Just("send".to_owned()), ".{0,8}"],
+            text in proptest::option::of(".{0,80}"),
+            client_id in proptest::option::of(".{0,80}"),
+            extra in proptest::option::of(any::<i64>()),
+        ) {
+            let mut v = serde_json::json!({"type": kind});
+            if let Some(t) = text { v["text"] = t.into(); }
+            if let Some(c) = client_id { v["clientId"] = c.into(); }
+            if let Some(x) = extra { v["text2"] = x.into(); }
+            let r = parse(&v.to_string(), 40);
+            prop_assert!(matches!(
+                r,
+                Ok(_) | Err((ErrorCode::BadFrame | ErrorCode::TextTooLong | ErrorCode::InvalidText, _))
+            ));
+        }
+
+        /// Arbitrary bytes from a client, read as a server-side WebSocket: every frame is read or
+        /// ends the connection with a documented close code, and nothing panics.
+        #[test]
+        fn arbitrary_bytes_end_with_a_documented_close(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let ends = rt.block_on(async move {
+                let (mut client, server) = tokio::io::duplex(4096);
+                client.write_all(&bytes).await.unwrap();
+                drop(client);
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(256))
+                    .max_frame_size(Some(256));
+                let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+                let mut ends = Vec::new();
+                for _ in 0..64 {
+                    match ws.next().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => { ends.push(read_error(e)); break; }
+                        None => break,
+                    }
+                }
+                ends
+            });
+            for end in ends {
+                prop_assert!(matches!(
+                    end,
+                    End::Gone
+                        | End::Fail(close::POLICY | close::PROTOCOL | close::INVALID_DATA, _)
+                ), "{end:?}");
+            }
+        }
+    }
 
     #[test]
     fn parses_send_frames_and_refuses_the_rest() {
@@ -339,17 +475,39 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"send","text":"hello world"}"#, 10),
-            Err(ErrorCode::TextTooLong)
+            Err((ErrorCode::TextTooLong, None))
         );
-        assert_eq!(parse("nope", 10), Err(ErrorCode::BadFrame));
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\u0000b","clientId":"c"}"#, 10),
+            Err((ErrorCode::InvalidText, Some("c".into())))
+        );
+        assert_eq!(
+            parse(r#"{"type":"send","text":"a\nb\tc"}"#, 10),
+            Ok(send("a\nb\tc", None))
+        );
+        assert_eq!(parse("nope", 10), Err((ErrorCode::BadFrame, None)));
         assert_eq!(
             parse(r#"{"type":"shout","text":"hi"}"#, 10),
-            Err(ErrorCode::BadFrame)
+            Err((ErrorCode::BadFrame, None))
         );
         let long_id = format!(
             r#"{{"type":"send","text":"hi","clientId":"{}"}}"#,
             "x".repeat(65)
         );
-        assert_eq!(parse(&long_id, 10), Err(ErrorCode::BadFrame));
+        assert_eq!(parse(&long_id, 10), Err((ErrorCode::BadFrame, None)));
+        // A refusal names the send it refuses, so the sender can mark it undelivered.
+        assert_eq!(
+            parse(
+                r#"{"type":"send","text":"hello world","clientId":"c7"}"#,
+                10
+            ),
+            Err((ErrorCode::TextTooLong, Some("c7".into())))
+        );
+        assert_eq!(
+            client_id_of(r#"{"type":"send","text":"x","clientId":"c8"}"#).as_deref(),
+            Some("c8")
+        );
+        assert_eq!(client_id_of(&long_id), None);
+        assert_eq!(client_id_of("nope"), None);
     }
 }

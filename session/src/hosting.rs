@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use berth_protocol::claims::TicketClaims;
 use berth_protocol::cluster::ReleaseRoom;
 use tracing::Instrument as _;
 
@@ -14,15 +13,17 @@ use crate::error::{self, ApiError};
 use crate::room::{self, Exit, RoomHandle, RoomSettings};
 use crate::state::AppState;
 
-/// The open room a verified ticket names, opening it when this server owns its placement.
+/// The open room `room_id` at placement `epoch` (a verified ticket's or send token's), opening
+/// it when this server owns that placement.
 pub(crate) async fn room_for(
     state: &AppState,
-    claims: &TicketClaims,
+    room_id: &str,
+    epoch: u64,
 ) -> Result<RoomHandle, ApiError> {
     let shared = &state.0;
     let standalone = shared.config.standalone;
-    let epoch_ok = |room: &RoomHandle| standalone || room.epoch == claims.epoch;
-    if let Some(room) = shared.rooms.get(&claims.room) {
+    let epoch_ok = |room: &RoomHandle| standalone || room.epoch == epoch;
+    if let Some(room) = shared.rooms.get(room_id) {
         return if epoch_ok(&room) {
             Ok(room)
         } else {
@@ -30,20 +31,18 @@ pub(crate) async fn room_for(
         };
     }
     let epoch = match &shared.scheduler {
-        None => claims.epoch,
+        None => epoch,
         Some(scheduler) => {
             let me = state.server_id();
-            match scheduler.placement(&claims.room).await {
-                Ok(Some(p))
-                    if Some(p.server_id.as_str()) == me.as_deref() && p.epoch == claims.epoch =>
-                {
+            match scheduler.placement(room_id).await {
+                Ok(Some(p)) if Some(p.server_id.as_str()) == me.as_deref() && p.epoch == epoch => {
                     p.epoch
                 }
                 Ok(_) => {
                     return Err(error::wrong_server("the room is not placed on this server"));
                 }
                 Err(e) => {
-                    tracing::warn!(room_id = %claims.room, error = %e, "cannot look the room up");
+                    tracing::warn!(room_id, error = %e, "cannot look the room up");
                     return Err(error::scheduler_unavailable());
                 }
             }
@@ -54,8 +53,8 @@ pub(crate) async fn room_for(
     }
     let room = shared
         .rooms
-        .get_or_open(&claims.room, shared.config.rooms as usize, |instance| {
-            spawn_room(state, Arc::from(claims.room.as_str()), epoch, instance)
+        .get_or_open(room_id, shared.config.rooms as usize, |instance| {
+            spawn_room(state, Arc::from(room_id), epoch, instance)
         })
         .map_err(|()| error::server_full("no free room slot on this server"))?;
     if epoch_ok(&room) {
@@ -72,6 +71,7 @@ fn spawn_room(state: &AppState, id: Arc<str>, epoch: u64, instance: u64) -> Room
         server_id: server_id.clone(),
         members_per_room: shared.config.members_per_room,
         history: shared.config.history,
+        welcome_history_bytes: shared.config.welcome_history_bytes,
         idle: shared.config.room_idle(),
         panic_text: shared.panic_text.clone(),
         metrics: shared.metrics.clone(),

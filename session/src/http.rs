@@ -1,6 +1,7 @@
-//! HTTP routes: `GET /ws` (admission, then the WebSocket upgrade), `GET /sse` (the same room
-//! over Server-Sent Events, `sse`), `POST /internal/rooms/{roomId}/messages` (the backend's
-//! HTTP send, `http_send`), `GET /healthz`, `GET /metrics`.
+//! HTTP routes. The public listener: `GET /ws` (admission, then the WebSocket upgrade),
+//! `GET /sse` (the same room over Server-Sent Events, `sse`),
+//! `POST /internal/rooms/{roomId}/messages` (the backend's HTTP send, `http_send`) and
+//! `GET /healthz`. The operator listener (`--admin-listen`): `GET /metrics` and `GET /healthz`.
 
 use std::net::SocketAddr;
 
@@ -10,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
-use berth_runtime::layers::{DEFAULT_REQUEST_TIMEOUT, Layers};
+use berth_runtime::layers::Layers;
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -21,7 +22,6 @@ use crate::admission;
 use crate::connection;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::ticket::token_from_request;
 
 /// Bytes read from the socket per call. Every connection holds this much for its life
 /// (tungstenite's default, 128 KiB, wastes memory with thousands of mostly idle connections;
@@ -35,11 +35,13 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// takes what a WebSocket `send` frame may be: `--max-frame-bytes`.
 const MIN_BODY_BYTES: usize = 4 * 1024;
 
-/// The session server's routes over `state`, inside the shared layers. The request timeout bounds
-/// a WebSocket's admission (until the `101`) but not the connection: that runs in a task of its
-/// own once upgraded.
+/// The session server's public routes over `state`, inside the shared layers. The request
+/// timeout bounds a WebSocket's admission (until the `101`) but not the connection: that runs in
+/// a task of its own once upgraded. `/metrics` is not among them: operators scrape the admin
+/// listener ([`admin_router`], `--admin-listen`).
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.0.config.max_frame_bytes.max(MIN_BODY_BYTES);
+    let request_timeout = state.0.config.http.limits().request_timeout;
     let routes = Router::new()
         .route("/ws", get(websocket))
         .route("/sse", get(crate::sse::stream))
@@ -48,16 +50,33 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(crate::http_send::send),
         )
         .route("/healthz", get(healthz))
+        .fallback(berth_runtime::http::not_found)
+        .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
+        .with_state(state);
+    layers(request_timeout, max_body_bytes).apply(routes)
+}
+
+/// The shared layers (timeout, body limit, security headers, request tracing) of both listeners.
+/// The listener (`berth_listener`) bounds each request by `--request-timeout-ms` as well; the
+/// layers use the same bound.
+fn layers(request_timeout: std::time::Duration, max_body_bytes: usize) -> Layers {
+    Layers {
+        request_timeout,
+        max_body_bytes,
+        content_security_policy: None,
+    }
+}
+
+/// The operator routes (`--admin-listen`): `/metrics` and `/healthz`, without credentials.
+pub fn admin_router(state: AppState) -> Router {
+    let request_timeout = state.0.config.http.limits().request_timeout;
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(berth_runtime::http::not_found)
         .method_not_allowed_fallback(berth_runtime::http::method_not_allowed)
         .with_state(state);
-    Layers {
-        request_timeout: DEFAULT_REQUEST_TIMEOUT,
-        max_body_bytes,
-        content_security_policy: None,
-    }
-    .apply(routes)
+    layers(request_timeout, MIN_BODY_BYTES).apply(routes)
 }
 
 #[derive(Deserialize)]
@@ -79,13 +98,8 @@ async fn websocket(
         Ok(Query(q)) => (q.token, q.since),
         Err(_) => (None, None),
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = token_from_request(query_token.as_deref(), authorization);
-
     // The ticket comes first: nothing else is revealed to a caller without one.
-    let claims = match admission::check_ticket(&state, token) {
+    let claims = match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
         Ok(claims) => claims,
         Err(refusal) => return refuse(&state, refusal, peer),
     };
@@ -205,19 +219,15 @@ fn handshake(
     Ok((accept, on_upgrade))
 }
 
-/// Bound on a connection's write buffer: room for the largest frame the server may send (a
-/// `welcome` with full history, every text escaped at worst) on top of the normal buffer.
+/// Bound on a connection's write buffer: room for the largest frame the server writes through
+/// tungstenite (a message with every character escaped at worst; the `welcome` is written
+/// before, straight to the socket) twice over, on top of the normal buffer. A client that does
+/// not read pins no more than this (plus its queue of shared frames) until its write deadline.
 fn max_write_buffer(config: &crate::Config) -> usize {
     let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
-    let welcome = config
-        .history
-        .max(berth_protocol::frames::MAX_RESUME_MESSAGES)
-        .saturating_mul(per_message)
-        .saturating_add((config.members_per_room as usize).saturating_mul(1024));
     WRITE_BUFFER
-        .saturating_add(welcome)
-        .saturating_add(64 * 1024)
-        .max(1 << 20)
+        .saturating_add(per_message.saturating_mul(2))
+        .saturating_add(16 * 1024)
 }
 
 fn refuse(state: &AppState, refusal: ApiError, peer: Option<SocketAddr>) -> Response {

@@ -4,8 +4,9 @@
 //! It is not on the ticket path: the caller presents a send token (`berth_protocol::claims::
 //! SendClaims`), which only the backend can mint (it is signed with the ticket key), which names
 //! this server, the room and the sender, and which a ticket can never stand in for. The message
-//! then takes a member's path through the room: the same text and `clientId` checks, a rate per
-//! user (the sustained rate and burst of a connection), store before delivery, the same refusals.
+//! then takes a member's path through the room: the same text (length and `protocol::text`
+//! rules) and `clientId` checks, a rate per user (the sustained rate and burst of a connection),
+//! store before delivery, the same refusals.
 //! The answer is the stored `message` frame (201).
 
 use std::num::NonZeroU32;
@@ -18,7 +19,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_protocol::ErrorCode;
 use berth_protocol::api::SendMessageRequest;
-use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{MAX_CLIENT_ID_BYTES, User};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -130,21 +130,16 @@ pub(crate) async fn send(
     if state.is_draining() {
         return refuse(&state, error::draining());
     }
-    let placement = TicketClaims {
-        sub: claims.sub.clone(),
-        name: claims.name.clone(),
-        room: claims.room.clone(),
-        aud: claims.aud.clone(),
-        epoch: claims.epoch,
-        iat: claims.iat,
-        exp: claims.exp,
-    };
+    if state.is_fenced() {
+        return refuse(&state, error::lease_lost());
+    }
+    let (target, epoch) = (claims.room.clone(), claims.epoch);
     let user = User {
         user_id: claims.sub,
         username: claims.name,
     };
     for _ in 0..ATTEMPTS {
-        let room = match crate::hosting::room_for(&state, &placement).await {
+        let room = match crate::hosting::room_for(&state, &target, epoch).await {
             Ok(room) => room,
             Err(refusal) => return refuse(&state, refusal),
         };
@@ -169,7 +164,9 @@ pub(crate) async fn send(
                 // The room counted it already.
                 let status = match refused.code {
                     ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::TextTooLong | ErrorCode::BadFrame => StatusCode::BAD_REQUEST,
+                    ErrorCode::TextTooLong | ErrorCode::InvalidText | ErrorCode::BadFrame => {
+                        StatusCode::BAD_REQUEST
+                    }
                     _ => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 return refusal(status, refused.code, refused.message).into_response();
@@ -219,6 +216,14 @@ fn parse(
             format!("text is longer than {max_text_bytes} bytes"),
         ));
     }
+    // The text rules of `protocol::text`, as on a WebSocket `send` (`invalid_text`).
+    if let Err(e) = berth_protocol::text::message_text(&request.text) {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidText,
+            e.to_string(),
+        ));
+    }
     Ok(request)
 }
 
@@ -238,6 +243,8 @@ mod tests {
         let code = |b: &[u8]| parse(b, 10, 100).unwrap_err().error_code().unwrap();
         assert_eq!(code(br#"{"text":"hello world!"}"#), ErrorCode::TextTooLong);
         assert_eq!(code(b"nope"), ErrorCode::BadFrame);
+        assert_eq!(code(br#"{"text":"a\u0000b"}"#), ErrorCode::InvalidText);
+        assert!(parse(br#"{"text":"a\nb\tc"}"#, 10, 100).is_ok());
         let long_id = format!(r#"{{"text":"hi","clientId":"{}"}}"#, "x".repeat(65));
         assert_eq!(
             parse(long_id.as_bytes(), 10, 1000)

@@ -45,5 +45,5 @@ mod writer;
 pub use config::Config;
 pub use error::Error;
 pub use http::router;
-pub use server::{serve, serve_with_force};
+pub use server::{serve, serve_with_admin, serve_with_force};
 pub use state::AppState;

@@ -141,6 +141,7 @@ async fn register(
             connections: state.0.metrics.connections() as u32,
             draining: state.is_draining(),
             pid: Some(std::process::id()),
+            admin_url: state.admin_url().map(str::to_owned),
         };
         let sent = Instant::now();
         let result = tokio::select! {
@@ -154,6 +155,9 @@ async fn register(
         attempts += 1;
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
+                if let Some(credential) = &registered.credential {
+                    client.use_credential(credential);
+                }
                 lease.renew(state, sent, registered.heartbeat_timeout_ms);
                 state.set_server_id(&registered.server_id);
                 state

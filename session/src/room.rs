@@ -305,6 +305,8 @@ pub(crate) struct RoomSettings {
     pub server_id: Arc<str>,
     pub members_per_room: u32,
     pub history: usize,
+    /// Bound on the serialized history of one `welcome`: the newest messages that fit.
+    pub welcome_history_bytes: usize,
     pub idle: Duration,
     pub panic_text: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
@@ -437,11 +439,46 @@ struct WelcomeRef<'a> {
     reads: Vec<ReadPosition>,
 }
 
-/// A serialized `error` frame.
-pub(crate) fn error_frame(code: ErrorCode, message: String) -> Utf8Bytes {
+/// Drops the oldest of `history` until its JSON takes at most `budget` bytes, so that one
+/// `welcome` (which a client that never reads can pin) stays small; clients page the rest over
+/// HTTP. Runs on joins only, never on the message path.
+fn keep_newest_within(history: &mut Vec<&ChatMessage>, budget: usize) {
+    let mut total = 0usize;
+    let keep = history
+        .iter()
+        .rev()
+        .take_while(|m| {
+            // +1 for the comma between array elements.
+            total = total.saturating_add(json_len(m).saturating_add(1));
+            total <= budget
+        })
+        .count();
+    history.drain(..history.len() - keep);
+}
+
+/// Length of `value`'s JSON, counted without building it.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// A serialized `error` frame; `client_id` names the refused `send` when it had one.
+pub(crate) fn error_frame(code: ErrorCode, message: String, client_id: Option<&str>) -> Utf8Bytes {
     let frame = ServerFrame::Error {
         code: code.as_str().to_owned(),
         message,
+        client_id: client_id.map(str::to_owned),
     };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"))
 }
@@ -455,6 +492,7 @@ fn not_stored(why: &str, client_id: Option<&str>) -> Utf8Bytes {
     error_frame(
         ErrorCode::StoreUnavailable,
         format!("message not stored{id}: {why}; nobody received it, send it again"),
+        client_id,
     )
 }
 
@@ -734,12 +772,13 @@ impl Room {
                 kick: Some(kick),
             },
         );
-        let history = match since {
+        let mut history = match since {
             Some(since) => self
                 .resume(since, prefetched.as_deref())
                 .unwrap_or_default(),
             None => self.history.iter().map(|m| &**m).collect(),
         };
+        keep_newest_within(&mut history, self.settings.welcome_history_bytes);
         let welcome = WelcomeRef {
             room_id: &self.id,
             you: &user,
@@ -806,7 +845,11 @@ impl Room {
             let message = format!(
                 "message not accepted{id}: the room is moving to another server; send it again after reconnecting"
             );
-            let frame = error_frame(ErrorCode::ServerDraining, message.clone());
+            let frame = error_frame(
+                ErrorCode::ServerDraining,
+                message.clone(),
+                client_id.as_deref(),
+            );
             self.refuse(origin, ErrorCode::ServerDraining, frame, message);
             return;
         }
@@ -958,12 +1001,14 @@ impl Room {
             }
             Err(e) => {
                 // Nobody saw these: tell each sender, and number from the last durable one again.
+                // The store's own words (`database is locked`, a host name) go to the log only.
+                tracing::warn!(room_id = %self.id, error = %e, "the store refused a batch of messages");
                 let why = match &e {
-                    StoreError::Fenced(_) => "the room moved to another server".to_owned(),
-                    other => other.to_string(),
+                    StoreError::Fenced(_) => "the room moved to another server",
+                    _ => "the message store is unavailable",
                 };
                 for p in std::mem::take(&mut self.pending) {
-                    let frame = not_stored(&why, p.msg.client_id.as_deref());
+                    let frame = not_stored(why, p.msg.client_id.as_deref());
                     let message = format!("message not stored: {why}; send it again");
                     self.refuse(p.sender, ErrorCode::StoreUnavailable, frame, message);
                 }
@@ -1166,6 +1211,35 @@ mod tests {
         task: tokio::task::JoinHandle<Exit>,
     }
 
+    #[test]
+    fn welcome_history_keeps_the_newest_messages_within_the_byte_budget() {
+        let msgs: Vec<ChatMessage> = (1..=10)
+            .map(|seq| ChatMessage {
+                seq,
+                user_id: "u".into(),
+                username: "a".into(),
+                // Each escapes to 6 bytes per character.
+                text: "\u{1}".repeat(100),
+                ts: "2026-01-01T00:00:00Z".into(),
+                client_id: None,
+            })
+            .collect();
+        let one = json_len(&msgs[0]) + 1;
+        assert!(one > 600, "{one}");
+        let mut history: Vec<&ChatMessage> = msgs.iter().collect();
+        keep_newest_within(&mut history, one * 3 + 1);
+        assert_eq!(
+            history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [8, 9, 10]
+        );
+        let mut history: Vec<&ChatMessage> = msgs.iter().collect();
+        keep_newest_within(&mut history, 10);
+        assert!(history.is_empty());
+        let mut history: Vec<&ChatMessage> = msgs.iter().collect();
+        keep_newest_within(&mut history, usize::MAX);
+        assert_eq!(history.len(), 10);
+    }
+
     fn start(members_per_room: u32, history: usize) -> TestRoom {
         start_with(members_per_room, history, None, 1)
     }
@@ -1180,6 +1254,7 @@ mod tests {
             server_id: "s-1".into(),
             members_per_room,
             history,
+            welcome_history_bytes: 1 << 20,
             idle: Duration::from_secs(60),
             panic_text: None,
             metrics: Arc::new(Metrics::default()),

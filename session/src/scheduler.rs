@@ -1,6 +1,8 @@
 //! HTTP client of the scheduler's internal API (`/v1/...`), as a session server uses it.
-//! Every call carries the cluster secret as a bearer token; the secret is never logged.
+//! Every call carries a bearer credential: this server's own (spawned servers get it at start,
+//! others in their first registration answer) or, until then, the cluster secret. Never logged.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use berth_protocol::cluster::{
@@ -28,7 +30,8 @@ pub enum SchedulerError {
 pub struct SchedulerClient {
     http: reqwest::Client,
     base: String,
-    bearer: String,
+    /// `Bearer <credential>`; replaced once by the server's own credential.
+    bearer: Arc<RwLock<String>>,
 }
 
 impl SchedulerClient {
@@ -39,14 +42,24 @@ impl SchedulerClient {
         Ok(SchedulerClient {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
-            bearer: format!("Bearer {secret}"),
+            bearer: Arc::new(RwLock::new(format!("Bearer {secret}"))),
         })
     }
 
+    /// From now on, call with this server's own credential (handed out at registration).
+    pub fn use_credential(&self, credential: &str) {
+        *self.bearer.write().unwrap_or_else(|e| e.into_inner()) = format!("Bearer {credential}");
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let bearer = self
+            .bearer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.http
             .request(method, format!("{}{path}", self.base))
-            .header(reqwest::header::AUTHORIZATION, &self.bearer)
+            .header(reqwest::header::AUTHORIZATION, bearer)
     }
 
     /// `POST /v1/servers`.

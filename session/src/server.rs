@@ -1,15 +1,13 @@
 //! [`serve`]: the life of one session server, from a bound listener to a drained exit.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::router;
+use crate::http::{admin_router, router};
 use crate::registration;
 use crate::state::AppState;
 
@@ -31,9 +29,24 @@ pub async fn serve(
 }
 
 /// [`serve`], plus `force`: cancelling it cuts a drain short and closes everything at once (the
-/// cli cancels it on a second signal).
+/// cli cancels it on a second signal). Binds `--admin-listen` when it is set.
 pub async fn serve_with_force(
     listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) -> Result<(), Error> {
+    let admin = match config.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    serve_with_admin(listener, admin, config, shutdown, force).await
+}
+
+/// [`serve_with_force`] with the operator listener (`/metrics`, `/healthz`) already bound.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
     force: CancellationToken,
@@ -51,15 +64,27 @@ pub async fn serve_with_force(
     let shared = state.0.clone();
 
     let http_stop = CancellationToken::new();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let mut http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let limits = shared.config.http.limits();
+    let mut http = tokio::spawn(berth_listener::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        http_stop.clone(),
+    ));
+    if let Some(admin) = admin {
+        let admin_addr = admin.local_addr()?;
+        state.set_admin_addr(admin_addr);
+        tracing::info!(addr = %admin_addr, "admin listener up (metrics)");
+        tokio::spawn(berth_listener::serve(
+            admin,
+            admin_router(state.clone()),
+            berth_listener::Limits {
+                max_connections: 64,
+                ..limits
+            },
+            http_stop.clone(),
+        ));
+    }
     tracing::info!(
         url = state.url(),
         server_id = state

@@ -10,7 +10,8 @@
 //!
 //! One task per stream runs the `select!` loop (room frames, heartbeat, the room's kick notice,
 //! the client going away) and hands chunks to the response body through a small channel. Each
-//! hand-over has a deadline (`--sse-write-timeout-ms`): a reader that stops taking them loses
+//! hand-over has a deadline (`--sse-write-timeout-ms`, by default the WebSocket's
+//! `--write-timeout-ms`): a reader that stops taking them loses
 //! its stream, as does one whose room queue overflows (the room drops slow consumers). When the
 //! room moves (drain, hand-over) or the server stops, a last `event: close` with
 //! `{"code": 1012, …}` says to look the room up again and resume with `since`.
@@ -35,7 +36,6 @@ use crate::admission::{self, Admitted};
 use crate::error::ApiError;
 use crate::room::Kick;
 use crate::state::AppState;
-use crate::ticket::token_from_request;
 
 /// Chunks waiting between the stream's task and the response body.
 const BODY_CHANNEL: usize = 4;
@@ -64,11 +64,7 @@ pub(crate) async fn stream(
         Ok(Query(q)) => (q.token, q.since),
         Err(_) => (None, None),
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = token_from_request(query_token.as_deref(), authorization);
-    let claims = match admission::check_ticket(&state, token) {
+    let claims = match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
         Ok(claims) => claims,
         Err(refusal) => return refuse(&state, refusal, peer),
     };
@@ -107,7 +103,7 @@ pub(crate) async fn stream(
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(BODY_CHANNEL);
     let settings = Settings {
         heartbeat: Duration::from_millis(state.0.config.integrations.sse_heartbeat_ms),
-        write_timeout: Duration::from_millis(state.0.config.integrations.sse_write_timeout_ms),
+        write_timeout: state.0.config.sse_write_timeout(),
     };
     tokio::spawn(run(admitted, chunks, settings).instrument(span));
     let body = futures_util::stream::unfold(body, |mut rx| async move {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use berth_protocol::ErrorCode;
+use berth_protocol::frames::ServerFrame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::room::{Durability, error_frame};
 use crate::rooms::Rooms;
 use crate::scheduler::SchedulerClient;
-use crate::ticket::TicketVerifier;
+use crate::ticket::{TicketVerifier, UsedTickets};
 use crate::writer::Writer;
 
 /// Shared state of one session server; cheap to clone.
@@ -30,10 +31,15 @@ pub(crate) struct Shared {
     server_id: RwLock<Option<Arc<str>>>,
     /// Set once the scheduler has accepted a registration (so there is something to leave).
     pub registered: AtomicBool,
+    /// `http://host:port` of the operator listener (`/metrics`), registered with the scheduler
+    /// so the operator page can read it; unset without `--admin-listen`.
+    admin_url: std::sync::OnceLock<String>,
     /// Set while the server's lease with the scheduler has run out: it serves no room and
     /// admits nobody until a heartbeat or registration gets through again.
     pub fenced: AtomicBool,
     pub verifier: TicketVerifier,
+    /// Tickets already used here (a ticket opens one connection).
+    pub used_tickets: UsedTickets,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     /// `None` in `--standalone` mode.
@@ -63,8 +69,29 @@ pub(crate) struct Shared {
 /// `error` frames a connection may answer with, serialized once per server.
 pub(crate) struct ErrorFrames {
     pub text_too_long: Utf8Bytes,
+    pub invalid_text: Utf8Bytes,
     pub bad_frame: Utf8Bytes,
     pub rate_limited: Utf8Bytes,
+}
+
+/// One of the [`ErrorFrames`] naming the refused send's `clientId` (re-serialized only then:
+/// refusals are rare, and a sender needs the id to mark its message undelivered).
+pub(crate) fn with_client_id(frame: &Utf8Bytes, client_id: Option<&str>) -> Utf8Bytes {
+    let Some(id) = client_id else {
+        return frame.clone();
+    };
+    match serde_json::from_str::<ServerFrame>(frame.as_str()) {
+        Ok(ServerFrame::Error { code, message, .. }) => {
+            serde_json::to_string(&ServerFrame::Error {
+                code,
+                message,
+                client_id: Some(id.to_owned()),
+            })
+            .expect("frames serialize")
+            .into()
+        }
+        _ => frame.clone(),
+    }
 }
 
 impl AppState {
@@ -95,20 +122,36 @@ impl AppState {
         let scheduler = if config.standalone {
             None
         } else {
-            let secret = config.cluster.secret()?;
+            let secret = match &config.server_credential {
+                Some(credential) => {
+                    let credential = credential.trim();
+                    if credential.is_empty() {
+                        return Err(Error::Config("the server credential is empty".into()));
+                    }
+                    credential.to_owned()
+                }
+                None => config.cluster.secret()?.expose().to_owned(),
+            };
             Some(SchedulerClient::new(
                 &config.cluster.scheduler_url,
-                secret.expose(),
+                &secret,
             )?)
         };
         let errors = ErrorFrames {
             text_too_long: error_frame(
                 ErrorCode::TextTooLong,
                 format!("text is longer than {} bytes", config.max_text_bytes),
+                None,
+            ),
+            invalid_text: error_frame(
+                ErrorCode::InvalidText,
+                berth_protocol::text::TextError::TextControl.to_string(),
+                None,
             ),
             bad_frame: error_frame(
                 ErrorCode::BadFrame,
                 "expected a JSON text frame {\"type\":\"send\",\"text\":…,\"clientId\"?}".into(),
+                None,
             ),
             rate_limited: error_frame(
                 ErrorCode::RateLimited,
@@ -116,6 +159,7 @@ impl AppState {
                     "more than {} messages per second; message dropped",
                     config.message_rate
                 ),
+                None,
             ),
         };
         let metrics = Arc::<Metrics>::default();
@@ -147,8 +191,10 @@ impl AppState {
             url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
+            admin_url: std::sync::OnceLock::new(),
             fenced: AtomicBool::new(false),
             verifier,
+            used_tickets: UsedTickets::default(),
             rooms: Arc::default(),
             metrics,
             scheduler,
@@ -205,6 +251,30 @@ impl AppState {
     /// Stops taking rooms and connections; `serve` then drains and returns.
     pub fn request_drain(&self) {
         self.0.draining.cancel();
+    }
+
+    /// Records where the operator listener is (once, before registering).
+    pub(crate) fn set_admin_addr(&self, addr: SocketAddr) {
+        // An unspecified bind address is reached through the host clients are told about.
+        let host = if addr.ip().is_unspecified() {
+            self.0.config.host.clone()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let _ = self
+            .0
+            .admin_url
+            .set(format!("http://{host}:{}", addr.port()));
+    }
+
+    /// `http://host:port` of the operator listener, when there is one.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.0.admin_url.get().map(String::as_str)
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

@@ -4,7 +4,10 @@
 //! signature, so that a genuine ticket for another server (421) is told apart from a forged or
 //! broken one (401).
 
-use berth_protocol::claims::{SEND_TOKEN_USE, SendClaims, TicketClaims};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use berth_protocol::claims::{MAX_TICKET_ID_BYTES, SEND_TOKEN_USE, SendClaims, TicketClaims};
 use berth_protocol::ids::is_valid_room_id;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -71,6 +74,9 @@ impl TicketVerifier {
         if !valid_user_field(&claims.sub) || !valid_user_field(&claims.name) {
             return Err(TicketError::Invalid("malformed ticket: user"));
         }
+        if claims.jti.is_empty() || claims.jti.len() > MAX_TICKET_ID_BYTES {
+            return Err(TicketError::Invalid("malformed ticket: id"));
+        }
         match server_id {
             Some(id) if id == claims.aud => Ok(claims),
             _ => Err(TicketError::WrongServer),
@@ -130,6 +136,54 @@ impl TicketVerifier {
     }
 }
 
+/// Ids of the tickets already used on this server, each kept until its ticket expires: a ticket
+/// opens one connection.
+#[derive(Default)]
+pub struct UsedTickets {
+    inner: Mutex<Used>,
+}
+
+#[derive(Default)]
+struct Used {
+    /// Ticket id → its `exp` (seconds).
+    ids: HashMap<Box<str>, u64>,
+    /// When expired ids are next swept out.
+    next_sweep: u64,
+}
+
+impl UsedTickets {
+    /// Records `claims`' ticket as used at `now` (seconds); `false` when it was used before.
+    pub fn first_use(&self, claims: &TicketClaims, now: u64) -> bool {
+        let mut used = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if now >= used.next_sweep {
+            // Expired tickets are refused anyway (their `exp`, plus leeway): forget them.
+            used.ids
+                .retain(|_, exp| exp.saturating_add(LEEWAY_SECS) >= now);
+            used.next_sweep = now + 10;
+        }
+        match used.ids.entry(claims.jti.as_str().into()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(claims.exp);
+                true
+            }
+        }
+    }
+
+    /// Ids remembered now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn valid_user_field(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_USER_FIELD_BYTES && !s.chars().any(char::is_control)
 }
@@ -159,6 +213,27 @@ mod tests {
         assert_eq!(token_from_request(Some(""), Some("bearer  b ")), Some("b"));
         assert_eq!(token_from_request(None, Some("Basic b")), None);
         assert_eq!(token_from_request(None, None), None);
+    }
+
+    #[test]
+    fn a_ticket_id_is_used_once_until_it_expires() {
+        let used = UsedTickets::default();
+        let claims = |jti: &str, exp: u64| TicketClaims {
+            sub: "u".into(),
+            name: "a".into(),
+            room: "r".into(),
+            aud: "s".into(),
+            epoch: 0,
+            iat: 0,
+            exp,
+            jti: jti.into(),
+        };
+        assert!(used.first_use(&claims("a", 100), 50));
+        assert!(!used.first_use(&claims("a", 100), 51));
+        assert!(used.first_use(&claims("b", 100), 51));
+        // Long expired: swept out.
+        assert!(used.first_use(&claims("c", 300), 200));
+        assert_eq!(used.len(), 1);
     }
 
     #[test]

@@ -89,6 +89,7 @@ async fn register(
         .unwrap_or_else(|| f.assign_id.clone());
     f.registrations.lock().unwrap().push(body);
     Json(Registered {
+        credential: None,
         server_id,
         heartbeat_interval_ms: 50,
         heartbeat_timeout_ms: f.lease_ms(),

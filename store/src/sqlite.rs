@@ -122,6 +122,24 @@ fn connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Creates the database file 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode), and tightens the three files of an older deployment.
+fn protect(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    drop(opts.open(path)?);
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        berth_runtime::secret::private_file(Path::new(&name))
+    };
+    with_suffix("")?;
+    with_suffix("-wal")?;
+    with_suffix("-shm")
+}
+
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {e}"))
 }
@@ -144,10 +162,13 @@ impl SqliteStore {
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                berth_runtime::secret::private_dir(dir).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
+            protect(&path).map_err(|e| {
+                StoreError::Unavailable(format!("cannot protect {}: {e}", path.display()))
+            })?;
             // Processes starting together race to create the file and switch it to WAL, which
             // SQLite answers with "busy" outside the busy handler: try again for a while.
             let mut attempt = 0;

@@ -171,6 +171,17 @@ impl Cluster {
         if let Some(url) = &options.database_url {
             args.extend(["--database-url".to_owned(), url.clone()]);
         }
+        // Tests drive many requests from one address: no request limits unless a test sets one.
+        for flag in [
+            "--create-rate-per-address",
+            "--api-rate-per-address",
+            "--api-rate-per-user",
+            "--history-rate",
+        ] {
+            if !options.backend_args.iter().any(|a| a == flag) {
+                args.extend([flag.to_owned(), "0".to_owned()]);
+            }
+        }
         args.extend(options.backend_args.iter().cloned());
         let config = berth_backend::Config::parse_from(args);
         let token = shutdown.clone();
@@ -233,6 +244,18 @@ impl Cluster {
             .unwrap()
     }
 
+    /// The scheduler's `/metrics` text.
+    pub async fn scheduler_metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.scheduler_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A raw authenticated `POST` on the scheduler API.
     pub async fn scheduler_post(&self, path: &str) -> reqwest::Response {
         self.http
@@ -250,6 +273,14 @@ impl Cluster {
             .into_iter()
             .find(|s| s.id == id)
             .unwrap_or_else(|| panic!("server {id} not listed"))
+    }
+
+    /// `http://host:port` of server `id`'s operator listener (`/metrics`), as it registered it.
+    pub async fn admin_url(&self, id: &str) -> String {
+        self.server(id)
+            .await
+            .admin_url
+            .unwrap_or_else(|| panic!("server {id} has no operator listener"))
     }
 
     /// SIGKILLs the session process of server `id` (it must be one the scheduler spawned).

@@ -588,6 +588,226 @@ const done = arguments[arguments.length - 1];
 "#;
 
 /// `members(roomId)`: the usernames in a room's member list, sorted.
+/// The details a user notices first (one browser, so that it ports to any WebDriver client:
+/// it only navigates, runs scripts, types and clicks):
+/// 1. a message refused for its rate shows "Not delivered · Retry" at once (matched by its
+///    `clientId`), and Retry delivers it;
+/// 2. a link in a message is clickable, http(s) only, `rel="noopener noreferrer"`, and cannot
+///    run script; messages sit under a day separator;
+/// 3. the room's server, id and share link sit behind "Details" ("Copy link" stays);
+/// 4. the rooms a user had open come back after a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_links_details_and_reopened_rooms_in_a_browser() {
+    let Some(driver) = ChromeDriver::start().await else {
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let base = cluster.backend_url.clone();
+    let carol = driver.session("carol", Window::Desktop).await;
+    carol.goto(&base).await;
+    carol
+        .wait_for(
+            "the login form",
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
+    carol
+        .type_into("#username-input", &format!("carol{ENTER}"))
+        .await;
+    carol
+        .wait_for(
+            "the lobby",
+            "return !document.getElementById('lobby').hidden",
+        )
+        .await;
+    let mut open_rooms = Vec::new();
+    for name in ["Ops", "Release"] {
+        carol.click("[data-testid=lobby-link]").await;
+        carol
+            .wait_for(
+                "the lobby",
+                "return !document.getElementById('lobby').hidden",
+            )
+            .await;
+        carol.type_into("#room-name-input", name).await;
+        carol.click("#create-room-button").await;
+        let id = carol
+            .wait_for(
+                &format!("room {name} to be open"),
+                &format!("const r = document.querySelector('{ACTIVE}'); return r && r.dataset.state === 'open' && r.dataset.roomId"),
+            )
+            .await;
+        open_rooms.push(id.as_str().unwrap().to_owned());
+    }
+    let room_id = open_rooms[1].clone();
+    let room = format!("[data-testid=room][data-room-id='{room_id}']");
+
+    // --- 1. a burst over the rate limit: the refused ones fail at once, Retry delivers --------
+    // Well over the default burst (40 at 20/s), so some are refused even on a slow machine.
+    let burst = 70;
+    carol
+        .js(
+            &format!(
+                "const r = document.querySelector(\"{room}\");
+                 const form = r.querySelector('form.composer'), input = r.querySelector('[data-testid=composer-input]');
+                 for (let i = 1; i <= {burst}; i++) {{ input.value = 'burst ' + i; form.requestSubmit(); }}"
+            ),
+            vec![],
+        )
+        .await;
+    let refused_at = std::time::Instant::now();
+    let failed = carol
+        .wait_for_within(
+            "refused messages marked 'Not delivered · Retry'",
+            &format!(
+                "const f = [...document.querySelectorAll(\"{room} [data-testid=message][data-pending=failed]\")];
+                 const ok = document.querySelectorAll(\"{room} [data-testid=message]:not([data-pending])\").length;
+                 return f.length > 0 && f.length + ok === {burst}
+                   && f.every(m => m.querySelector('[data-testid=message-status]').textContent === 'Not delivered · Retry'
+                                   && m.querySelector('[data-testid=message-status]').dataset.code === 'rate_limited')
+                   && f.length"
+            ),
+            Duration::from_secs(8),
+        )
+        .await;
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(8),
+        "failures show long before the 20 s pending timeout"
+    );
+    eprintln!("rate limit: {failed} of {burst} refused");
+    let retried = carol
+        .js(
+            &format!(
+                "const m = document.querySelector(\"{room} [data-testid=message][data-pending=failed]\");
+                 const text = m.querySelector('[data-testid=message-text]').textContent;
+                 m.querySelector('[data-testid=retry-send]').click();
+                 return text;"
+            ),
+            vec![],
+        )
+        .await;
+    carol
+        .wait_for_args(
+            "the retried message to be delivered",
+            &format!(
+                "return [...document.querySelectorAll(\"{room} [data-testid=message]:not([data-pending])\")]
+                   .some(m => m.querySelector('[data-testid=message-text]').textContent === arguments[0])"
+            ),
+            vec![retried.clone()],
+            WAIT,
+        )
+        .await;
+
+    // --- 2. links: clickable, http(s) only, no script; a day separator ------------------------
+    let text = "Runbook: https://example.com/runbook?step=2, not javascript:window.__berthPwned=true \
+                nor <a href=\"javascript:window.__berthPwned=true\">this</a>.";
+    // Wait for the rate limiter's bucket to refill a little before sending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    carol
+        .type_into(
+            &format!("{room} [data-testid=composer-input]"),
+            &format!("{text}{ENTER}"),
+        )
+        .await;
+    let link = carol
+        .wait_for_args(
+            "the message with its link",
+            &format!(
+                "const m = [...document.querySelectorAll(\"{room} [data-testid=message]:not([data-pending])\")]
+                   .find(m => m.querySelector('[data-testid=message-text]').textContent === arguments[0]);
+                 if (!m) return null;
+                 const links = [...m.querySelectorAll('[data-testid=message-text] a')];
+                 return {{ n: links.length, href: links[0]?.href, rel: links[0]?.rel, target: links[0]?.target,
+                          text: links[0]?.textContent, other: m.querySelectorAll('[data-testid=message-text] *').length }};"
+            ),
+            vec![json!(text)],
+            WAIT,
+        )
+        .await;
+    assert_eq!(link["n"], 1, "one link: {link}");
+    assert_eq!(link["href"], "https://example.com/runbook?step=2");
+    assert_eq!(link["text"], "https://example.com/runbook?step=2");
+    assert_eq!(link["rel"], "noopener noreferrer");
+    assert_eq!(link["target"], "_blank");
+    assert_eq!(link["other"], 1, "no element but the link: {link}");
+    let script_ran = carol
+        .js(
+            &format!(
+                "document.querySelectorAll(\"{room} [data-testid=message-text] a\").forEach(a => a.dispatchEvent(new MouseEvent('click', {{cancelable: true}})));
+                 return window.__berthPwned === true || [...document.querySelectorAll('a')].some(a => a.protocol === 'javascript:')"
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(script_ran, false, "no link can run script");
+    let separators = carol
+        .js(
+            &format!(
+                "return [...document.querySelectorAll(\"{room} [data-testid=day-separator]\")].map(s => s.textContent)"
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(separators, json!(["Today"]), "one day, one separator");
+
+    // --- 3. details behind a toggle; "Copy link" stays ---------------------------------------
+    let details = format!("{room} [data-testid=room-details]");
+    let shown = format!(
+        "const d = document.querySelector(\"{details}\"); return !d.hidden && d.getBoundingClientRect().height > 0"
+    );
+    assert_eq!(
+        carol.js(&shown, vec![]).await,
+        false,
+        "details start hidden"
+    );
+    assert_eq!(
+        carol
+            .js(
+                &format!("return document.querySelector(\"{room} [data-testid=share-button]\").getBoundingClientRect().width > 0"),
+                vec![]
+            )
+            .await,
+        true,
+        "Copy link is in view"
+    );
+    carol
+        .click(&format!("{room} [data-testid=details-toggle]"))
+        .await;
+    carol.wait_for("the details to show", &shown).await;
+    assert_eq!(
+        room_text(&carol, &room_id, "room-id").await,
+        room_id,
+        "the details name the room"
+    );
+
+    // --- 4. a reload reopens both rooms --------------------------------------------------------
+    carol.goto(&format!("{base}/#/")).await;
+    let reopened = carol
+        .wait_for(
+            "both rooms reopened after the reload",
+            "const ids = [...document.querySelectorAll('[data-testid=open-room]')].map(a => a.dataset.roomId);
+             const open = [...document.querySelectorAll('[data-testid=room]')].filter(r => r.dataset.state === 'open').length;
+             return ids.length === 2 && open === 2 && ids",
+        )
+        .await;
+    let mut reopened: Vec<String> = serde_json::from_value(reopened).unwrap();
+    reopened.sort();
+    let mut want = open_rooms.clone();
+    want.sort();
+    assert_eq!(reopened, want);
+    assert_eq!(
+        carol
+            .js("return !document.getElementById('lobby').hidden", vec![])
+            .await,
+        true,
+        "the reload kept the lobby in view"
+    );
+    carol.assert_no_uncaught_errors("carol").await;
+    carol.close().await;
+    driver.stop().await;
+    cluster.stop().await;
+}
+
 const MEMBERS_JS: &str = "const members = id => [...document.querySelectorAll(`[data-testid=room][data-room-id='${id}'] [data-testid=member]`)]
                              .map(m => m.dataset.username).sort();";
 

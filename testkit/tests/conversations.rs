@@ -190,6 +190,7 @@ async fn non_members_are_refused_everywhere(postgres: bool) {
             epoch: welcome.epoch.unwrap_or(0),
             iat: now,
             exp: now + 60,
+            jti: berth_testkit::protocol::claims::new_ticket_id(),
         },
     );
     let e = RoomConnection::connect(&room.url, &forged)

@@ -112,7 +112,7 @@ async fn send_and_echo(conn: &mut RoomConnection, text: &str) -> u64 {
             RoomEvent::Frame(ServerFrame::Message(m)) if m.client_id.as_deref() == Some(text) => {
                 return m.seq;
             }
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 panic!("{text}: refused {code}: {message}")
             }
             RoomEvent::Frame(_) => continue,
@@ -181,15 +181,6 @@ fn assert_gap_free(messages: &[ChatMessage], what: &str) {
 
 /// How soon a drained server's rooms must be served elsewhere (the drain timeout is far longer).
 const HAND_OVER: Duration = Duration::from_secs(10);
-
-/// `http://host:port` of a session server from its WebSocket URL.
-fn http_base(ws_url: &str) -> String {
-    let mut url = reqwest::Url::parse(ws_url).unwrap();
-    url.set_scheme("http").unwrap();
-    url.set_path("");
-    url.set_query(None);
-    url.as_str().trim_end_matches('/').to_owned()
-}
 
 /// Polls `GET {server}/metrics` until the server stops answering; yields the highest value of
 /// the counter `name` seen (`None`: never read).
@@ -336,6 +327,7 @@ fn spawn_reader(
                     RoomUpdate::Reconnected(w) => seen.extend(w.history),
                     RoomUpdate::Frame(_) => {}
                     RoomUpdate::Closed { code, reason } => panic!("reader closed: {code:?} {reason}"),
+                    RoomUpdate::Disconnected { .. } => {}
                 },
                 _ = stop.changed() => {}
             }
@@ -484,7 +476,10 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     // The server drains: the room is handed over and its members told to come back (1012).
     // The old server's hand-off counter is watched until it exits; alice reads her close only
     // then (the server waits a moment for her answer, which keeps it up to be read).
-    let handoffs = spawn_metric_watch(&http_base(&room.url), "berth_session_handoffs_total");
+    let handoffs = spawn_metric_watch(
+        &cluster.admin_url(&room.server_id).await,
+        "berth_session_handoffs_total",
+    );
     let drained_at = tokio::time::Instant::now();
     let res = cluster
         .scheduler_post(&format!("/v1/servers/{}/drain", room.server_id))
@@ -711,7 +706,7 @@ fn spawn_chatter(
                         }
                         seen.push(m);
                     }
-                    RoomUpdate::Frame(ServerFrame::Error { code, message }) => {
+                    RoomUpdate::Frame(ServerFrame::Error { code, message, .. }) => {
                         if let Some(id) = &outstanding && message.contains(id.as_str()) {
                             assert!(code == "server_draining" || code == "store_unavailable", "{code}: {message}");
                             due = true;
@@ -728,6 +723,7 @@ fn spawn_chatter(
                         due = outstanding.is_some();
                     }
                     RoomUpdate::Closed { code, reason } => panic!("{prefix}: closed {code:?} {reason}"),
+                    RoomUpdate::Disconnected { .. } => {}
                 },
                 _ = stop.changed() => {}
                 _ = finish.changed() => {}
@@ -924,9 +920,16 @@ async fn a_store_refusing_writes_fails_sends_loudly(postgres: bool) {
     a.send("two", Some("c-two")).await.unwrap();
     loop {
         match a.recv_timeout(WAIT).await.unwrap() {
-            RoomEvent::Frame(ServerFrame::Error { code, message }) => {
+            RoomEvent::Frame(ServerFrame::Error { code, message, .. }) => {
                 assert_eq!(code, "store_unavailable");
                 assert!(message.contains("c-two"), "{message}");
+                // The store's own words stay in the logs.
+                for internal in ["sqlite", "locked", "postgres", "read-only", "transaction"] {
+                    assert!(
+                        !message.to_lowercase().contains(internal),
+                        "internal cause reached the client: {message}"
+                    );
+                }
                 break;
             }
             RoomEvent::Frame(ServerFrame::Message(m)) => {

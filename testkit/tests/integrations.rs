@@ -365,6 +365,7 @@ fn forge_ticket(ticket: &RoomTicket) -> String {
         epoch: 1,
         iat: berth_protocol::now_secs(),
         exp: berth_protocol::now_secs() + 60,
+        jti: berth_protocol::claims::new_ticket_id(),
     };
     let token = berth_testkit::mint_ticket(&keys, &claims);
     let _ = std::fs::remove_dir_all(dir);
@@ -594,8 +595,9 @@ fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
 }
 
 async fn metric(cluster: &Cluster, name: &str) -> u64 {
+    // A session server's `/metrics` is on its operator listener.
     let server = cluster.servers().await.into_iter().next().unwrap();
-    let base = server.url.replace("ws://", "http://").replace("/ws", "");
+    let base = cluster.admin_url(&server.id).await;
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()

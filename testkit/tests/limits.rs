@@ -22,7 +22,9 @@ async fn next_non_presence(conn: &mut RoomConnection) -> RoomEvent {
 
 fn assert_error(event: RoomEvent, code: &str) {
     match event {
-        RoomEvent::Frame(ServerFrame::Error { code: got, message }) => {
+        RoomEvent::Frame(ServerFrame::Error {
+            code: got, message, ..
+        }) => {
             assert_eq!(got, code);
             assert!(!message.is_empty());
         }

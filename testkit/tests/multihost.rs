@@ -367,6 +367,8 @@ async fn member(
                 epoch = w.epoch;
                 rec.welcome(&w);
             }
+            // Not asked for (`report_disconnects` is off).
+            Ok(RoomUpdate::Disconnected { .. }) => {}
             Ok(RoomUpdate::Closed { code, reason }) => {
                 rec.failure = Some(format!("closed {code:?} {reason}"));
                 return;

@@ -56,6 +56,7 @@ async fn tickets_are_checked_before_the_upgrade() {
         epoch: placement.epoch,
         iat: now_secs(),
         exp,
+        jti: berth_protocol::claims::new_ticket_id(),
     };
 
     // A valid ticket works (and so does the backend's own).
@@ -123,8 +124,22 @@ async fn tickets_are_checked_before_the_upgrade() {
         (421, "wrong_server".into())
     );
 
+    // A ticket opens one connection: the good one, used above, is refused now.
+    assert_eq!(
+        refusal(&room_a.url, &good).await,
+        (401, "invalid_ticket".into())
+    );
+    assert_eq!(
+        refusal(&room_a.url, &room_a.token).await,
+        (401, "invalid_ticket".into())
+    );
+
     // The refusals did not disturb the room.
-    let (mut conn, _) = RoomConnection::connect(&room_a.url, &good).await.unwrap();
+    let fresh = mint_ticket(
+        &keys,
+        &claims(&room_a.room_id, &room_a.server_id, now_secs() + 60),
+    );
+    let (mut conn, _) = RoomConnection::connect(&room_a.url, &fresh).await.unwrap();
     conn.send("still here", None).await.unwrap();
     loop {
         match conn.recv_timeout(Duration::from_secs(5)).await.unwrap() {

@@ -280,6 +280,7 @@ async fn connection(mut socket: WebSocket, state: FakeSession, you: User) {
                     .send(text(&ServerFrame::Error {
                         code: "pong_seen".into(),
                         message: String::new(),
+                        client_id: None,
                     }))
                     .await;
                 continue;
@@ -289,6 +290,7 @@ async fn connection(mut socket: WebSocket, state: FakeSession, you: User) {
                 let bad = ServerFrame::Error {
                     code: "bad_frame".into(),
                     message: "binary".into(),
+                    client_id: None,
                 };
                 let _ = socket.send(text(&bad)).await;
                 continue;
@@ -303,6 +305,7 @@ async fn connection(mut socket: WebSocket, state: FakeSession, you: User) {
             let bad = ServerFrame::Error {
                 code: "bad_frame".into(),
                 message: "not a send frame".into(),
+                client_id: None,
             };
             let _ = socket.send(text(&bad)).await;
             continue;

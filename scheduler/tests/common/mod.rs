@@ -128,6 +128,7 @@ impl Scheduler {
             connections: 0,
             draining: false,
             pid: None,
+            admin_url: None,
         };
         let res = self.post("/v1/servers").json(&body).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);

@@ -73,12 +73,15 @@ pub fn claims(server_id: &str, room: &str, user: &str) -> TicketClaims {
         epoch: 0,
         iat: now,
         exp: now + 60,
+        jti: berth_protocol::claims::new_ticket_id(),
     }
 }
 
 /// A session server running `serve` in this process.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The operator listener (`/metrics`).
+    pub admin: SocketAddr,
     pub server_id: String,
     pub keys: Keys,
     pub shutdown: CancellationToken,
@@ -107,10 +110,19 @@ pub async fn start_with(keys: Keys, server_id: &str, args: Vec<String>) -> Serve
     let config = Config::parse_from(args);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(berth_session::serve(listener, config, shutdown.clone()));
+    let handle = tokio::spawn(berth_session::serve_with_admin(
+        listener,
+        Some(admin_listener),
+        config,
+        shutdown.clone(),
+        CancellationToken::new(),
+    ));
     Server {
         addr,
+        admin,
         server_id: server_id.to_owned(),
         keys,
         shutdown,
@@ -168,7 +180,7 @@ impl Server {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr))
+        reqwest::get(format!("http://{}/metrics", self.admin))
             .await
             .unwrap()
             .text()
