@@ -4,40 +4,40 @@
 //! mints short-lived tickets that one session server accepts for one room, lists public rooms,
 //! and serves the browser client. It keeps no state of its own besides its signing key.
 //!
-//! - [`config`]: flags and environment ([`Config`]).
-//! - [`keys`]: the Ed25519 ticket key pair on disk.
-//! - [`tokens`]: minting and checking user tokens and tickets.
-//! - [`accounts`]: register, sign in (accounts and guests), `/api/me`, token refresh, password
-//!   change, and who a user token names ([`accounts::authenticate`]); with [`password`]
-//!   (argon2id), [`throttle`] (failed sign-ins) and [`jwks`] (an outside identity provider).
-//! - [`conversations`]: private rooms (membership checks, adding members), direct messages
+//! - `config`: flags and environment ([`Config`]).
+//! - `keys`: the Ed25519 ticket key pair on disk.
+//! - `tokens`: minting and checking user tokens and tickets.
+//! - `accounts`: register, sign in (accounts and guests), `/api/me`, token refresh, password
+//!   change, and who a user token names (`accounts::authenticate`); with `password`
+//!   (argon2id), `throttle` (failed sign-ins) and `jwks` (an outside identity provider).
+//! - `conversations`: private rooms (membership checks, adding members), direct messages
 //!   and `/api/me/rooms`.
-//! - [`scheduler`]: the client of the scheduler's internal API.
-//! - [`messages`]: `POST /api/rooms/{roomId}/messages`, messages sent over HTTP.
-//! - [`api`]: the `/api` handlers; [`web`]: the web client's files.
-//! - [`operator`]: the operator page's fleet view, behind the cluster secret.
-//! - [`ratelimit`]: request limits per client address and per user, and the client address.
-//! - [`error`]: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
-//! - [`cli`]: the binary's `main`.
+//! - `scheduler`: the client of the scheduler's internal API.
+//! - `messages`: `POST /api/rooms/{roomId}/messages`, messages sent over HTTP.
+//! - `api`: the `/api` handlers; `web`: the web client's files.
+//! - `operator`: the operator page's fleet view, behind the cluster secret.
+//! - `ratelimit`: request limits per client address and per user, and the client address.
+//! - `error`: the one error answer ([`ApiError`]) and why serving failed ([`Error`]).
+//! - `cli`: the binary's `main`.
 
-pub mod accounts;
-pub mod api;
+mod accounts;
+mod api;
 pub mod cli;
-pub mod config;
-pub mod conversations;
-pub mod error;
-pub mod jwks;
-pub mod keys;
-pub mod messages;
-pub mod openapi;
-pub mod operator;
-pub mod password;
-pub mod ratelimit;
-pub mod scheduler;
-pub mod state;
-pub mod throttle;
-pub mod tokens;
-pub mod web;
+mod config;
+mod conversations;
+mod error;
+mod jwks;
+mod keys;
+mod messages;
+mod openapi;
+mod operator;
+mod password;
+mod ratelimit;
+mod scheduler;
+mod state;
+mod throttle;
+mod tokens;
+mod web;
 
 use std::time::Duration;
 

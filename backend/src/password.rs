@@ -79,11 +79,6 @@ impl Passwords {
         })
     }
 
-    /// How many hashes may run at once (one per core).
-    pub fn concurrency(&self) -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    }
-
     /// The PHC string of a new argon2id hash of `password`, with a fresh random salt.
     pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
         let params = self.params.clone();

@@ -1,11 +1,11 @@
 //! `berth-scheduler`: Berth's control plane.
 //!
-//! It keeps the [`registry`] of session servers and the [`directory`] of rooms, answers the
-//! internal `/v1` API of `berth_protocol::cluster` ([`api`]), places new rooms on the fullest
-//! ready server with a free slot ([`placement`]), spawns and supervises `berth-session` processes
-//! when capacity runs out ([`spawner`]), and looks after the fleet in the background: dead
-//! servers, the warm buffer, scale-down ([`fleet`]). Per-user create limits live in
-//! [`ratelimit`], Prometheus counters in [`metrics`].
+//! It keeps the `registry` of session servers and the `directory` of rooms, answers the
+//! internal `/v1` API of `berth_protocol::cluster` (`api`), places new rooms on the fullest
+//! ready server with a free slot (`placement`), spawns and supervises `berth-session` processes
+//! when capacity runs out (`spawner`), and looks after the fleet in the background: dead
+//! servers, the warm buffer, scale-down (`fleet`). Per-user create limits live in
+//! `ratelimit`, Prometheus counters in `metrics`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), berth_scheduler::Error> {
@@ -17,18 +17,18 @@
 //! # }
 //! ```
 
-pub mod api;
+mod api;
 pub mod cli;
-pub mod config;
-pub mod directory;
-pub mod error;
-pub mod fleet;
-pub mod metrics;
-pub mod placement;
-pub mod ratelimit;
-pub mod registry;
-pub mod spawner;
-pub mod state;
+mod config;
+mod directory;
+mod error;
+mod fleet;
+mod metrics;
+mod placement;
+mod ratelimit;
+mod registry;
+mod spawner;
+mod state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -131,7 +131,9 @@ pub struct Config {
     #[command(flatten)]
     pub integrations: IntegrationArgs,
 
-    /// Test hook: a message with exactly this text makes its room panic. Off unless set.
+    /// Test hook: a message with exactly this text makes its room panic. Off unless set; only in
+    /// builds with the `debug-hooks` feature.
+    #[cfg(feature = "debug-hooks")]
     #[arg(long, hide = true)]
     pub debug_panic_text: Option<String>,
 }
@@ -228,6 +230,14 @@ impl IntegrationArgs {
 }
 
 impl Config {
+    /// The text that makes a room panic (test builds only).
+    pub(crate) fn panic_text(&self) -> Option<std::sync::Arc<str>> {
+        #[cfg(feature = "debug-hooks")]
+        return self.debug_panic_text.as_deref().map(std::sync::Arc::from);
+        #[cfg(not(feature = "debug-hooks"))]
+        None
+    }
+
     pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }
@@ -341,3 +351,4 @@ mod tests {
         assert!(c.validate().is_err());
     }
 }
+

@@ -228,7 +228,12 @@ async fn serve(
                     Verdict::Allow => {}
                     Verdict::Refuse => {
                         shared.metrics.refused(ErrorCode::RateLimited);
-                        let client_id = text.as_deref().and_then(client_id_of);
+                        let client_id = match text.as_deref().map(refused_frame) {
+                            Some(Refused::Send(client_id)) => client_id,
+                            // Read and typing state is renewed by the client: no answer.
+                            Some(Refused::State) => continue,
+                            None => None,
+                        };
                         let frame = with_client_id(&shared.errors.rate_limited, client_id.as_deref());
                         if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
                             return end;
@@ -345,14 +350,23 @@ fn parse(raw: &str, max_text_bytes: usize) -> Result<Inbound, Refusal> {
     }
 }
 
-/// The `clientId` of a `send` frame refused before parsing (rate limited), if it has a usable one.
-fn client_id_of(raw: &str) -> Option<String> {
+/// A frame refused before parsing (rate limited), as far as its answer goes.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// A `send` (or anything unreadable): answered `rate_limited`, naming its `clientId` when it
+    /// has a usable one.
+    Send(Option<String>),
+    /// `read` or `typing`: state the client renews, dropped without an answer.
+    State,
+}
+
+fn refused_frame(raw: &str) -> Refused {
     match serde_json::from_str::<ClientFrame>(raw) {
-        Ok(ClientFrame::Send {
-            client_id: Some(id),
-            ..
-        }) if id.len() <= MAX_CLIENT_ID_BYTES => Some(id),
-        _ => None,
+        Ok(ClientFrame::Send { client_id, .. }) => {
+            Refused::Send(client_id.filter(|id| id.len() <= MAX_CLIENT_ID_BYTES))
+        }
+        Ok(ClientFrame::Read { .. } | ClientFrame::Typing { .. }) => Refused::State,
+        _ => Refused::Send(None),
     }
 }
 
@@ -504,10 +518,13 @@ mod tests {
             Err((ErrorCode::TextTooLong, Some("c7".into())))
         );
         assert_eq!(
-            client_id_of(r#"{"type":"send","text":"x","clientId":"c8"}"#).as_deref(),
-            Some("c8")
+            refused_frame(r#"{"type":"send","text":"x","clientId":"c8"}"#),
+            Refused::Send(Some("c8".into()))
         );
-        assert_eq!(client_id_of(&long_id), None);
-        assert_eq!(client_id_of("nope"), None);
+        assert_eq!(refused_frame(&long_id), Refused::Send(None));
+        assert_eq!(refused_frame("nope"), Refused::Send(None));
+        // Read and typing state over the budget is dropped, not answered.
+        assert_eq!(refused_frame(r#"{"type":"typing","active":true}"#), Refused::State);
+        assert_eq!(refused_frame(r#"{"type":"read","seq":3}"#), Refused::State);
     }
 }

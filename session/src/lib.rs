@@ -1,43 +1,43 @@
 //! Berth's session server: the data plane.
 //!
 //! Clients connect to `GET /ws` with a room ticket; the ticket and the room's limits are checked
-//! before the upgrade ([`admission`]), then each connection runs one `select!` loop
+//! before the upgrade (`admission`), then each connection runs one `select!` loop
 //! (`connection`) and each room is one task owning its state (`room`), found through the
 //! server's directory (`rooms`). The server registers and heartbeats with the scheduler
-//! (`registration`, over [`scheduler`]), disposes of idle rooms, and drains on SIGTERM or on
+//! (`registration`, over `scheduler`), disposes of idle rooms, and drains on SIGTERM or on
 //! request ([`serve`]).
 //!
-//! - [`config`]: flags and environment.
-//! - [`ticket`]: EdDSA ticket verification.
-//! - [`rate`]: per-connection token bucket and flood detection.
-//! - [`metrics`]: Prometheus counters.
-//! - [`http`]: the routes.
-//! - [`state`]: what everything shares, and how rooms are opened and supervised.
+//! - `config`: flags and environment.
+//! - `ticket`: EdDSA ticket verification.
+//! - `rate`: per-connection token bucket and flood detection.
+//! - `metrics`: Prometheus counters.
+//! - `http`: the routes.
+//! - `state`: what everything shares, and how rooms are opened and supervised.
 //! - `sse`: the same rooms over Server-Sent Events (`GET /sse`).
 //! - `http_send`: the internal endpoint the backend sends HTTP messages through.
 //! - `webhook`: room events POSTed out, signed, retried, never blocking a room.
 //! - `writer`: the group-commit writer that makes messages durable in the `berth_store::Store`
 //!   before rooms deliver them.
 
-pub mod admission;
+mod admission;
 pub mod cli;
-pub mod config;
+mod config;
 mod connection;
-pub mod error;
+mod error;
 mod hosting;
-pub mod http;
+mod http;
 mod http_send;
-pub mod metrics;
-pub mod rate;
+mod metrics;
+mod rate;
 mod reads;
 mod registration;
 mod room;
 mod rooms;
-pub mod scheduler;
+mod scheduler;
 mod server;
 mod sse;
-pub mod state;
-pub mod ticket;
+mod state;
+mod ticket;
 mod typing;
 mod webhook;
 mod writer;

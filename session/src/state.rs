@@ -206,7 +206,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             errors,
-            panic_text: config.debug_panic_text.as_deref().map(Arc::from),
+            panic_text: config.panic_text(),
             config,
         })))
     }
