@@ -49,8 +49,11 @@ LOAD_SECS="${BENCH_LOAD_SECS:-${BENCH_HALF_SECS:-6}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-19800}"
 GENERATORS="${BENCH_GENERATORS:-2}"
 PLACEMENT_ROOMS="${BENCH_PLACEMENT_ROOMS:-1000}"
-WS_SRC="${BENCH_WS_PEER:-${BENCH_NODE_PEER:-$root/../shared/peers/node-ws}}"
-UWS_SRC="${BENCH_UWS_PEER:-$root/../shared/peers/node-uws}"
+# The peers live in ../shared/peers beside the repository (two levels up from a worktree).
+peers="$root/../shared/peers"
+[ -d "$peers" ] || peers="$root/../../shared/peers"
+WS_SRC="${BENCH_WS_PEER:-${BENCH_NODE_PEER:-$peers/node-ws}}"
+UWS_SRC="${BENCH_UWS_PEER:-$peers/node-uws}"
 SERVERS="${BENCH_SERVERS:-berth ws uws}"
 DURABLE_SHAPE="${BENCH_DURABLE_SHAPE:-100x10}"
 DATABASE_URL="${BENCH_DATABASE_URL:-${BERTH_TEST_DATABASE_URL:-}}"
@@ -281,7 +284,7 @@ sweep_note() {
 }
 
 # Fields of a fixed-load report's only step.
-load_field() { jq "$2" "$1" 2>/dev/null || echo null; }
+load_field() { local f="$1"; shift; jq "$@" "$f" 2>/dev/null || echo null; }
 
 # One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep ("" for
 # no sweep), $6 ramp-up, $7 connect timeout, $8 fixed load in msg/s per sender ("" for half of
@@ -337,7 +340,7 @@ fanout_shape() {
     l_p99[$kind]="$(load_field "$f" '.steps[0].latency.p99_ms // null')"
     l_p999[$kind]="$(load_field "$f" '.steps[0].latency.p999_ms // null')"
     l_max[$kind]="$(load_field "$f" '.steps[0].latency.max_ms // null')"
-    l_kept[$kind]="$(load_field "$f" 'if (.steps[0].drained and .members_connected_at_end == .setup.members_connected) then "yes" else "NO" end')"
+    l_kept[$kind]="$(load_field "$f" -r 'if (.steps[0].drained and .members_connected_at_end == .setup.members_connected) then "yes" else "NO" end')"
     [ -n "${connected[$kind]:-}" ] || connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
     stop_server
   done
