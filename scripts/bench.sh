@@ -175,6 +175,7 @@ label() {
     uws) echo "uWS.js" ;;
     berth-sqlite) echo "berth+sqlite" ;;
     berth-pg) echo "berth+postgres" ;;
+    _) echo "-" ;;
     *) echo "$1" ;;
   esac
 }
@@ -345,7 +346,7 @@ fanout_shape() {
     stop_server
   done
 
-  local a="${kinds[0]}" b="${kinds[1]:-}" c="${kinds[2]:-}"
+  local a="${kinds[0]}" b="${kinds[1]:-_}" c="${kinds[2]:-_}"
   local durability="off for every column (history in memory, as the peers keep it)"
   [ "$mode" = store ] && durability="off for $(label "$a") (no store), on for $(label "$b") and $(label "$c") (a message is broadcast only once the store has committed it; commits are batched across rooms)"
   say ""
@@ -461,7 +462,7 @@ connections() {
     jq -s 'map(.errors) | add' "$out"/connections-"$kind"-*.json >"$out/connections-$kind-errors.json"
     stop_server
   done
-  local a="${servers[0]}" b="${servers[1]:-}" c="${servers[2]:-}"
+  local a="${servers[0]}" b="${servers[1]:-_}" c="${servers[2]:-_}"
   say ""
   say "connections: $CONNECTIONS idle members (rooms of 100) from $GENERATORS generator processes, 2 source addresses each"
   say "  command: berth bench --direct ... --rooms $rooms_per_gen --members 100 --rate 0 --duration ${hold}s --ramp-up 10s --bind-ips A,B --room-offset K  (x$GENERATORS)"
@@ -472,7 +473,7 @@ connections() {
   trow "server RSS loaded (KiB)" "${rss_loaded[$a]:-}" "${rss_loaded[$b]:-}" "${rss_loaded[$c]:-}"
   trow "RSS per connection (KiB)" "${per_conn[$a]:-}" "${per_conn[$b]:-}" "${per_conn[$c]:-}"
   for kind in "${servers[@]}"; do
-    say "  errors $(label "$kind"): $(jq -c . "$out/connections-$kind-errors.json")"
+    say "  errors $(label "$kind"): $(jq -c . "$out/connections-$kind-errors.json" 2>/dev/null)"
   done
   say "  cap: each process may open $hard_nofile files (ulimit -Hn), so one server holds at most ~$hard_nofile connections"
 }
