@@ -187,20 +187,21 @@ label() {
 # connection) stays as shipped. `berth` keeps history in memory like the peers (no store:
 # durability off); berth-sqlite and berth-pg write every message to the store (durability on).
 start_server() {
-  local kind="$1" log="$out/server-$1.log" store=()
+  local kind="$1" log="$out/server-$1.log" store=() data="$out/data"
   case "$kind" in
     berth) store=(--store none) ;;
     berth-sqlite)
-      rm -rf "$out/data-sqlite"
-      store=(--store sqlite --data-dir "$out/data-sqlite")
+      data="$out/data-sqlite"
+      rm -rf "$data"
+      store=(--store sqlite)
       ;;
     berth-pg) store=(--store postgres --database-url "$DATABASE_URL") ;;
   esac
   case "$kind" in
     berth*)
-      mkdir -p "$out/data"
+      mkdir -p "$data"
       RUST_LOG=warn taskset -c "$SERVER_CPU" "$berth_bin" --standalone --server-id "$SERVER_ID" \
-        --listen "127.0.0.1:$PORT" --ticket-public-key "$keys/ticket.pub.pem" --data-dir "$out/data" \
+        --listen "127.0.0.1:$PORT" --ticket-public-key "$keys/ticket.pub.pem" --data-dir "$data" \
         --rooms 100000 --members-per-room 100000 --max-connections 1000000 \
         --message-rate 1000000 --message-burst 1000000 --drain-timeout-secs 2 "${store[@]}" >"$log" 2>&1 &
       ;;
