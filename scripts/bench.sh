@@ -1,47 +1,68 @@
 #!/usr/bin/env bash
-# Benchmarks of Berth, each run side by side with the Node.js peer (../shared/peers/node-ws:
-# Berth's WebSocket protocol on the `ws` library) under the same load, in the same run, on this
-# machine. Every figure is printed for both, with their ratio (Berth ÷ Node; for latencies and
-# memory, lower is better).
+# Benchmarks of Berth's session server, each run side by side with two Node.js peers under the
+# same load, in the same run, on this machine: `ws` (../shared/peers/node-ws, what a Node
+# developer writes first) and uWebSockets.js (../shared/peers/node-uws, C++ core with corked
+# pub/sub, the one to beat). Every figure is printed for the three, with Berth's ratio to each
+# (Berth ÷ peer; for CPU, latency and memory, lower is better).
 #
-#   scripts/bench.sh [fanout|connections|placement|all]      # default: all (~15 minutes)
+#   scripts/bench.sh [fanout|durable|connections|placement|all]   # default: all (~40 minutes)
 #
 # The server under test runs on one core and the load generator (`berth bench`) on the other
 # (taskset), so that on a 2-core machine neither takes the other's CPU. Knobs (environment):
 #   BENCH_SERVER_CPU=1  BENCH_GEN_CPU=0   the two cores
 #   BENCH_STEP_SECS=3                     seconds per rate step of a saturation sweep
-#   BENCH_HALF_SECS=6                     seconds of the runs at half the saturation rate
+#   BENCH_LOAD_SECS=6                     seconds of a fixed-load run (same load for every server)
 #   BENCH_CONNECTIONS=19800               idle connections to hold (each process may open 20,000 files)
 #   BENCH_GENERATORS=2                    load-generator processes for the connection benchmark
 #   BENCH_PLACEMENT_ROOMS=1000            rooms created by the placement benchmark
-#   BENCH_NODE_PEER=../shared/peers/node-ws
-#   BENCH_SHAPES="1x1000 1x5000 100x10"   fan-out shapes to run
+#   BENCH_WS_PEER=../shared/peers/node-ws      (BENCH_NODE_PEER, its old name, still works)
+#   BENCH_UWS_PEER=../shared/peers/node-uws
+#   BENCH_SERVERS="berth ws uws"          servers compared in fanout and connections
+#   BENCH_SHAPES="1x1000 1x5000 100x10 1000x10"   fan-out shapes to run
+#   BENCH_DURABLE_SHAPE=100x10            the shape the durable scenario runs with each store
+#   BENCH_DATABASE_URL (or BERTH_TEST_DATABASE_URL)  PostgreSQL for the durable scenario;
+#                                         without one its PostgreSQL column says "not run"
+#   BENCH_BERTH_BIN=target/release/berth-session   the Berth server binary under test
+#   BENCH_NO_BUILD=1                      use the release binaries as they are (no cargo build)
 #   BENCH_QUIET_WAIT=120                  seconds to wait for other work to leave the CPU idle
-# Reports (JSON), logs and a summary go to target/bench/.
+# Reports (JSON), logs and a summary go to target/bench/; the summary is also written, with the
+# commit it measured and the machine's state, to docs/bench/<date>-<commit>.md.
+#
+# Reading the figures: a sweep's headline is the highest step that KEPT UP (every delivery in
+# within the drain time, no member dropped), never a saturated step. Server CPU microseconds per
+# delivery (server process CPU time ÷ deliveries) is printed for every step of every sweep: it
+# does not depend on whether the generator kept up, so it is the fair figure on a small machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 scenario="${1:-all}"
 case "$scenario" in
-  fanout | connections | placement | all) ;;
-  *) echo "usage: $0 [fanout|connections|placement|all]" >&2; exit 2 ;;
+  fanout | durable | connections | placement | all) ;;
+  *) echo "usage: $0 [fanout|durable|connections|placement|all]" >&2; exit 2 ;;
 esac
 
 SERVER_CPU="${BENCH_SERVER_CPU:-1}"
 GEN_CPU="${BENCH_GEN_CPU:-0}"
 STEP_SECS="${BENCH_STEP_SECS:-3}"
-HALF_SECS="${BENCH_HALF_SECS:-6}"
+LOAD_SECS="${BENCH_LOAD_SECS:-${BENCH_HALF_SECS:-6}}"
 CONNECTIONS="${BENCH_CONNECTIONS:-19800}"
 GENERATORS="${BENCH_GENERATORS:-2}"
 PLACEMENT_ROOMS="${BENCH_PLACEMENT_ROOMS:-1000}"
-PEER_SRC="${BENCH_NODE_PEER:-$root/../shared/peers/node-ws}"
+# The peers live in ../shared/peers beside the repository (two levels up from a worktree).
+peers="$root/../shared/peers"
+[ -d "$peers" ] || peers="$root/../../shared/peers"
+WS_SRC="${BENCH_WS_PEER:-${BENCH_NODE_PEER:-$peers/node-ws}}"
+UWS_SRC="${BENCH_UWS_PEER:-$peers/node-uws}"
+SERVERS="${BENCH_SERVERS:-berth ws uws}"
+DURABLE_SHAPE="${BENCH_DURABLE_SHAPE:-100x10}"
+DATABASE_URL="${BENCH_DATABASE_URL:-${BERTH_TEST_DATABASE_URL:-}}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-120}"
-SHAPES="${BENCH_SHAPES:-1x1000 1x5000 100x10}"
+SHAPES="${BENCH_SHAPES:-1x1000 1x5000 100x10 1000x10}"
 
 out="$root/target/bench"
 bin="$root/target/release"
-peer="$root/target/node-peer"
+berth_bin="${BENCH_BERTH_BIN:-$bin/berth-session}"
 keys="$out/keys"
 summary="$out/summary.txt"
 mkdir -p "$out" "$keys"
@@ -113,18 +134,26 @@ fmt() { awk -v x="$1" 'BEGIN { if (x == "" || x == "null") print "n/a"; else if 
 
 # --- setup -----------------------------------------------------------------------------------
 
-step "building (release)"
-cargo build --release --locked --quiet -p berth-cli -p berth-session -p berth-scheduler -p berth-backend
-
-step "preparing the Node.js peer in $peer"
-[ -f "$PEER_SRC/server.mjs" ] || die "the Node.js peer is not at $PEER_SRC (set BENCH_NODE_PEER)"
-mkdir -p "$peer"
-# The peer's folder may be read-only: install into a copy.
-if ! cmp -s "$PEER_SRC/server.mjs" "$peer/server.mjs" || [ ! -d "$peer/node_modules/ws" ]; then
-  cp "$PEER_SRC"/package*.json "$PEER_SRC/server.mjs" "$peer/"
-  chmod u+w "$peer"/*
-  (cd "$peer" && npm install --no-audit --no-fund --silent >/dev/null)
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  step "building (release)"
+  cargo build --release --locked --quiet -p berth-cli -p berth-session -p berth-scheduler -p berth-backend
 fi
+
+# The peers' folders may be read-only: each is installed into a copy under target/.
+prepare_peer() {
+  local src="$1" dst="$2" module="$3"
+  step "preparing the peer $src in $dst"
+  [ -f "$src/server.mjs" ] || die "no peer at $src (see the BENCH_*_PEER knobs)"
+  mkdir -p "$dst"
+  if ! cmp -s "$src/server.mjs" "$dst/server.mjs" || ! cmp -s "$src/package.json" "$dst/package.json" \
+    || [ ! -d "$dst/node_modules/$module" ]; then
+    cp "$src"/package*.json "$src/server.mjs" "$dst/"
+    chmod u+w "$dst"/*
+    (cd "$dst" && npm install --no-audit --no-fund --silent >/dev/null)
+  fi
+}
+prepare_peer "$WS_SRC" "$root/target/node-peer" ws
+prepare_peer "$UWS_SRC" "$root/target/node-peer-uws" uWebSockets.js
 
 step "ticket keys"
 if [ ! -f "$keys/ticket.key.pem" ]; then
@@ -138,27 +167,60 @@ ulimit -n "$hard_nofile"
 SERVER_ID="s-bench"
 PORT=19201
 
-# Starts the server under test ($1: berth|node) on $PORT, pinned; sets $server_pid.
+# Display names of the servers under test.
+label() {
+  case "$1" in
+    berth) echo "berth" ;;
+    ws) echo "ws" ;;
+    uws) echo "uWS.js" ;;
+    berth-sqlite) echo "berth+sqlite" ;;
+    berth-pg) echo "berth+postgres" ;;
+    _) echo "-" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# Starts the server under test ($1: berth|berth-sqlite|berth-pg|ws|uws) on $PORT, pinned; sets
+# $server_pid and $server_rss0 (KiB, once it listens).
 # Berth runs standalone with its capacity limits lifted, and its per-connection message rate
-# limit lifted too (the peer has none); its slow-reader protection (1,024 queued frames per
-# connection) stays as shipped.
+# limit lifted too (the peers have none); its slow-reader protection (1,024 queued frames per
+# connection) stays as shipped. `berth` keeps history in memory like the peers (no store:
+# durability off); berth-sqlite and berth-pg write every message to the store (durability on).
 start_server() {
-  local kind="$1" log="$out/server-$1.log"
+  local kind="$1" log="$out/server-$1.log" store=() data="$out/data"
   case "$kind" in
-    berth)
-      RUST_LOG=warn taskset -c "$SERVER_CPU" "$bin/berth-session" --standalone --server-id "$SERVER_ID" \
-        --listen "127.0.0.1:$PORT" --ticket-public-key "$keys/ticket.pub.pem" --data-dir "$out/data" \
-        --rooms 100000 --members-per-room 100000 --max-connections 1000000 \
-        --message-rate 1000000 --message-burst 1000000 --drain-timeout-secs 2 >"$log" 2>&1 &
+    berth) store=(--store none) ;;
+    berth-sqlite)
+      data="$out/data-sqlite"
+      rm -rf "$data"
+      store=(--store sqlite)
       ;;
-    node)
-      taskset -c "$SERVER_CPU" node "$peer/server.mjs" --port "$PORT" --server-id "$SERVER_ID" \
+    berth-pg) store=(--store postgres --database-url "$DATABASE_URL") ;;
+  esac
+  case "$kind" in
+    berth*)
+      mkdir -p "$data"
+      RUST_LOG=warn taskset -c "$SERVER_CPU" "$berth_bin" --standalone --server-id "$SERVER_ID" \
+        --listen "127.0.0.1:$PORT" --ticket-public-key "$keys/ticket.pub.pem" --data-dir "$data" \
+        --rooms 100000 --members-per-room 100000 --max-connections 1000000 \
+        --message-rate 1000000 --message-burst 1000000 --drain-timeout-secs 2 "${store[@]}" >"$log" 2>&1 &
+      ;;
+    ws)
+      taskset -c "$SERVER_CPU" node "$root/target/node-peer/server.mjs" --port "$PORT" --server-id "$SERVER_ID" \
         --public-key "$keys/ticket.pub.pem" >"$log" 2>&1 &
       ;;
+    uws)
+      taskset -c "$SERVER_CPU" node "$root/target/node-peer-uws/server.mjs" --port "$PORT" --server-id "$SERVER_ID" \
+        --public-key "$keys/ticket.pub.pem" >"$log" 2>&1 &
+      ;;
+    *) die "unknown server $kind" ;;
   esac
   server_pid=$!
   pids+=("$server_pid")
-  [ "${2:-}" = nowait ] || wait_port "$PORT"
+  [ "${2:-}" = nowait ] && return 0
+  wait_port "$PORT"
+  sleep 0.5
+  server_rss0="$(rss_kib "$server_pid")"
 }
 
 stop_server() { stop_pid "$server_pid"; }
@@ -175,116 +237,185 @@ gen() {
   fi
 }
 
-# --- fan-out ---------------------------------------------------------------------------------
-
-# Reads the first step's delivery rate and latencies of report $2 into <$1>_del[$3], <$1>_p50[$3]…
-read_latency() {
-  local prefix="$1" f="$2" kind="$3"
-  eval "${prefix}_del[$kind]=$(jq '.steps[0].delivered_per_sec // null' "$f" 2>/dev/null || echo null)"
-  eval "${prefix}_p50[$kind]=$(jq '.steps[0].latency.p50_ms // null' "$f" 2>/dev/null || echo null)"
-  eval "${prefix}_p99[$kind]=$(jq '.steps[0].latency.p99_ms // null' "$f" 2>/dev/null || echo null)"
-  eval "${prefix}_p999[$kind]=$(jq '.steps[0].latency.p999_ms // null' "$f" 2>/dev/null || echo null)"
-  eval "${prefix}_max[$kind]=$(jq '.steps[0].latency.max_ms // null' "$f" 2>/dev/null || echo null)"
+# A table of up to three servers: `thead MODE A B C` then `trow LABEL a b c`. MODE peers: the
+# ratios are A÷B and A÷C (Berth against each peer); MODE store: B÷A and C÷A (each store against
+# none).
+thead() {
+  table_mode="$1"
+  shift
+  local r1 r2
+  if [ "$table_mode" = peers ]; then r1="$(label "$1")/$(label "$2")"; r2="$(label "$1")/$(label "$3")"
+  else r1="$(label "$2")/$(label "$1")"; r2="$(label "$3")/$(label "$1")"; fi
+  printf '  %-44s %14s %14s %14s %12s %12s\n' "" "$(label "$1")" "$(label "$2")" "$(label "$3")" "$r1" "$r2" | tee -a "$summary"
+}
+trow() {
+  local r1 r2
+  if [ "$table_mode" = peers ]; then r1="$(ratio "$2" "$3")"; r2="$(ratio "$2" "$4")"
+  else r1="$(ratio "$3" "$2")"; r2="$(ratio "$4" "$2")"; fi
+  printf '  %-44s %14s %14s %14s %12s %12s\n' "$1" "$(fmt "$2")" "$(fmt "$3")" "$(fmt "$4")" "$r1" "$r2" | tee -a "$summary"
 }
 
-# One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep,
-# $6 ramp-up. For each server: sweep the rates until a step saturates (deliveries not all in
-# within the drain time, or members dropped); the highest delivered/s is the saturation figure.
-# Then a fresh run at half that delivery rate measures latency.
+# --- fan-out ---------------------------------------------------------------------------------
+
+# jq: the highest delivered rate of a step that kept up (drained, before any step that did not).
+KEPT='(.steps | (map(.drained) | index(false)) as $i | (if $i == null then . else .[:$i] end) | map(.delivered_per_sec) | max) // null'
+
+# Prints every step of sweep report $2 (server $1): rate, delivered, kept up, CPU, cost, p99.
+sweep_steps() {
+  local kind="$1" f="$2" members="$3"
+  jq -r --arg k "$(label "$kind")" --argjson m "$members" '
+    def n: if . == null then "n/a" elif . >= 100 then (. | floor | tostring) else ((. * 100 | round) / 100 | tostring) end;
+    .steps[] | "    \($k): \(.rate_per_member) msg/s per sender: offered \(.target_sends_per_sec * $m | n)/s, delivered \(.delivered_per_sec | n)/s, \(if .drained then "kept up" else "SATURATED (\(.delivery_ratio * 100 | floor)% in time)" end), server \(.server_cpu_percent | n)% of a core, \(.server_cpu_us_per_delivery | n) µs CPU/delivery, p50 \(.latency.p50_ms | n) / p99 \(.latency.p99_ms | n) ms\(if .generator_behind then ", generator behind" else "" end)"' \
+    "$f" 2>/dev/null | tee -a "$summary" || say "    $(label "$kind"): no report"
+}
+
+# What limited a sweep (report $1, $2 members per room).
+sweep_note() {
+  jq -r --argjson m "$2" '
+    def cores: (.core_busy_percent // []) | map(floor | tostring + "%") | join(" ");
+    def usage: "server \(.server_cpu_percent // 0 | floor)% and generator \(.generator_cpu_percent // 0 | floor)% of a core, cores busy \(cores)";
+    ((.steps | (map(.drained) | index(false)) as $i | (if $i == null then . else .[:$i] end) | last)) as $ok
+    | (.steps | last) as $last
+    | (if $ok then "kept up to \($ok.delivered_per_sec | floor)/s (\($ok | usage))" else "no step kept up" end)
+      + (if ($last.drained and .members_connected_at_end == .setup.members_connected)
+         then "; never saturated (generator-bound)"
+         else "; saturated at \($last.target_sends_per_sec * $m | floor)/s offered: \($last.delivered_per_sec | floor)/s delivered, \($last.delivery_ratio * 100 | floor)% in time (\($last | usage))" end)
+      + (if ([.steps[].generator_behind] | any) then "; generator behind its send schedule in \([.steps[] | select(.generator_behind)] | length) step(s)" else "" end)
+      + (if (.errors | length) > 0 then "; errors \(.errors | tostring)" else "" end)' \
+    "$1" 2>/dev/null || echo "n/a"
+}
+
+# Fields of a fixed-load report's only step.
+load_field() { local f="$1"; shift; jq "$@" "$f" 2>/dev/null || echo null; }
+
+# One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep ("" for
+# no sweep), $6 ramp-up, $7 connect timeout, $8 fixed load in msg/s per sender ("" for half of
+# the lowest kept-up rate of the servers), $9 table mode, the rest: the servers.
+# Each server: a sweep until a step saturates (headline: the highest step that kept up), then
+# every server at one same fixed load (CPU, cost per delivery, latency).
 fanout_shape() {
-  local name="$1" rooms="$2" members="$3" senders="$4" rates="$5" ramp="$6" ctimeout="$7"
-  local offset=0
-  declare -A sat half_rate sat_note half_del half_p50 half_p99 half_p999 half_max \
-    same_del same_p50 same_p99 same_p999 same_max connected fill_secs
-  for kind in berth node; do
+  local name="$1" rooms="$2" members="$3" senders="$4" rates="$5" ramp="$6" ctimeout="$7" load="$8" mode="$9"
+  shift 9
+  local kinds=("$@") offset=0 kind
+  declare -A kept connected fill rss_full rss0 l_del l_cpu l_us l_p50 l_p99 l_p999 l_max l_kept note
+  for kind in "${kinds[@]}"; do
+    [ -n "$rates" ] || break
+    if [ "$kind" = berth-pg ] && [ -z "$DATABASE_URL" ]; then continue; fi
     step "fan-out $name: $kind sweep"
     wait_quiet
     start_server "$kind"
+    rss0[$kind]="$server_rss0"
     offset=$((offset + 1000))
     gen "fanout-$name-$kind-sweep" --rooms "$rooms" --members "$members" --senders "$senders" \
       --rate "$rates" --duration "${STEP_SECS}s" --drain 3s --ramp-up "$ramp" --until-saturated \
       --connect-timeout "$ctimeout" --room-offset "$offset"
     local f="$out/fanout-$name-$kind-sweep.json"
     connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
-    fill_secs[$kind]="$(jq '.setup.connect_secs' "$f" 2>/dev/null || echo null)"
-    sat[$kind]="$(jq '[.steps[].delivered_per_sec] | max // 0' "$f" 2>/dev/null || echo 0)"
-    # What limited it: the saturated step's CPU use on each side, and errors.
-    sat_note[$kind]="$(jq -r --argjson m "$members" '
-      def cores: (.core_busy_percent // []) | map(floor | tostring + "%") | join(" ");
-      def usage: "server \(.server_cpu_percent // 0 | floor)% and generator \(.generator_cpu_percent // 0 | floor)% of a core, cores busy \(cores)";
-      ((.steps | map(select(.drained)) | last) // null) as $ok
-      | (.steps | last) as $last
-      | (if $ok then "kept up to \($ok.delivered_per_sec | floor)/s (\($ok | usage))" else "no step kept up" end)
-        + (if ($last.drained and .members_connected_at_end == .setup.members_connected)
-           then "; never saturated (generator-bound)"
-           else "; saturated at \($last.target_sends_per_sec * $m | floor)/s offered: \($last.delivered_per_sec | floor)/s delivered, \($last.delivery_ratio * 100 | floor)% in time (\($last | usage))" end)
-        + (if ([.steps[].generator_behind] | any) then "; generator behind its send schedule in \([.steps[] | select(.generator_behind)] | length) step(s)" else "" end)
-        + (if (.errors | length) > 0 then "; errors \(.errors | tostring)" else "" end)' \
-      "$f" 2>/dev/null || echo "n/a")"
+    fill[$kind]="$(jq '.setup.connect_secs' "$f" 2>/dev/null || echo null)"
+    kept[$kind]="$(jq "$KEPT" "$f" 2>/dev/null || echo null)"
+    rss_full[$kind]="$(jq --argjson b "${rss0[$kind]:-0}" '(.steps[0].server_rss_mib * 1024 - $b) / .setup.members_connected' "$f" 2>/dev/null || echo null)"
+    note[$kind]="$(sweep_note "$f" "$members")"
     stop_server
+  done
 
-    # Half the saturation delivery rate: rate per sender = (sat / 2) / (senders × rooms × members).
-    local rate
-    rate="$(awk -v s="${sat[$kind]}" -v n="$senders" -v r="$rooms" -v m="$members" 'BEGIN { printf "%.4f", s / 2 / (n * r * m) }')"
-    half_rate[$kind]="$rate"
-    step "fan-out $name: $kind at half of ${sat[$kind]} deliveries/s ($rate msg/s per sender)"
+  if [ -z "$load" ]; then
+    local lowest
+    lowest="$(for kind in "${kinds[@]}"; do echo "${kept[$kind]:-null}"; done | awk '$1 != "null" && $1 > 0' | sort -g | head -n 1)"
+    load="$(awk -v s="${lowest:-0}" -v n="$senders" -v r="$rooms" -v m="$members" 'BEGIN { v = s / 2 / (n * r * m); printf "%.4f", (v > 0 ? v : 1) }')"
+  fi
+  local load_del
+  load_del="$(awk -v l="$load" -v n="$senders" -v r="$rooms" -v m="$members" 'BEGIN { printf "%.0f", l * n * r * m }')"
+  for kind in "${kinds[@]}"; do
+    if [ "$kind" = berth-pg ] && [ -z "$DATABASE_URL" ]; then continue; fi
+    step "fan-out $name: $kind at $load msg/s per sender ($load_del deliveries/s offered)"
     wait_quiet
     start_server "$kind"
     offset=$((offset + 1000))
-    gen "fanout-$name-$kind-half" --rooms "$rooms" --members "$members" --senders "$senders" \
-      --rate "$rate" --duration "${HALF_SECS}s" --drain 5s --ramp-up "$ramp" \
+    gen "fanout-$name-$kind-load" --rooms "$rooms" --members "$members" --senders "$senders" \
+      --rate "$load" --duration "${LOAD_SECS}s" --drain 5s --ramp-up "$ramp" \
       --connect-timeout "$ctimeout" --room-offset "$offset"
-    read_latency half "$out/fanout-$name-$kind-half.json" "$kind"
+    local f="$out/fanout-$name-$kind-load.json"
+    l_del[$kind]="$(load_field "$f" '.steps[0].delivered_per_sec // null')"
+    l_cpu[$kind]="$(load_field "$f" '.steps[0].server_cpu_percent // null')"
+    l_us[$kind]="$(load_field "$f" '.steps[0].server_cpu_us_per_delivery // null')"
+    l_p50[$kind]="$(load_field "$f" '.steps[0].latency.p50_ms // null')"
+    l_p99[$kind]="$(load_field "$f" '.steps[0].latency.p99_ms // null')"
+    l_p999[$kind]="$(load_field "$f" '.steps[0].latency.p999_ms // null')"
+    l_max[$kind]="$(load_field "$f" '.steps[0].latency.max_ms // null')"
+    l_kept[$kind]="$(load_field "$f" -r 'if (.steps[0].drained and .members_connected_at_end == .setup.members_connected) then "yes" else "NO" end')"
+    [ -n "${connected[$kind]:-}" ] || connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
     stop_server
   done
 
-  # Berth again at the peer's half load: latency at the same load.
-  step "fan-out $name: berth at the peer's half load (${half_rate[node]} msg/s per sender)"
-  wait_quiet
-  start_server berth
-  offset=$((offset + 1000))
-  gen "fanout-$name-berth-same" --rooms "$rooms" --members "$members" --senders "$senders" \
-    --rate "${half_rate[node]}" --duration "${HALF_SECS}s" --drain 5s --ramp-up "$ramp" \
-    --connect-timeout "$ctimeout" --room-offset "$offset"
-  read_latency same "$out/fanout-$name-berth-same.json" berth
-  stop_server
-  for k in del p50 p99 p999 max; do eval "same_$k[node]=\${half_$k[node]}"; done
-
+  local a="${kinds[0]}" b="${kinds[1]:-_}" c="${kinds[2]:-_}"
+  local durability="off for every column (history in memory, as the peers keep it)"
+  [ "$mode" = store ] && durability="off for $(label "$a") (no store), on for $(label "$b") and $(label "$c") (a message is broadcast only once the store has committed it; commits are batched across rooms)"
   say ""
-  say "fan-out $name: $rooms room(s) x $members members, $senders sending per room, 100 B messages"
-  say "  command: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 3s --ramp-up $ramp --until-saturated"
-  printf '  %-34s %14s %14s %8s\n' "" "berth" "node" "ratio" | tee -a "$summary"
-  row() { printf '  %-34s %14s %14s %8s\n' "$1" "$(fmt "$2")" "$(fmt "$3")" "$(ratio "$2" "$3")" | tee -a "$summary"; }
-  row "members connected" "${connected[berth]}" "${connected[node]}"
-  row "time to connect them, ramp-up ${ramp} (s)" "${fill_secs[berth]}" "${fill_secs[node]}"
-  row "deliveries/s at saturation" "${sat[berth]}" "${sat[node]}"
-  say "  at half of each one's saturation:"
-  row "  deliveries/s" "${half_del[berth]}" "${half_del[node]}"
-  row "  latency p50 (ms)" "${half_p50[berth]}" "${half_p50[node]}"
-  row "  latency p99 (ms)" "${half_p99[berth]}" "${half_p99[node]}"
-  row "  latency p99.9 (ms)" "${half_p999[berth]}" "${half_p999[node]}"
-  row "  latency max (ms)" "${half_max[berth]}" "${half_max[node]}"
-  say "  at the same load (half of the peer's saturation):"
-  row "  deliveries/s" "${same_del[berth]}" "${same_del[node]}"
-  row "  latency p50 (ms)" "${same_p50[berth]}" "${same_p50[node]}"
-  row "  latency p99 (ms)" "${same_p99[berth]}" "${same_p99[node]}"
-  row "  latency p99.9 (ms)" "${same_p999[berth]}" "${same_p999[node]}"
-  row "  latency max (ms)" "${same_max[berth]}" "${same_max[node]}"
-  say "  berth: ${sat_note[berth]}"
-  say "  node:  ${sat_note[node]}"
+  say "fan-out $name: $rooms room(s) x $members members, $senders sending per room, 100 B messages; durability $durability"
+  [ -n "$rates" ] && say "  sweep: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 3s --ramp-up $ramp --until-saturated"
+  say "  same load: --rate $load per sender ($load_del deliveries/s offered) --duration ${LOAD_SECS}s --drain 5s"
+  thead "$mode" "$a" "$b" "$c"
+  trow "members connected" "${connected[$a]:-}" "${connected[$b]:-}" "${connected[$c]:-}"
+  if [ -n "$rates" ]; then
+    trow "time to connect them, ramp-up ${ramp} (s)" "${fill[$a]:-}" "${fill[$b]:-}" "${fill[$c]:-}"
+    trow "HEADLINE: highest deliveries/s kept up" "${kept[$a]:-}" "${kept[$b]:-}" "${kept[$c]:-}"
+    trow "server RSS per member, room(s) full (KiB)" "${rss_full[$a]:-}" "${rss_full[$b]:-}" "${rss_full[$c]:-}"
+  fi
+  say "  at the same load, $load_del deliveries/s offered (kept up: $(label "$a") ${l_kept[$a]:-n/a}, $(label "$b") ${l_kept[$b]:-n/a}, $(label "$c") ${l_kept[$c]:-n/a}):"
+  trow "  deliveries/s" "${l_del[$a]:-}" "${l_del[$b]:-}" "${l_del[$c]:-}"
+  trow "  server CPU (% of a core)" "${l_cpu[$a]:-}" "${l_cpu[$b]:-}" "${l_cpu[$c]:-}"
+  trow "  server CPU per delivery (µs)" "${l_us[$a]:-}" "${l_us[$b]:-}" "${l_us[$c]:-}"
+  trow "  latency p50 (ms)" "${l_p50[$a]:-}" "${l_p50[$b]:-}" "${l_p50[$c]:-}"
+  trow "  latency p99 (ms)" "${l_p99[$a]:-}" "${l_p99[$b]:-}" "${l_p99[$c]:-}"
+  trow "  latency p99.9 (ms)" "${l_p999[$a]:-}" "${l_p999[$b]:-}" "${l_p999[$c]:-}"
+  trow "  latency max (ms)" "${l_max[$a]:-}" "${l_max[$b]:-}" "${l_max[$c]:-}"
+  if [ -n "$rates" ]; then
+    say "  every step of every sweep:"
+    for kind in "${kinds[@]}"; do
+      [ -f "$out/fanout-$name-$kind-sweep.json" ] && [ -n "${kept[$kind]+x}" ] || { say "    $(label "$kind"): not run"; continue; }
+      sweep_steps "$kind" "$out/fanout-$name-$kind-sweep.json" "$members"
+    done
+    for kind in "${kinds[@]}"; do
+      [ -n "${note[$kind]+x}" ] && say "  $(label "$kind"): ${note[$kind]}"
+    done
+  fi
+}
+
+# The shape's arguments to fanout_shape before the mode: rooms, members, senders, sweep rates,
+# ramp-up, connect timeout, fixed load (msg/s per sender; "" = half the lowest kept-up rate).
+shape_args() {
+  case "$1" in
+    1x1000) echo "1 1000 100 0.5,1,2,4,8,16,32 2s 60s -" ;;
+    # Filling a room of 5,000 sends 12.5 million `joined` frames: give slow servers time.
+    1x5000) echo "1 5000 100 0.1,0.25,0.5,1,2,4,8 5s 300s -" ;;
+    # 8 msg/s per member = 80,000 deliveries/s, the moderate load of issue 15.
+    100x10) echo "100 10 10 1,2,4,8,16,32,64,128 2s 60s 8" ;;
+    # Many small rooms at chat's own pace: 1 msg/s per member, 100,000 deliveries/s; no sweep.
+    1000x10) echo "1000 10 10 - 5s 60s 1" ;;
+    *) die "unknown fan-out shape $1" ;;
+  esac
+}
+
+run_shape() {
+  local shape="$1" mode="$2"
+  shift 2
+  local rooms members senders rates ramp ctimeout load
+  read -r rooms members senders rates ramp ctimeout load <<<"$(shape_args "$shape")"
+  [ "$rates" = - ] && rates=""
+  [ "$load" = - ] && load=""
+  fanout_shape "$shape" "$rooms" "$members" "$senders" "$rates" "$ramp" "$ctimeout" "$load" "$mode" "$@"
 }
 
 fanout() {
-  # Rates per sender double each step; a step is $STEP_SECS seconds.
-  for shape in $SHAPES; do
-    case "$shape" in
-      1x1000) fanout_shape "1x1000" 1 1000 100 "0.5,1,2,4,8,16,32" 2s 60s ;;
-      # Filling a room of 5,000 sends 12.5 million `joined` frames: give slow servers time.
-      1x5000) fanout_shape "1x5000" 1 5000 100 "0.1,0.25,0.5,1,2,4,8" 5s 300s ;;
-      100x10) fanout_shape "100x10" 100 10 10 "1,2,4,8,16,32,64,128" 2s 60s ;;
-      *) die "unknown fan-out shape $shape" ;;
-    esac
-  done
+  local servers
+  read -r -a servers <<<"$SERVERS"
+  for shape in $SHAPES; do run_shape "$shape" peers "${servers[@]}"; done
+}
+
+# The same fan-out with history in memory (durability off), in SQLite, and in PostgreSQL.
+durable() {
+  [ -n "$DATABASE_URL" ] || say "durable: no BENCH_DATABASE_URL or BERTH_TEST_DATABASE_URL: the PostgreSQL column is not run"
+  run_shape "$DURABLE_SHAPE" store berth berth-sqlite berth-pg
 }
 
 # --- connections -----------------------------------------------------------------------------
@@ -297,7 +428,9 @@ connections() {
   local rooms_per_gen=$(((per_gen + 99) / 100))
   local hold=$((20 + CONNECTIONS / 2000))
   declare -A held rss_base rss_loaded per_conn gen_connected
-  for kind in berth node; do
+  local servers kind
+  read -r -a servers <<<"$SERVERS"
+  for kind in "${servers[@]}"; do
     step "connections: $kind, $CONNECTIONS idle members from $GENERATORS processes"
     wait_quiet
     start_server "$kind"
@@ -330,18 +463,19 @@ connections() {
     jq -s 'map(.errors) | add' "$out"/connections-"$kind"-*.json >"$out/connections-$kind-errors.json"
     stop_server
   done
+  local a="${servers[0]}" b="${servers[1]:-_}" c="${servers[2]:-_}"
   say ""
   say "connections: $CONNECTIONS idle members (rooms of 100) from $GENERATORS generator processes, 2 source addresses each"
   say "  command: berth bench --direct ... --rooms $rooms_per_gen --members 100 --rate 0 --duration ${hold}s --ramp-up 10s --bind-ips A,B --room-offset K  (x$GENERATORS)"
-  printf '  %-34s %14s %14s %8s\n' "" "berth" "node" "ratio" | tee -a "$summary"
-  row() { printf '  %-34s %14s %14s %8s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" | tee -a "$summary"; }
-  row "connections held (server side)" "${held[berth]}" "${held[node]}"
-  row "members connected (generators)" "${gen_connected[berth]}" "${gen_connected[node]}"
-  row "server RSS idle (KiB)" "${rss_base[berth]}" "${rss_base[node]}"
-  row "server RSS loaded (KiB)" "${rss_loaded[berth]}" "${rss_loaded[node]}"
-  row "RSS per connection (KiB)" "${per_conn[berth]}" "${per_conn[node]}"
-  say "  errors berth: $(jq -c . "$out/connections-berth-errors.json")"
-  say "  errors node:  $(jq -c . "$out/connections-node-errors.json")"
+  thead peers "$a" "$b" "$c"
+  trow "connections held (server side)" "${held[$a]:-}" "${held[$b]:-}" "${held[$c]:-}"
+  trow "members connected (generators)" "${gen_connected[$a]:-}" "${gen_connected[$b]:-}" "${gen_connected[$c]:-}"
+  trow "server RSS idle (KiB)" "${rss_base[$a]:-}" "${rss_base[$b]:-}" "${rss_base[$c]:-}"
+  trow "server RSS loaded (KiB)" "${rss_loaded[$a]:-}" "${rss_loaded[$b]:-}" "${rss_loaded[$c]:-}"
+  trow "RSS per connection (KiB)" "${per_conn[$a]:-}" "${per_conn[$b]:-}" "${per_conn[$c]:-}"
+  for kind in "${servers[@]}"; do
+    say "  errors $(label "$kind"): $(jq -c . "$out/connections-$kind-errors.json" 2>/dev/null)"
+  done
   say "  cap: each process may open $hard_nofile files (ulimit -Hn), so one server holds at most ~$hard_nofile connections"
 }
 
@@ -406,7 +540,7 @@ placement() {
 
   # Start to accepting: exec the server, then poll its port as fast as bash can (~1 ms).
   declare -A startup
-  for kind in berth node; do
+  for kind in berth ws uws; do
     local times=()
     for _ in $(seq 1 10); do
       local t0 t1 n=0
@@ -434,19 +568,39 @@ placement() {
   row "create latency max (ms)" "${max[spawn]}" "${max[warm]}"
   printf '  %-34s %14s %14s\n' "session servers at the end" "${servers[spawn]}" "${servers[warm]}" | tee -a "$summary"
   say "  errors: spawn $(cat "$out/placement-spawn-errors.json"), warm $(cat "$out/placement-warm-errors.json")"
-  say "  process start to accepting connections (median of 10): berth-session ${startup[berth]} ms, node peer ${startup[node]} ms, ratio $(ratio "${startup[berth]}" "${startup[node]}")"
+  say "  process start to accepting connections (median of 10): berth-session ${startup[berth]} ms, ws peer ${startup[ws]} ms, uWS.js peer ${startup[uws]} ms"
 }
 
-say "berth bench: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU, node $(node --version)"
+commit="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- . ':!docs/bench' 2>/dev/null || commit="$commit+changes"
+started="$(date -u +%Y-%m-%dT%H:%MZ)"
+say "berth bench $scenario: $started, commit $commit, $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU, node $(node --version)"
+say "  machine at the start: load average $(cut -d' ' -f1-3 /proc/loadavg), $(machine_busy)% of the CPU busy"
+say "  berth server binary: $berth_bin"
 case "$scenario" in
   fanout) fanout ;;
+  durable) durable ;;
   connections) connections ;;
   placement) placement ;;
   all)
     fanout
+    durable
     connections
     placement
     ;;
 esac
 say ""
+say "  machine at the end: load average $(cut -d' ' -f1-3 /proc/loadavg)"
 say "reports: $out/*.json; this summary: $summary"
+
+# The summary, with the commit it measured, kept beside the others in docs/bench/.
+mkdir -p "$root/docs/bench"
+record="$root/docs/bench/$(date -u +%Y-%m-%dT%H%M)-$scenario-${commit%+changes}.md"
+{
+  echo "# scripts/bench.sh $scenario, $started, commit $commit"
+  echo
+  echo '```'
+  cat "$summary"
+  echo '```'
+} >"$record"
+echo "summary recorded in ${record#"$root"/}" >&2

@@ -103,6 +103,11 @@ pub struct StepReport {
     pub generator_cpu_percent: Option<f64>,
     /// CPU time the server (`--server-pid`) used during the step, in percent of one core.
     pub server_cpu_percent: Option<f64>,
+    /// CPU time the server used during the step, in seconds (10 ms resolution).
+    pub server_cpu_secs: Option<f64>,
+    /// Server CPU time per delivery, in microseconds: the server's cost of a delivery whether
+    /// or not the generator kept up, so the fair figure when both share a small machine.
+    pub server_cpu_us_per_delivery: Option<f64>,
     /// The server's resident memory at the end of the step, in MiB.
     pub server_rss_mib: Option<f64>,
     /// How busy each core of the machine was during the step (interrupts included), in
@@ -291,6 +296,12 @@ impl BenchReport {
                 row(
                     &format!("{p} cpu"),
                     format!("{} of a core", usage.join(", ")),
+                );
+            }
+            if let Some(us) = st.server_cpu_us_per_delivery {
+                row(
+                    &format!("{p} server cost"),
+                    format!("{} µs of CPU per delivery", num(us)),
                 );
             }
             if !st.core_busy_percent.is_empty() {

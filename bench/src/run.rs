@@ -517,6 +517,10 @@ async fn run_step(
     } else {
         0.0
     };
+    let server_cpu_secs = server_cpu_after
+        .zip(server_cpu_before)
+        .and_then(|(a, b)| a.checked_sub(b))
+        .map(|d| d.as_secs_f64());
     let fell_behind = (!interrupted && shortfall > SHORTFALL).then_some(shortfall * 100.0);
     let report = StepReport {
         rate_per_member: rate,
@@ -542,6 +546,10 @@ async fn run_step(
         latency: None,
         generator_cpu_percent: usage::cpu_percent(cpu_before, cpu_after, step_wall),
         server_cpu_percent: usage::cpu_percent(server_cpu_before, server_cpu_after, step_wall),
+        server_cpu_secs,
+        server_cpu_us_per_delivery: server_cpu_secs
+            .filter(|_| d.delivered > 0)
+            .map(|s| s * 1e6 / d.delivered as f64),
         server_rss_mib: options.server_pid.and_then(usage::rss_mib_of_pid),
         core_busy_percent: usage::core_busy_percent(
             cores_before.as_deref(),
