@@ -77,16 +77,44 @@ pub(crate) struct Admitted {
 
 /// The ticket of a `/ws` or `/sse` request (`?token=`, else `Authorization: Bearer`), verified
 /// and spent ([`check_ticket`]): the first check of both transports, before anything else is
-/// looked at.
+/// looked at. The ticket is given back unless the caller [`Spent::keep`]s it once admitted, so
+/// a refused attempt (draining, wrong server, room full) leaves it usable for one connection.
 pub(crate) fn ticket_from_request(
     state: &AppState,
     query_token: Option<&str>,
     headers: &HeaderMap,
-) -> Result<TicketClaims, ApiError> {
+) -> Result<(TicketClaims, Spent), ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    check_ticket(state, token_from_request(query_token, authorization))
+    let claims = check_ticket(state, token_from_request(query_token, authorization))?;
+    let spent = Spent {
+        state: state.clone(),
+        jti: Some(claims.jti.clone()),
+    };
+    Ok((claims, spent))
+}
+
+/// A ticket spent by an attempt that is not admitted yet: dropped without [`Spent::keep`], it
+/// gives the ticket back.
+pub(crate) struct Spent {
+    state: AppState,
+    jti: Option<String>,
+}
+
+impl Spent {
+    /// The attempt was admitted: the ticket stays spent.
+    pub(crate) fn keep(mut self) {
+        self.jti = None;
+    }
+}
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        if let Some(jti) = self.jti.take() {
+            self.state.0.used_tickets.give_back(&jti);
+        }
+    }
 }
 
 /// Verifies the ticket and records its id as used (a ticket opens one connection or stream).

@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_TYPING_TIMEOUT_MS", default_value_t = berth_protocol::frames::TYPING_TIMEOUT_MS)]
     pub typing_timeout_ms: u64,
 
+    /// How long rooms keep their members, paused, once the lease with the scheduler has run out
+    /// (a scheduler that stalls and comes back costs no member its connection); then they are
+    /// closed (1012) so that members look their rooms up again.
+    #[arg(long, env = "BERTH_FENCE_GRACE_MS", default_value_t = 15_000)]
+    pub fence_grace_ms: u64,
+
     /// How long a drain waits for rooms to empty before closing what remains.
     #[arg(long, env = "BERTH_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -262,6 +268,10 @@ impl Config {
         Duration::from_secs(self.room_idle_secs)
     }
 
+    pub(crate) fn fence_grace(&self) -> Duration {
+        Duration::from_millis(self.fence_grace_ms)
+    }
+
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
@@ -351,4 +361,3 @@ mod tests {
         assert!(c.validate().is_err());
     }
 }
-

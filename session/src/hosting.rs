@@ -81,6 +81,7 @@ fn spawn_room(state: &AppState, id: Arc<str>, epoch: u64, instance: u64) -> Room
         close_all: shared.close_all.clone(),
         typing_timeout: shared.config.typing_timeout(),
         webhooks: shared.webhooks.clone(),
+        fenced: shared.fenced.clone(),
     };
     let (handle, run) = room::new(id.clone(), epoch, instance, settings);
     let span = tracing::info_span!("room", room_id = %id, epoch, server_id = %server_id);

@@ -99,10 +99,11 @@ async fn websocket(
         Err(_) => (None, None),
     };
     // The ticket comes first: nothing else is revealed to a caller without one.
-    let claims = match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
-        Ok(claims) => claims,
-        Err(refusal) => return refuse(&state, refusal, peer),
-    };
+    let (claims, spent) =
+        match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
+            Ok(ticket) => ticket,
+            Err(refusal) => return refuse(&state, refusal, peer),
+        };
     let since = match since.as_deref().map(str::parse::<u64>) {
         None => None,
         Some(Ok(seq)) => Some(seq),
@@ -133,7 +134,10 @@ async fn websocket(
         .instrument(span.clone())
         .await
     {
-        Ok(admitted) => admitted,
+        Ok(admitted) => {
+            spent.keep();
+            admitted
+        }
         Err(refusal) => return refuse(&state, refusal, peer),
     };
     let config = &state.0.config;

@@ -7,8 +7,11 @@
 //! server's rooms elsewhere; a server cut off from the scheduler (while its clients may still
 //! reach it) must not keep serving those rooms. So when the lease runs out — [`LEASE_SHARE`] of
 //! the timeout after the last renewing request was *sent*, hence before the scheduler can have
-//! given up on it — the server closes every room (members get 1012 and look the room up again)
-//! and refuses connections (503 `scheduler_unavailable`) until a request gets through again.
+//! given up on it — the server is *fenced*: it refuses connections (503 `scheduler_unavailable`)
+//! and its rooms accept no message (an `error` naming the `clientId`), but members keep their
+//! connections for `--fence-grace-ms`: a scheduler that only stalled answers again within it and
+//! nothing was lost. Past the grace the server closes every room (members get 1012 and look the
+//! room up again, now on whichever server owns it).
 
 use std::time::Duration;
 
@@ -49,15 +52,29 @@ struct Lease {
     length: Option<Duration>,
     /// When the request that last renewed it was sent.
     renewed: Option<Instant>,
+    /// Since when the server is fenced, while its rooms still keep their members.
+    fenced_at: Option<Instant>,
 }
 
 impl Lease {
-    /// When the lease runs out; `None` without a lease or once the server is fenced.
+    /// When the next step is due: the lease running out (→ fenced), then the grace of a fenced
+    /// server running out (→ rooms closed); `None` without a lease or once both happened.
     fn deadline(&self, state: &AppState) -> Option<Instant> {
         if state.is_fenced() {
-            return None;
+            return Some(self.fenced_at? + state.0.config.fence_grace());
         }
         Some(self.renewed? + self.length?)
+    }
+
+    /// The deadline passed: fence the server, or close its rooms at the end of the grace.
+    fn expire(&mut self, state: &AppState) {
+        if state.is_fenced() {
+            self.fenced_at = None;
+            close_rooms(state);
+        } else {
+            self.fenced_at = Some(Instant::now());
+            fence(state);
+        }
     }
 
     /// A request sent at `sent` got through: the lease runs again, and a fenced server serves
@@ -67,6 +84,7 @@ impl Lease {
             self.length = Some(Duration::from_millis(ms).mul_f64(LEASE_SHARE));
         }
         self.renewed = Some(sent);
+        self.fenced_at = None;
         if state
             .0
             .fenced
@@ -85,16 +103,27 @@ async fn expiry(deadline: Option<Instant>) {
     }
 }
 
-/// The lease ran out: close every room (1012) and refuse connections until it is renewed.
+/// The lease ran out: refuse connections and messages until it is renewed; members stay for
+/// the grace.
 fn fence(state: &AppState) {
     state
         .0
         .fenced
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(
+        rooms = state.0.rooms.all().len(),
+        grace_ms = state.0.config.fence_grace_ms,
+        "no answer from the scheduler within the lease; refusing connections and messages until it answers"
+    );
+}
+
+/// A fenced server's grace ran out: close every room (1012), so that members look their rooms
+/// up again.
+fn close_rooms(state: &AppState) {
     let rooms = state.0.rooms.all();
     tracing::warn!(
         rooms = rooms.len(),
-        "no answer from the scheduler within the lease; closing every room and refusing connections until it answers"
+        "still no answer from the scheduler; closing every room"
     );
     for room in rooms {
         if state.0.rooms.remove_instance(&room.id, room.instance) {
@@ -148,7 +177,7 @@ async fn register(
             () = stop.cancelled() => return None,
             r = client.register(&body) => r,
             () = expiry(lease.deadline(state)) => {
-                fence(state);
+                lease.expire(state);
                 continue;
             }
         };
@@ -192,7 +221,7 @@ async fn register(
         tokio::select! {
             () = stop.cancelled() => return None,
             () = tokio::time::sleep(backoff) => {}
-            () = expiry(lease.deadline(state)) => fence(state),
+            () = expiry(lease.deadline(state)) => lease.expire(state),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -215,7 +244,7 @@ async fn heartbeats(
             () = stop.cancelled() => return false,
             _ = tick.tick() => {}
             () = expiry(lease.deadline(state)) => {
-                fence(state);
+                lease.expire(state);
                 continue;
             }
         }
@@ -232,7 +261,7 @@ async fn heartbeats(
             () = stop.cancelled() => return false,
             r = client.heartbeat(&server_id, &body) => r,
             () = expiry(lease.deadline(state)) => {
-                fence(state);
+                lease.expire(state);
                 continue;
             }
         };

@@ -321,6 +321,9 @@ pub(crate) struct RoomSettings {
     pub typing_timeout: Duration,
     /// Where room events go out as webhooks; `None` without webhook URLs.
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// Set while the server's lease with the scheduler has run out: no message is accepted
+    /// (another server may own the room by now), members stay until the grace ends.
+    pub fenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The store (reads) and the group-commit writer (appends).
@@ -853,6 +856,26 @@ impl Room {
             self.refuse(origin, ErrorCode::ServerDraining, frame, message);
             return;
         }
+        if self
+            .settings
+            .fenced
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let id = client_id
+                .as_deref()
+                .map(|c| format!(" (clientId {c})"))
+                .unwrap_or_default();
+            let message = format!(
+                "message not accepted{id}: this server lost touch with the scheduler; send it again in a moment"
+            );
+            let frame = error_frame(
+                ErrorCode::SchedulerUnavailable,
+                message.clone(),
+                client_id.as_deref(),
+            );
+            self.refuse(origin, ErrorCode::SchedulerUnavailable, frame, message);
+            return;
+        }
         if self.pending.len() >= MAX_PENDING {
             let frame = not_stored("the store is behind", client_id.as_deref());
             let message = "message not stored: the store is behind; send it again".to_owned();
@@ -1264,6 +1287,7 @@ mod tests {
             close_all: CancellationToken::new(),
             typing_timeout: Duration::from_millis(200),
             webhooks: None,
+            fenced: Arc::default(),
         };
         let (handle, run) = new("r-1".into(), epoch, 1, settings);
         TestRoom {

@@ -64,10 +64,11 @@ pub(crate) async fn stream(
         Ok(Query(q)) => (q.token, q.since),
         Err(_) => (None, None),
     };
-    let claims = match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
-        Ok(claims) => claims,
-        Err(refusal) => return refuse(&state, refusal, peer),
-    };
+    let (claims, spent) =
+        match admission::ticket_from_request(&state, query_token.as_deref(), &headers) {
+            Ok(ticket) => ticket,
+            Err(refusal) => return refuse(&state, refusal, peer),
+        };
     // The header is what EventSource sends on its own reconnects: newer than the URL's `since`.
     let last_event = headers
         .get("last-event-id")
@@ -96,7 +97,10 @@ pub(crate) async fn stream(
         .instrument(span.clone())
         .await
     {
-        Ok(admitted) => admitted,
+        Ok(admitted) => {
+            spent.keep();
+            admitted
+        }
         Err(refusal) => return refuse(&state, refusal, peer),
     };
     state.0.metrics.sse_streams.fetch_add(1, Ordering::Relaxed);

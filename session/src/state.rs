@@ -34,9 +34,10 @@ pub(crate) struct Shared {
     /// `http://host:port` of the operator listener (`/metrics`), registered with the scheduler
     /// so the operator page can read it; unset without `--admin-listen`.
     admin_url: std::sync::OnceLock<String>,
-    /// Set while the server's lease with the scheduler has run out: it serves no room and
-    /// admits nobody until a heartbeat or registration gets through again.
-    pub fenced: AtomicBool,
+    /// Set while the server's lease with the scheduler has run out: it admits nobody and its
+    /// rooms accept no message until a heartbeat or registration gets through again (shared
+    /// with every room).
+    pub fenced: Arc<AtomicBool>,
     pub verifier: TicketVerifier,
     /// Tickets already used here (a ticket opens one connection).
     pub used_tickets: UsedTickets,
@@ -192,7 +193,7 @@ impl AppState {
             server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
             registered: AtomicBool::new(false),
             admin_url: std::sync::OnceLock::new(),
-            fenced: AtomicBool::new(false),
+            fenced: Arc::new(AtomicBool::new(false)),
             verifier,
             used_tickets: UsedTickets::default(),
             rooms: Arc::default(),

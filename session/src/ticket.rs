@@ -170,6 +170,13 @@ impl UsedTickets {
         }
     }
 
+    /// Forgets ticket id `jti`: the attempt that spent it was refused, so the ticket may be
+    /// presented again (it still opens one connection at most).
+    pub fn give_back(&self, jti: &str) {
+        let mut used = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        used.ids.remove(jti);
+    }
+
     /// Ids remembered now.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -103,11 +103,17 @@ async fn typing_is_relayed_to_others_not_echoed_and_ended_by_timeout_send_and_le
 async fn typing_frames_are_rate_limited_like_sends() {
     let server = start(&["--message-rate", "1", "--message-burst", "3"]).await;
     let (mut alice, _) = server.join("r-rl", "alice").await;
+    // Over the rate, typing state is dropped without an answer; the send after it is refused
+    // with an error naming it, so no error frame came for the typing frames.
     for _ in 0..4 {
         alice.send_text(typing(true)).await;
     }
+    alice.say("over the rate", Some("c-1")).await;
     let e = alice.recv_type("error").await;
-    assert_eq!(e["code"], "rate_limited");
+    assert_eq!(
+        (e["code"].as_str(), e["clientId"].as_str()),
+        (Some("rate_limited"), Some("c-1"))
+    );
 }
 
 #[tokio::test]

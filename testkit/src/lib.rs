@@ -318,6 +318,9 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--scheduler-url",
                 &self.scheduler_url,
+                // `/metrics` lives on the operator listener.
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .arg("--ticket-public-key")
             .arg(self.ticket_keys().public)

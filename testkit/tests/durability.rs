@@ -467,6 +467,8 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
         .unwrap();
     assert_eq!((seqs(&welcome.history), welcome.seq), (vec![4, 5, 6], 6));
     b.close().await.unwrap();
+    // A ticket opens one connection: a fresh one for the next.
+    let t = backend.lookup_room(&bob, &room.room_id).await.unwrap();
     let (b, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(6))
         .await
         .unwrap();
@@ -520,7 +522,8 @@ async fn resume_with_since_on_the_same_and_a_new_server(postgres: bool) {
     assert!(welcome.history.is_empty());
     assert_eq!(send_and_echo(&mut a, "m7").await, 7);
     assert_eq!(seqs(&messages_until(&mut b, 7).await), [7]);
-    // A malformed since is refused before the upgrade.
+    // A malformed since is refused before the upgrade (with a ticket not spent yet).
+    let t = backend.lookup_room(&alice, &room.room_id).await.unwrap();
     let err = RoomConnection::connect(&format!("{}?since=x", t.url), &t.token)
         .await
         .unwrap_err();
@@ -585,6 +588,7 @@ async fn resume_from_the_store_and_paging(postgres: bool) {
         [116, 117, 118, 119, 120],
         "a plain welcome: the memory"
     );
+    let t = backend.lookup_room(&dave, &room.room_id).await.unwrap();
     let (_d, welcome) = RoomConnection::connect_since(&t.url, &t.token, Some(10))
         .await
         .unwrap();

@@ -23,7 +23,7 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
     // launch.sh runs `berth-*` from BERTH_BIN_DIR: point those names at the test builds.
     let bins = dir.join("bin");
     std::fs::create_dir_all(&bins).unwrap();
-    for name in ["backend", "scheduler", "session"] {
+    for name in ["backend", "scheduler", "session", "bot"] {
         std::os::unix::fs::symlink(
             bin_path(&format!("testkit-{name}")),
             bins.join(format!("berth-{name}")),
@@ -31,7 +31,7 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
         .unwrap();
     }
     let data = dir.join("data");
-    let (backend_port, scheduler_port) = (free_port(), free_port());
+    let (backend_port, scheduler_port, bot_port) = (free_port(), free_port(), free_port());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/launch.sh");
     // In a session of its own (setsid execs bash, so the pid stays), like a terminal's job:
     // stopping its process group at the end never reaches the test runner's.
@@ -45,6 +45,8 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
             "BERTH_SCHEDULER_LISTEN",
             format!("127.0.0.1:{scheduler_port}"),
         )
+        .env("BERTH_BOT_LISTEN", format!("127.0.0.1:{bot_port}"))
+        .env_remove("BERTH_BACKEND_URL")
         .env("BERTH_WARM_SERVERS", "0")
         .env_remove("BERTH_CLUSTER_SECRET")
         .env_remove("BERTH_SCHEDULER_URL")

@@ -182,6 +182,10 @@ impl Deployment {
                         &scheduler_url,
                         "--ticket-public-key",
                         &public_key,
+                        // A cut-off server keeps its members only briefly here: the test
+                        // waits for them to move.
+                        "--fence-grace-ms",
+                        "500",
                     ]),
                 );
                 (host, child)
