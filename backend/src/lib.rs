@@ -97,12 +97,14 @@ pub async fn serve(
         tracing::info!(store = %store.describe(), "message store open");
     }
     let state = AppState::with_store(&config, store)?;
-    let addr = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%addr, scheduler_url = %config.cluster.scheduler_url, "backend serving");
+    let listener = berth_runtime::Listener::new(listener, config.tls.server()?)
+        .map_err(Error::Serve)?;
+    let addr = listener.local_addr();
+    tracing::info!(%addr, tls = listener.is_tls(), scheduler_url = %config.cluster.scheduler_url, "backend serving");
 
     // Connect info: the client address the login throttle keys on.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
+    let server = axum::serve(listener.with_connect_info(), app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     tokio::pin!(server);

@@ -48,9 +48,12 @@ impl AppState {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             _ => return Err(Error::SchedulerUrl(config.cluster.scheduler_url.clone())),
         }
-        let scheduler =
-            SchedulerClient::new(&config.cluster.scheduler_url, secret.expose().to_owned())
-                .map_err(Error::HttpClient)?;
+        let scheduler = SchedulerClient::new(
+            &config.cluster.scheduler_url,
+            secret.expose().to_owned(),
+            config.tls.client()?,
+        )
+        .map_err(Error::HttpClient)?;
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
         let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;

@@ -12,6 +12,7 @@
 //! - [`run`]: a binary's `main`: tracing, the tokio runtime, signals, exit code.
 //! - [`tls`]: [`TlsArgs`] (`BERTH_TLS_CERT`, `BERTH_TLS_KEY`, `BERTH_TLS_CA`), the server's
 //!   certificate (reloaded on SIGHUP or file change) and the client side's trust.
+//! - [`public_url`]: [`PublicUrl`], the template of a session server's advertised URL.
 //! - [`listener`]: [`Listener`], plain TCP or TLS, which every service's `serve` accepts on.
 
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod http;
 #[cfg(feature = "http")]
 pub mod layers;
 pub mod listener;
+pub mod public_url;
 pub mod secret;
 pub mod signal;
 pub mod tls;
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 pub use cluster::{ClusterArgs, ClusterSecret, SecretError};
 pub use listener::Listener;
+pub use public_url::PublicUrl;
 pub use signal::Signals;
 pub use tls::{ServerTls, TlsArgs, TlsError};
 

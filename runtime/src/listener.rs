@@ -144,6 +144,16 @@ async fn accept_tls(
 }
 
 #[cfg(feature = "http")]
+impl Listener {
+    /// For `axum::serve` with `into_make_service_with_connect_info::<SocketAddr>()`: axum gives
+    /// the peer address to listeners it wraps with `tap_io`.
+    pub fn with_connect_info(self) -> axum::serve::TapIo<Listener, fn(&mut Conn)> {
+        use axum::serve::ListenerExt as _;
+        self.tap_io(|_| {})
+    }
+}
+
+#[cfg(feature = "http")]
 impl axum::serve::Listener for Listener {
     type Io = Conn;
     type Addr = SocketAddr;

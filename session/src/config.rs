@@ -23,10 +23,22 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub host: String,
 
+    /// The URL clients are given for this server when a proxy fronts the fleet: a template with
+    /// `{serverId}`, `{host}` and `{port}`, e.g. `wss://rooms.example.com/{serverId}/ws`
+    /// (default: `ws://{host}:{port}/ws`, `wss://` with `--tls-cert`). With `{serverId}` and
+    /// no `--server-id`, the server picks its id itself.
+    #[arg(long, env = "BERTH_SESSION_PUBLIC_URL")]
+    pub public_url: Option<berth_runtime::PublicUrl>,
+
     /// The scheduler, the cluster secret and the data directory (`--scheduler-url`,
     /// `--cluster-secret`, `--data-dir`).
     #[command(flatten)]
     pub cluster: berth_runtime::ClusterArgs,
+
+    /// TLS: `--tls-cert` and `--tls-key` serve HTTPS, `--tls-ca` is trusted when calling the
+    /// scheduler over `https://`.
+    #[command(flatten)]
+    pub tls: berth_runtime::TlsArgs,
 
     /// This server's id (given by the scheduler when it spawns the server; required with
     /// `--standalone`; otherwise the scheduler assigns one at registration).
@@ -116,6 +128,17 @@ impl Config {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
+    /// The URL this server registers, given its id and bound port.
+    pub(crate) fn advertised_url(&self, server_id: &str, port: u16) -> String {
+        match &self.public_url {
+            Some(template) => template.fill(server_id, &self.host, port),
+            None => {
+                let scheme = if self.tls.tls_cert.is_some() { "wss" } else { "ws" };
+                format!("{scheme}://{}:{port}/ws", self.host)
+            }
+        }
+    }
+
     pub(crate) fn public_key_path(&self) -> PathBuf {
         self.ticket_public_key
             .clone()
@@ -152,7 +175,7 @@ impl Config {
         }
         let scheduler_url = &self.cluster.scheduler_url;
         if !scheduler_url.starts_with("http://") && !scheduler_url.starts_with("https://") {
-            return Err("--scheduler-url must be an http:// URL".into());
+            return Err("--scheduler-url must be an http:// or https:// URL".into());
         }
         Ok(())
     }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +38,7 @@ pub async fn serve_with_force(
     force: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr()?;
+    let tls = config.tls.server()?;
     let store = config
         .store
         .open(&config.cluster.data_dir, config.standalone)
@@ -51,9 +51,8 @@ pub async fn serve_with_force(
     let shared = state.0.clone();
 
     let http_stop = CancellationToken::new();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // Sets TCP_NODELAY on every connection; TLS handshakes happen off the accept path.
+    let listener = berth_runtime::Listener::new(listener, tls)?.with_connect_info();
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let mut http = tokio::spawn(
         axum::serve(listener, app)

@@ -25,7 +25,7 @@ pub struct AppState(pub(crate) Arc<Shared>);
 
 pub(crate) struct Shared {
     pub config: Config,
-    /// `ws://{host}:{port}/ws`, as registered.
+    /// `ws://{host}:{port}/ws` (`wss://` with TLS), or the filled `--public-url`, as registered.
     pub url: String,
     server_id: RwLock<Option<Arc<str>>>,
     /// Set once the scheduler has accepted a registration (so there is something to leave).
@@ -93,6 +93,7 @@ impl AppState {
             Some(SchedulerClient::new(
                 &config.cluster.scheduler_url,
                 secret.expose(),
+                config.tls.client()?,
             )?)
         };
         let errors = ErrorFrames {
@@ -122,9 +123,18 @@ impl AppState {
             }
             None => (None, None),
         };
+        // A public URL that names the server needs its id now: pick one unless given.
+        let server_id = match (&config.server_id, &config.public_url) {
+            (Some(id), _) => Some(Arc::from(id.as_str())),
+            (None, Some(template)) if template.needs_server_id() => {
+                Some(Arc::from(berth_protocol::ids::new_server_id()))
+            }
+            (None, _) => None,
+        };
+        let url = config.advertised_url(server_id.as_deref().unwrap_or(""), local_addr.port());
         Ok(AppState(Arc::new(Shared {
-            url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
-            server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
+            url,
+            server_id: RwLock::new(server_id),
             registered: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             verifier,
