@@ -97,8 +97,8 @@ pub async fn serve(
         tracing::info!(store = %store.describe(), "message store open");
     }
     let state = AppState::with_store(&config, store)?;
-    let listener = berth_runtime::Listener::new(listener, config.tls.server()?)
-        .map_err(Error::Serve)?;
+    let listener =
+        berth_runtime::Listener::new(listener, config.tls.server()?).map_err(Error::Serve)?;
     let addr = listener.local_addr();
     tracing::info!(%addr, tls = listener.is_tls(), scheduler_url = %config.cluster.scheduler_url, "backend serving");
 

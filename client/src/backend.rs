@@ -9,8 +9,8 @@ use berth_protocol::api::{
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
-use crate::tls::Tls;
 use crate::error::{ClientError, Result, retry_after};
+use crate::tls::Tls;
 
 /// How long to wait for a TCP connection to the backend.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::tls::Tls;
 use crate::error::{ClientError, Result};
+use crate::tls::Tls;
 
 /// How long opening a connection (TCP, upgrade and `welcome`) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

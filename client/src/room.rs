@@ -212,14 +212,13 @@ impl Room {
             .backend
             .lookup_room(&self.session, &self.room_id)
             .await?;
-        let (conn, mut welcome) =
-            RoomConnection::connect_with(
-                &ticket.url,
-                &ticket.token,
-                Some(self.last_seq),
-                self.backend.tls(),
-            )
-            .await?;
+        let (conn, mut welcome) = RoomConnection::connect_with(
+            &ticket.url,
+            &ticket.token,
+            Some(self.last_seq),
+            self.backend.tls(),
+        )
+        .await?;
         if welcome.seq < self.last_seq {
             // The room started over (a new incarnation without the old history): its numbering
             // restarts, so everything it has is new.

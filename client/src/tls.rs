@@ -48,8 +48,7 @@ impl Tls {
         let path = path.as_ref();
         let pem = std::fs::read(path)
             .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", path.display())))?;
-        Tls::with_ca_pem(&pem)
-            .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))
+        Tls::with_ca_pem(&pem).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))
     }
 
     fn build(extra: &[CertificateDer<'static>]) -> Result<Tls> {

@@ -50,8 +50,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(Error::LocalAddr)?;
-    let listener = berth_runtime::Listener::new(listener, config.tls.server()?)
-        .map_err(Error::LocalAddr)?;
+    let listener =
+        berth_runtime::Listener::new(listener, config.tls.server()?).map_err(Error::LocalAddr)?;
     let tls = listener.is_tls();
     let secret = config.cluster.secret()?.expose().to_owned();
     // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
@@ -65,7 +65,13 @@ pub async fn serve(
         Some(store) => info!(store = %store.describe(), "room store open"),
         None => info!("no room store: dormant rooms are forgotten when the scheduler stops"),
     }
-    let state = AppState::with_store(config, secret, scheduler_url(addr, tls), shutdown.clone(), store);
+    let state = AppState::with_store(
+        config,
+        secret,
+        scheduler_url(addr, tls),
+        shutdown.clone(),
+        store,
+    );
     placement::load_dormant(&state).await;
     info!(
         %addr,
@@ -127,6 +133,9 @@ mod tests {
             scheduler_url("0.0.0.0:81".parse().unwrap(), true),
             "https://127.0.0.1:81"
         );
-        assert_eq!(scheduler_url("[::]:82".parse().unwrap(), false), "http://[::1]:82");
+        assert_eq!(
+            scheduler_url("[::]:82".parse().unwrap(), false),
+            "http://[::1]:82"
+        );
     }
 }

@@ -133,7 +133,11 @@ impl Config {
         match &self.public_url {
             Some(template) => template.fill(server_id, &self.host, port),
             None => {
-                let scheme = if self.tls.tls_cert.is_some() { "wss" } else { "ws" };
+                let scheme = if self.tls.tls_cert.is_some() {
+                    "wss"
+                } else {
+                    "ws"
+                };
                 format!("{scheme}://{}:{port}/ws", self.host)
             }
         }

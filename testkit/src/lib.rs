@@ -147,7 +147,11 @@ impl Cluster {
 
         let scheduler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduler_addr = scheduler_listener.local_addr().unwrap();
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let scheduler_url = format!("{scheme}://{scheduler_addr}");
         let mut scheduler_args: Vec<String> = [
             "berth-scheduler",

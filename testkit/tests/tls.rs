@@ -25,8 +25,8 @@ struct Issued {
 fn issue() -> Issued {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .unwrap()
@@ -144,14 +144,19 @@ async fn a_tls_cluster_serves_https_and_wss_and_reloads_its_certificate() {
     assert_eq!(next_text(&mut a).await, "over tls");
 
     // Plain HTTP, plain WebSocket and a client without the CA are all refused.
-    let plain = format!("http://{}", cluster.backend_url.trim_start_matches("https://"));
+    let plain = format!(
+        "http://{}",
+        cluster.backend_url.trim_start_matches("https://")
+    );
     assert!(
         reqwest::get(format!("{plain}/healthz")).await.is_err(),
         "plain HTTP must not be answered"
     );
     let plain_ws = found.url.replacen("wss://", "ws://", 1);
     assert!(
-        RoomConnection::connect(&plain_ws, &found.token).await.is_err(),
+        RoomConnection::connect(&plain_ws, &found.token)
+            .await
+            .is_err(),
         "plain ws:// must be refused"
     );
     let untrusting = berth::Backend::with_tls(&cluster.backend_url, &Tls::default());
@@ -182,7 +187,7 @@ async fn a_tls_cluster_serves_https_and_wss_and_reloads_its_certificate() {
 
     // And a new member gets in through the new certificate.
     let again = backend.lookup_room(&bob, &created.room_id).await.unwrap();
-    let (mut c, welcome) = RoomConnection::connect_with(&again.url, &again.token, None, &tls)
+    let (c, welcome) = RoomConnection::connect_with(&again.url, &again.token, None, &tls)
         .await
         .unwrap();
     assert!(welcome.history.iter().any(|m| m.text == "after the swap"));
