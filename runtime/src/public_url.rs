@@ -79,7 +79,6 @@ mod tests {
         for bad in [
             "https://rooms.example.com/{serverId}/ws",
             "wss://rooms.example.com/{server}/ws",
-            "wss:///{serverId}",
             "rooms.example.com/{serverId}/ws",
             "wss://rooms.example.com/ws#{serverId}",
             "",
