@@ -24,6 +24,11 @@ pub struct Config {
     #[command(flatten)]
     pub cluster: berth_runtime::ClusterArgs,
 
+    /// TLS: `--tls-cert` and `--tls-key` serve HTTPS, `--tls-ca` is trusted when calling the
+    /// scheduler over `https://`.
+    #[command(flatten)]
+    pub tls: berth_runtime::TlsArgs,
+
     /// PKCS#8 PEM Ed25519 key that signs user tokens and tickets; generated (with its
     /// `.pub.pem` beside it) when absent. Default `<data-dir>/ticket.key.pem`.
     #[arg(long, env = "BERTH_TICKET_PRIVATE_KEY")]

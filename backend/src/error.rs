@@ -25,6 +25,8 @@ pub enum Error {
     Store(#[source] berth_store::StoreError),
     #[error("accounts")]
     Accounts(#[from] crate::accounts::AccountsError),
+    #[error("TLS")]
+    Tls(#[from] berth_runtime::TlsError),
 }
 
 impl From<SchedulerError> for ApiError {

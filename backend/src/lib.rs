@@ -127,8 +127,10 @@ pub async fn serve(
         tracing::info!(store = %store.describe(), "message store open");
     }
     let state = AppState::with_store(&config, store)?;
+    let tls = config.tls.acceptor(shutdown.clone())?;
+    let listener = berth_listener::Listener::new(listener, tls);
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%addr, scheduler_url = %config.cluster.scheduler_url, "backend serving");
+    tracing::info!(%addr, tls = listener.is_tls(), scheduler_url = %config.cluster.scheduler_url, "backend serving");
 
     // The listener hands handlers the client address (`ConnectInfo`) the login throttle keys on.
     let limits = berth_listener::Limits {

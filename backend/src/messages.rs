@@ -33,9 +33,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from a session server (a stored message frame is far smaller).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// The HTTP client the backend calls session servers with.
-pub fn session_client() -> Result<reqwest::Client, reqwest::Error> {
+/// The HTTP client the backend calls session servers with; `tls` is its trust on `https://`.
+pub fn session_client(
+    tls: berth_runtime::tls::ClientConfig,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(3))
         .redirect(reqwest::redirect::Policy::none())

@@ -7,7 +7,6 @@
 //! operator listener (started by hand without `--admin-listen`) shows no rate (`null`). The cluster secret
 //! never leaves the operator's browser tab except as this request's bearer.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Json;
@@ -77,7 +76,7 @@ pub async fn fleet(
     }
     let (servers, rooms) = tokio::join!(state.scheduler().servers(), state.scheduler().all_rooms());
     let (servers, rooms) = (servers?.servers, rooms?.rooms);
-    let counts = join_all(servers.iter().map(messages_in)).await;
+    let counts = join_all(servers.iter().map(|s| messages_in(state.sessions(), s))).await;
     let servers: Vec<FleetServer> = servers
         .into_iter()
         .zip(counts)
@@ -98,18 +97,12 @@ pub async fn fleet(
 /// A server's `berth_session_messages_in_total`, read from `/metrics` on its operator
 /// listener; `None` when it cannot be read (no operator listener, starting, dead, unreachable,
 /// or no such line).
-async fn messages_in(server: &ServerInfo) -> Option<u64> {
+async fn messages_in(http: &reqwest::Client, server: &ServerInfo) -> Option<u64> {
     if server.state == ServerState::Dead {
         return None;
     }
     let url = metrics_url(server.admin_url.as_deref()?)?;
-    let http = HTTP.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(SCRAPE_TIMEOUT)
-            .build()
-            .unwrap_or_default()
-    });
-    let resp = http.get(url).send().await.ok()?;
+    let resp = http.get(url).timeout(SCRAPE_TIMEOUT).send().await.ok()?;
     if !resp.status().is_success() {
         return None;
     }
@@ -117,8 +110,6 @@ async fn messages_in(server: &ServerInfo) -> Option<u64> {
     let text = std::str::from_utf8(body.get(..MAX_METRICS_BYTES.min(body.len()))?).ok()?;
     counter(text, MESSAGES_IN)
 }
-
-static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
 
 /// `http://host:port` (an operator listener's `adminUrl`) → `http://host:port/metrics`.
 pub fn metrics_url(admin_url: &str) -> Option<String> {

@@ -51,8 +51,14 @@ impl std::fmt::Debug for SchedulerClient {
 
 impl SchedulerClient {
     /// A client for the scheduler at `base_url` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base_url: &str, secret: String) -> Result<Self, reqwest::Error> {
+    /// `tls` is the trust for an `https://` scheduler.
+    pub fn new(
+        base_url: &str,
+        secret: String,
+        tls: berth_runtime::tls::ClientConfig,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()?;

@@ -32,7 +32,8 @@ struct Inner {
     web: WebFiles,
     store: Option<berth_store::Store>,
     accounts: crate::accounts::Accounts,
-    /// Calls session servers' internal send endpoint (`messages`).
+    /// Calls session servers: their internal send endpoint (`messages`) and their operator
+    /// listeners' `/metrics` (`operator`).
     sessions: reqwest::Client,
     limits: Limits,
 }
@@ -60,13 +61,18 @@ impl AppState {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             _ => return Err(Error::SchedulerUrl(config.cluster.scheduler_url.clone())),
         }
-        let scheduler =
-            SchedulerClient::new(&config.cluster.scheduler_url, secret.expose().to_owned())
-                .map_err(Error::HttpClient)?;
+        // Whom `https://` schedulers and session servers must present certificates from.
+        let trust = config.tls.client()?;
+        let scheduler = SchedulerClient::new(
+            &config.cluster.scheduler_url,
+            secret.expose().to_owned(),
+            trust.clone(),
+        )
+        .map_err(Error::HttpClient)?;
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
         let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;
-        let sessions = crate::messages::session_client().map_err(Error::HttpClient)?;
+        let sessions = crate::messages::session_client(trust).map_err(Error::HttpClient)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 sessions,

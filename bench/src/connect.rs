@@ -170,6 +170,7 @@ pub(crate) fn error_kind(stage: &str, e: &ClientError) -> String {
         ClientError::Http(_) => format!("{stage}: http failed"),
         ClientError::Decode { .. } => format!("{stage}: bad answer"),
         ClientError::InvalidUrl(_) => format!("{stage}: invalid url"),
+        ClientError::Tls(_) => format!("{stage}: tls"),
         ClientError::Protocol(_) => format!("{stage}: protocol"),
         ClientError::NotConnected => format!("{stage}: not connected"),
     }

@@ -34,6 +34,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "BERTH_BACKEND_URL", default_value = DEFAULT_BACKEND_URL)]
     pub backend: String,
 
+    /// CA certificate(s) (PEM) to trust on `https://` / `wss://`, besides the web's roots.
+    #[arg(long, global = true, env = "BERTH_TLS_CA")]
+    pub ca_file: Option<std::path::PathBuf>,
+
     /// Who to log in as (1-32 letters, digits, '_' or '-'). Defaults to $USER.
     #[arg(long, global = true, env = "BERTH_USERNAME")]
     pub username: Option<String>,
@@ -175,7 +179,11 @@ pub fn parse_room(input: &str) -> Result<String, String> {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let backend = Backend::new(cli.backend.clone());
+    let tls = match &cli.ca_file {
+        Some(path) => berth::Tls::with_ca_file(path)?,
+        None => berth::Tls::default(),
+    };
+    let backend = Backend::with_tls(cli.backend.clone(), &tls);
     match cli.command.clone() {
         Command::Register { password_stdin } => {
             let (dir, username) = (config_dir(&cli)?, username(&cli));

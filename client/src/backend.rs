@@ -10,6 +10,7 @@ use reqwest::Url;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ClientError, Result, retry_after};
+use crate::tls::Tls;
 
 /// How long to wait for a TCP connection to the backend.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,25 +73,44 @@ impl std::fmt::Debug for Session {
 pub struct Backend {
     http: reqwest::Client,
     base: String,
+    tls: Tls,
 }
 
 impl Backend {
     /// A client of the backend at `base_url`, e.g. `http://127.0.0.1:8080` (a trailing `/` is
     /// fine). The URL is checked on the first call.
     pub fn new(base_url: impl Into<String>) -> Backend {
+        Backend::with_tls(base_url, &Tls::default())
+    }
+
+    /// Like [`Backend::new`], trusting `tls` on `https://` (and on the `wss://` URLs of the
+    /// rooms entered through it, see [`Backend::tls`]).
+    pub fn with_tls(base_url: impl Into<String>, tls: &Tls) -> Backend {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.client_config()).clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
-            // Building fails only when no TLS backend can start, and this one has none.
+            // Building fails only when the TLS backend cannot start, and ours is preconfigured.
             .unwrap_or_default();
-        Backend::with_client(base_url, http)
+        let mut backend = Backend::with_client(base_url, http);
+        backend.tls = tls.clone();
+        backend
     }
 
     /// Like [`Backend::new`] with a caller-made `reqwest::Client` (own timeouts, pool sizes).
     pub fn with_client(base_url: impl Into<String>, http: reqwest::Client) -> Backend {
         let base = base_url.into().trim_end_matches('/').to_owned();
-        Backend { http, base }
+        Backend {
+            http,
+            base,
+            tls: Tls::default(),
+        }
+    }
+
+    /// Whom this client trusts; [`crate::Room`] opens its `wss://` connections with it.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     /// The base URL calls go to (without a trailing `/`).

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::error::{ClientError, Result};
+use crate::tls::Tls;
 
 /// How long opening a connection (TCP, upgrade and `welcome`) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,17 +121,29 @@ impl RoomConnection {
         ticket: &str,
         since: Option<u64>,
     ) -> Result<(RoomConnection, Welcome)> {
+        Self::connect_with(url, ticket, since, &Tls::default()).await
+    }
+
+    /// [`RoomConnection::connect_since`] trusting `tls` on a `wss://` URL.
+    pub async fn connect_with(
+        url: &str,
+        ticket: &str,
+        since: Option<u64>,
+        tls: &Tls,
+    ) -> Result<(RoomConnection, Welcome)> {
         let mut url =
             Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
         if !matches!(url.scheme(), "ws" | "wss") {
-            return Err(ClientError::InvalidUrl(format!("{url}: not a ws:// URL")));
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: not a ws:// or wss:// URL"
+            )));
         }
         url.query_pairs_mut().append_pair("token", ticket);
         if let Some(since) = since {
             url.query_pairs_mut()
                 .append_pair(berth_protocol::frames::SINCE_PARAM, &since.to_string());
         }
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::open(url))
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open(url, tls))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
@@ -140,12 +153,18 @@ impl RoomConnection {
         Self::connect(&ticket.url, &ticket.token).await
     }
 
-    async fn open(url: Url) -> Result<(RoomConnection, Welcome)> {
+    async fn open(url: Url, tls: &Tls) -> Result<(RoomConnection, Welcome)> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
+        let connector = tokio_tungstenite::Connector::Rustls(tls.client_config());
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            Some(config),
+            true,
+            Some(connector),
+        )
+        .await?;
         let mut conn = RoomConnection { ws, closed: None };
         match conn.recv().await? {
             RoomEvent::Frame(frame) => match Welcome::try_from(frame) {

@@ -35,6 +35,9 @@ pub enum ClientError {
     /// A URL that cannot be used (the backend base URL, or a room's `ws://` URL).
     #[error("invalid_url: {0}")]
     InvalidUrl(String),
+    /// TLS could not be set up (an unreadable or invalid CA file).
+    #[error("tls: {0}")]
+    Tls(String),
     /// The server broke the protocol (e.g. the first frame was not `welcome`).
     #[error("protocol: {0}")]
     Protocol(String),

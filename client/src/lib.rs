@@ -27,12 +27,14 @@ pub mod backend;
 pub mod connection;
 pub mod error;
 pub mod room;
+pub mod tls;
 
 pub use backend::{Backend, Session};
 pub use berth_protocol as protocol;
 pub use connection::{RoomConnection, RoomEvent, Welcome};
 pub use error::{ClientError, Result};
 pub use room::{ReconnectPolicy, Room, RoomUpdate};
+pub use tls::Tls;
 /// The WebSocket message type of [`RoomConnection::send_raw`].
 pub use tokio_tungstenite::tungstenite::Message;
 

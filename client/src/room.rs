@@ -108,7 +108,8 @@ impl Room {
         session: Session,
         ticket: &RoomTicket,
     ) -> Result<(Room, Welcome)> {
-        let (conn, welcome) = RoomConnection::connect_ticket(ticket).await?;
+        let (conn, welcome) =
+            RoomConnection::connect_with(&ticket.url, &ticket.token, None, backend.tls()).await?;
         let room = Room {
             backend,
             session,
@@ -246,8 +247,13 @@ impl Room {
             .backend
             .lookup_room(&self.session, &self.room_id)
             .await?;
-        let (conn, mut welcome) =
-            RoomConnection::connect_since(&ticket.url, &ticket.token, Some(self.last_seq)).await?;
+        let (conn, mut welcome) = RoomConnection::connect_with(
+            &ticket.url,
+            &ticket.token,
+            Some(self.last_seq),
+            self.backend.tls(),
+        )
+        .await?;
         if welcome.seq < self.last_seq {
             // The room started over (a new incarnation without the old history): its numbering
             // restarts, so everything it has is new.

@@ -1,4 +1,5 @@
-//! The HTTP listener every Berth service (backend, scheduler, session servers) serves on.
+//! The HTTP listener every Berth service (backend, scheduler, session servers) serves on, over
+//! plain TCP or TLS.
 //!
 //! `axum::serve` sets no header-read timeout and no bound on connections, so a client that sends
 //! half a request and waits (slowloris) holds a socket and a task for as long as it likes. Here
@@ -8,6 +9,14 @@
 //! kept-alive connection idle for that long), and each request must be answered within
 //! [`Limits::request_timeout`] (a body trickled in too slowly is answered 408). A connection
 //! upgraded to a WebSocket gives its permit back: WebSockets have their own limits.
+//!
+//! - [`limits`]: [`Limits`] and the flags they come from, [`HttpArgs`].
+//! - [`listener`]: [`Listener`], a bound socket with or without a TLS acceptor. A TLS handshake
+//!   runs in the connection's own task (never on the accept path), holds a permit of the budget
+//!   like any connection, and must finish within the header-read timeout.
+
+pub mod limits;
+pub mod listener;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,78 +29,29 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_protocol::{ErrorBody, ErrorCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+pub use limits::{HttpArgs, Limits};
+pub use listener::Listener;
+use listener::{Io, handshake};
+
 /// Pause after a failed `accept` (out of file descriptors, for example) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Bounds of one listener.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Connections served at once (requests still being read included).
-    pub max_connections: usize,
-    /// Time to send a request's headers; also the idle time of a kept-alive connection.
-    pub header_read_timeout: Duration,
-    /// Time from a request's headers to its answer (reading the body included).
-    pub request_timeout: Duration,
-    /// After shutdown, time in-flight requests get before their connections are dropped.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-/// The flags of a listener's [`Limits`], flattened into each service's config.
-#[derive(clap::Args, Debug, Clone)]
-pub struct HttpArgs {
-    /// HTTP connections served at once (not counting upgraded WebSockets); past it, new
-    /// connections wait in the kernel's accept queue.
-    #[arg(long, env = "BERTH_MAX_HTTP_CONNECTIONS", default_value_t = 4096)]
-    pub max_http_connections: usize,
-
-    /// Time a client has to send a request's headers, and the longest a kept-alive connection
-    /// may sit idle, in milliseconds.
-    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_read_timeout_ms: u64,
-
-    /// Time from a request's headers to its answer, body included, in milliseconds (408 past it).
-    #[arg(long, env = "BERTH_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
-    pub request_timeout_ms: u64,
-}
-
-impl HttpArgs {
-    /// The listener's limits; zero values are raised to the smallest workable ones.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_http_connections.max(1),
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
-            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
-            ..Limits::default()
-        }
-    }
-}
-
-/// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets
-/// in-flight requests finish within [`Limits::shutdown_grace`] and returns. Handlers see the
-/// peer address as `ConnectInfo<SocketAddr>`.
+/// Serves `app` on `listener` (a `TcpListener`, or a [`Listener`] with TLS) until `shutdown` is
+/// cancelled, then stops accepting, lets in-flight requests finish within
+/// [`Limits::shutdown_grace`] and returns. Handlers see the peer address as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let (listener, tls) = listener.into().parts();
     let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -115,7 +75,60 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
+        let connection = Connection {
+            http: http.clone(),
+            app: app.clone(),
+            peer,
+            limits,
+            stop: shutdown.clone(),
+        };
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let Some(tls) = tls else {
+                return connection.serve(tcp).await;
+            };
+            let handshake = tokio::select! {
+                r = handshake(&tls, tcp, limits.header_read_timeout) => r,
+                () = connection.stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(stream) => connection.serve(stream).await,
+                // Scanners, plain-HTTP clients and clients that distrust us are routine.
+                Err(e) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            }
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open at shutdown, dropped");
+    }
+    Ok(())
+}
+
+/// One accepted connection's HTTP side.
+struct Connection {
+    http: hyper::server::conn::http1::Builder,
+    app: Router,
+    peer: SocketAddr,
+    limits: Limits,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 requests (and upgrades) on `io` until it closes, or until shutdown plus
+    /// the grace period.
+    async fn serve(self, io: impl Io) {
+        let Connection {
+            http,
+            app,
+            peer,
+            limits,
+            stop,
+        } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             let answer = app.clone().oneshot(request.map(axum::body::Body::new));
@@ -128,32 +141,19 @@ pub async fn serve(
             }
         });
         let connection = http
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        let stop = shutdown.clone();
-        let grace = limits.shutdown_grace;
-        connections.spawn(async move {
-            let _permit = permit;
-            tokio::pin!(connection);
-            tokio::select! {
-                r = connection.as_mut() => log_end(r, peer),
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    if let Ok(r) = tokio::time::timeout(grace, connection.as_mut()).await {
-                        log_end(r, peer);
-                    }
+        tokio::pin!(connection);
+        tokio::select! {
+            r = connection.as_mut() => log_end(r, peer),
+            () = stop.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                if let Ok(r) = tokio::time::timeout(limits.shutdown_grace, connection.as_mut()).await {
+                    log_end(r, peer);
                 }
             }
-        });
+        }
     }
-    connections.close();
-    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP connections still open at shutdown, dropped");
-    }
-    Ok(())
 }
 
 fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {

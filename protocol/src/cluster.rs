@@ -238,6 +238,15 @@ pub fn server_credential(cluster_secret: &str, server_id: &str) -> String {
     )
 }
 
+/// The server id a credential claims to speak for (`srv.<id>.<mac>`), unchecked: for the server
+/// holding it, which has no secret to check it with.
+pub fn credential_server_id(credential: &str) -> Option<&str> {
+    let (server_id, _mac) = credential
+        .strip_prefix(CREDENTIAL_PREFIX)?
+        .rsplit_once('.')?;
+    (!server_id.is_empty()).then_some(server_id)
+}
+
 fn credential_mac(cluster_secret: &str, server_id: &str) -> [u8; 32] {
     use hmac::Mac as _;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(cluster_secret.as_bytes())
@@ -281,6 +290,9 @@ mod credential_tests {
         assert!(c.starts_with("srv.s-abc."));
         assert_eq!(verify_server_credential("secret", &c), Some("s-abc"));
         assert_eq!(verify_server_credential("other", &c), None);
+        assert_eq!(credential_server_id(&c), Some("s-abc"));
+        assert_eq!(credential_server_id("srv..ab"), None);
+        assert_eq!(credential_server_id("s-abc"), None);
         let forged = c.replace("s-abc", "s-xyz");
         assert_eq!(verify_server_credential("secret", &forged), None);
         assert_eq!(verify_server_credential("secret", "secret"), None);

@@ -10,17 +10,19 @@
 //! - `layers` (feature `http`): the tower-http layers around every service's routes (timeout,
 //!   body limit, security headers, request tracing), whose own refusals carry that answer.
 //! - [`run`]: a binary's `main`: tracing, the tokio runtime, signals, exit code.
-//!
-//! TLS belongs here too when it comes: [`bind`] is where every service gets its listener, so a
-//! TLS acceptor wraps what it returns without touching the services' `serve` functions.
+//! - [`tls`]: [`TlsArgs`] (`BERTH_TLS_CERT`, `BERTH_TLS_KEY`, `BERTH_TLS_CA`), the server's
+//!   certificate (reloaded on SIGHUP or file change) and the client side's trust.
+//! - [`public_url`]: [`PublicUrl`], the template of a session server's advertised URL.
 
 pub mod cluster;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "http")]
 pub mod layers;
+pub mod public_url;
 pub mod secret;
 pub mod signal;
+pub mod tls;
 pub mod trace;
 
 use std::future::Future;
@@ -28,7 +30,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub use cluster::{ClusterArgs, ClusterSecret, SecretError};
+pub use public_url::PublicUrl;
 pub use signal::Signals;
+pub use tls::{ServerTls, TlsArgs, TlsError};
 
 /// How long a service may still run after the second signal before the process exits anyway.
 pub const FORCE_GRACE: Duration = Duration::from_secs(3);

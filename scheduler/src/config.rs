@@ -24,6 +24,11 @@ pub struct Config {
     #[command(flatten)]
     pub cluster: berth_runtime::ClusterArgs,
 
+    /// TLS: `--tls-cert` and `--tls-key` serve HTTPS, `--tls-ca` is trusted when calling the
+    /// scheduler over `https://`.
+    #[command(flatten)]
+    pub tls: berth_runtime::TlsArgs,
+
     /// Room slots per session server (passed to spawned servers as `--rooms`).
     #[arg(long, env = "BERTH_ROOMS_PER_SERVER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rooms_per_server: u32,
@@ -106,6 +111,10 @@ pub struct Config {
     /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
     #[command(flatten)]
     pub http: berth_listener::HttpArgs,
+    /// The URL template spawned session servers advertise (`{serverId}`, `{host}`, `{port}`),
+    /// for a fleet behind a proxy; passed to them as `--public-url`.
+    #[arg(long, env = "BERTH_SESSION_PUBLIC_URL")]
+    pub session_public_url: Option<berth_runtime::PublicUrl>,
 
     /// How long stopping waits for spawned servers to exit after SIGTERM before killing them.
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]

@@ -17,6 +17,8 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("cannot open the room store: {0}")]
     Store(#[source] berth_store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] berth_runtime::TlsError),
 }
 
 pub use berth_runtime::http::ApiError;

@@ -52,6 +52,8 @@ pub async fn serve(
     let secret = config.cluster.secret()?.expose().to_owned();
     // Our own token, so that an HTTP failure stops our tasks without cancelling the caller's.
     let shutdown = shutdown.child_token();
+    let listener = berth_listener::Listener::new(listener, config.tls.acceptor(shutdown.clone())?);
+    let tls = listener.is_tls();
     let store = config
         .store
         .open(&config.cluster.data_dir, false)
@@ -61,10 +63,17 @@ pub async fn serve(
         Some(store) => info!(store = %store.describe(), "room store open"),
         None => info!("no room store: dormant rooms are forgotten when the scheduler stops"),
     }
-    let state = AppState::with_store(config, secret, scheduler_url(addr), shutdown.clone(), store);
+    let state = AppState::with_store(
+        config,
+        secret,
+        scheduler_url(addr, tls),
+        shutdown.clone(),
+        store,
+    );
     placement::load_dormant(&state).await;
     info!(
         %addr,
+        tls,
         rooms_per_server = state.config.rooms_per_server,
         max_servers = state.config.max_servers,
         warm_servers = state.config.warm_servers,
@@ -99,14 +108,16 @@ pub async fn serve(
     served.map_err(Error::Serve)
 }
 
-/// How spawned children reach us: the bound address, with a wildcard turned into loopback.
-fn scheduler_url(addr: SocketAddr) -> String {
+/// How spawned children reach us: the bound address, with a wildcard turned into loopback
+/// (`https://` when we serve TLS: our certificate must then name that address).
+fn scheduler_url(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 #[cfg(test)]
@@ -116,13 +127,16 @@ mod tests {
     #[test]
     fn scheduler_url_uses_a_reachable_address() {
         assert_eq!(
-            scheduler_url("127.0.0.1:7070".parse().unwrap()),
+            scheduler_url("127.0.0.1:7070".parse().unwrap(), false),
             "http://127.0.0.1:7070"
         );
         assert_eq!(
-            scheduler_url("0.0.0.0:81".parse().unwrap()),
-            "http://127.0.0.1:81"
+            scheduler_url("0.0.0.0:81".parse().unwrap(), true),
+            "https://127.0.0.1:81"
         );
-        assert_eq!(scheduler_url("[::]:82".parse().unwrap()), "http://[::1]:82");
+        assert_eq!(
+            scheduler_url("[::]:82".parse().unwrap(), false),
+            "http://[::1]:82"
+        );
     }
 }

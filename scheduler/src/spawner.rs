@@ -193,6 +193,24 @@ pub fn session_command(
     for (name, value) in config.webhooks.env() {
         cmd.env(name, value);
     }
+    // Our certificate serves them too (they run on this machine), and our trust reaches us.
+    let tls = &config.tls;
+    for (flag, path) in [
+        ("--tls-cert", &tls.tls_cert),
+        ("--tls-key", &tls.tls_key),
+        ("--tls-ca", &tls.tls_ca),
+    ] {
+        if let Some(path) = path {
+            cmd.arg(flag).arg(path);
+        }
+    }
+    if tls.tls_cert.is_some() {
+        cmd.arg("--tls-reload-secs")
+            .arg(tls.tls_reload_secs.to_string());
+    }
+    if let Some(template) = &config.session_public_url {
+        cmd.arg("--public-url").arg(template.as_str());
+    }
     die_with_parent(&mut cmd);
     cmd
 }

@@ -23,6 +23,13 @@ pub struct Config {
     #[arg(long, env = "BERTH_SESSION_HOST", default_value = "127.0.0.1")]
     pub host: String,
 
+    /// The URL clients are given for this server when a proxy fronts the fleet: a template with
+    /// `{serverId}`, `{host}` and `{port}`, e.g. `wss://rooms.example.com/{serverId}/ws`
+    /// (default: `ws://{host}:{port}/ws`, `wss://` with `--tls-cert`). With `{serverId}` and
+    /// no `--server-id`, the server picks its id itself.
+    #[arg(long, env = "BERTH_SESSION_PUBLIC_URL")]
+    pub public_url: Option<berth_runtime::PublicUrl>,
+
     /// The scheduler, the cluster secret and the data directory (`--scheduler-url`,
     /// `--cluster-secret`, `--data-dir`).
     #[command(flatten)]
@@ -33,6 +40,10 @@ pub struct Config {
     /// instead of the cluster secret; when set, the cluster secret is not read at all.
     #[arg(long, env = "BERTH_SERVER_CREDENTIAL", hide_env_values = true)]
     pub server_credential: Option<String>,
+    /// TLS: `--tls-cert` and `--tls-key` serve HTTPS, `--tls-ca` is trusted when calling the
+    /// scheduler over `https://`.
+    #[command(flatten)]
+    pub tls: berth_runtime::TlsArgs,
 
     /// This server's id (given by the scheduler when it spawns the server; required with
     /// `--standalone`; otherwise the scheduler assigns one at registration).
@@ -276,6 +287,34 @@ impl Config {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
+    /// The URL this server registers, given its id and bound port.
+    pub(crate) fn advertised_url(&self, server_id: &str, port: u16) -> String {
+        match &self.public_url {
+            Some(template) => template.fill(server_id, &self.host, port),
+            None => {
+                let scheme = if self.tls.serves() { "wss" } else { "ws" };
+                format!("{scheme}://{}:{port}/ws", self.host)
+            }
+        }
+    }
+
+    /// The id to start with: `--server-id`, or, when the public URL names the server (so the id
+    /// is needed before registering), the one its credential speaks for (the scheduler takes no
+    /// other) or a fresh one. Otherwise `None`: the scheduler assigns it.
+    pub(crate) fn initial_server_id(&self) -> Option<String> {
+        if let Some(id) = &self.server_id {
+            return Some(id.clone());
+        }
+        if !self.public_url.as_ref()?.needs_server_id() {
+            return None;
+        }
+        let claimed = self
+            .server_credential
+            .as_deref()
+            .and_then(|c| berth_protocol::cluster::credential_server_id(c.trim()));
+        Some(claimed.map_or_else(berth_protocol::ids::new_server_id, str::to_owned))
+    }
+
     pub(crate) fn public_key_path(&self) -> PathBuf {
         self.ticket_public_key
             .clone()
@@ -314,7 +353,7 @@ impl Config {
         }
         let scheduler_url = &self.cluster.scheduler_url;
         if !scheduler_url.starts_with("http://") && !scheduler_url.starts_with("https://") {
-            return Err("--scheduler-url must be an http:// URL".into());
+            return Err("--scheduler-url must be an http:// or https:// URL".into());
         }
         Ok(())
     }
@@ -359,5 +398,54 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = Config::parse_from(["berth-session", "--server-id", "bad id"]);
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_advertised_url_follows_tls_and_the_template() {
+        let c = Config::parse_from(["berth-session", "--host", "10.0.0.5"]);
+        assert_eq!(c.advertised_url("s-1", 9000), "ws://10.0.0.5:9000/ws");
+        assert_eq!(c.initial_server_id(), None);
+        let c = Config::parse_from([
+            "berth-session",
+            "--host",
+            "10.0.0.5",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        assert_eq!(c.advertised_url("s-1", 9000), "wss://10.0.0.5:9000/ws");
+        let template = ["--public-url", "wss://rooms.example.com/{serverId}/ws"];
+        let c = Config::parse_from(["berth-session", template[0], template[1]]);
+        assert_eq!(
+            c.advertised_url("s-1", 9000),
+            "wss://rooms.example.com/s-1/ws"
+        );
+        let picked = c.initial_server_id().expect("the template needs an id");
+        assert!(berth_protocol::ids::is_valid_server_id(&picked));
+    }
+
+    #[test]
+    fn a_templated_server_takes_the_id_its_credential_names() {
+        let credential = berth_protocol::cluster::server_credential("secret", "s-vm1");
+        let template = ["--public-url", "wss://rooms.example.com/{serverId}/ws"];
+        let c = Config::parse_from([
+            "berth-session",
+            template[0],
+            template[1],
+            "--server-credential",
+            &credential,
+        ]);
+        assert_eq!(c.initial_server_id().as_deref(), Some("s-vm1"));
+        let c = Config::parse_from([
+            "berth-session",
+            template[0],
+            template[1],
+            "--server-credential",
+            &credential,
+            "--server-id",
+            "s-given",
+        ]);
+        assert_eq!(c.initial_server_id().as_deref(), Some("s-given"));
     }
 }

@@ -37,6 +37,8 @@ pub enum Error {
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] berth_runtime::TlsError),
 }
 
 /// 421 `wrong_server`: the room (or the ticket) belongs to another server or placement.

@@ -35,8 +35,14 @@ pub struct SchedulerClient {
 }
 
 impl SchedulerClient {
-    pub fn new(base_url: &str, secret: &str) -> Result<Self, SchedulerError> {
+    /// A client of the scheduler at `base_url`; `tls` is the trust for an `https://` one.
+    pub fn new(
+        base_url: &str,
+        secret: &str,
+        tls: berth_runtime::tls::ClientConfig,
+    ) -> Result<Self, SchedulerError> {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(REQUEST_TIMEOUT)
             .build()?;
         Ok(SchedulerClient {

@@ -64,6 +64,9 @@ pub async fn serve_with_admin(
     let shared = state.0.clone();
 
     let http_stop = CancellationToken::new();
+    // The certificate (kept reloaded while the server runs) serves both listeners.
+    let tls = shared.config.tls.acceptor(http_stop.clone())?;
+    let listener = berth_listener::Listener::new(listener, tls.clone());
     let limits = shared.config.http.limits();
     let mut http = tokio::spawn(berth_listener::serve(
         listener,
@@ -76,7 +79,7 @@ pub async fn serve_with_admin(
         state.set_admin_addr(admin_addr);
         tracing::info!(addr = %admin_addr, "admin listener up (metrics)");
         tokio::spawn(berth_listener::serve(
-            admin,
+            berth_listener::Listener::new(admin, tls),
             admin_router(state.clone()),
             berth_listener::Limits {
                 max_connections: 64,

@@ -26,7 +26,7 @@ pub struct AppState(pub(crate) Arc<Shared>);
 
 pub(crate) struct Shared {
     pub config: Config,
-    /// `ws://{host}:{port}/ws`, as registered.
+    /// `ws://{host}:{port}/ws` (`wss://` with TLS), or the filled `--public-url`, as registered.
     pub url: String,
     server_id: RwLock<Option<Arc<str>>>,
     /// Set once the scheduler has accepted a registration (so there is something to leave).
@@ -136,6 +136,7 @@ impl AppState {
             Some(SchedulerClient::new(
                 &config.cluster.scheduler_url,
                 &secret,
+                config.tls.client()?,
             )?)
         };
         let errors = ErrorFrames {
@@ -184,13 +185,15 @@ impl AppState {
             Some((webhooks, task)) => (Some(webhooks), Some(task)),
             None => (None, None),
         };
+        let server_id = config.initial_server_id().map(Arc::from);
+        let url = config.advertised_url(server_id.as_deref().unwrap_or(""), local_addr.port());
         Ok(AppState(Arc::new(Shared {
             webhooks,
             webhook_task: std::sync::Mutex::new(webhook_task),
             webhook_stop,
             send_rate: crate::http_send::SendRate::new(config.message_rate, config.message_burst),
-            url: format!("ws://{}:{}/ws", config.host, local_addr.port()),
-            server_id: RwLock::new(config.server_id.as_deref().map(Arc::from)),
+            url,
+            server_id: RwLock::new(server_id),
             registered: AtomicBool::new(false),
             admin_url: std::sync::OnceLock::new(),
             fenced: Arc::new(AtomicBool::new(false)),
@@ -256,6 +259,11 @@ impl AppState {
 
     /// Records where the operator listener is (once, before registering).
     pub(crate) fn set_admin_addr(&self, addr: SocketAddr) {
+        let scheme = if self.0.config.tls.serves() {
+            "https"
+        } else {
+            "http"
+        };
         // An unspecified bind address is reached through the host clients are told about.
         let host = if addr.ip().is_unspecified() {
             self.0.config.host.clone()
@@ -270,10 +278,10 @@ impl AppState {
         let _ = self
             .0
             .admin_url
-            .set(format!("http://{host}:{}", addr.port()));
+            .set(format!("{scheme}://{host}:{}", addr.port()));
     }
 
-    /// `http://host:port` of the operator listener, when there is one.
+    /// `http(s)://host:port` of the operator listener, when there is one.
     pub fn admin_url(&self) -> Option<&str> {
         self.0.admin_url.get().map(String::as_str)
     }

@@ -42,6 +42,40 @@ pub struct ClusterOptions {
     /// on to the session servers it spawns, and for the backend). `None`: the default SQLite
     /// store in the cluster's data dir.
     pub database_url: Option<String>,
+    /// Serve HTTPS / WSS everywhere with these files (the scheduler hands them to the session
+    /// servers it spawns); the cluster's own clients trust `ca`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS cluster: the certificate and key every process serves, and the CA (or
+/// CAs) every process and the test's clients trust.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// The flags that make a process serve these files and trust the CA (certificates reload on
+    /// SIGHUP only, so that tests decide when).
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            path_str(&self.cert).into(),
+            "--tls-key".into(),
+            path_str(&self.key).into(),
+            "--tls-ca".into(),
+            path_str(&self.ca).into(),
+            "--tls-reload-secs".into(),
+            "0".into(),
+        ]
+    }
+
+    /// The client library's trust in this cluster.
+    pub fn client_tls(&self) -> berth::Tls {
+        berth::Tls::with_ca_file(&self.ca).unwrap()
+    }
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +88,7 @@ impl Default for ClusterOptions {
             scheduler_args: Vec::new(),
             backend_args: Vec::new(),
             database_url: None,
+            tls: None,
         }
     }
 }
@@ -70,6 +105,7 @@ pub struct Cluster {
     /// Temporary data dir holding the ticket keys.
     pub data_dir: PathBuf,
     http: reqwest::Client,
+    tls: Option<TlsFiles>,
     scheduler_addr: std::net::SocketAddr,
     scheduler_args: Vec<String>,
     scheduler: Option<Scheduler>,
@@ -111,7 +147,12 @@ impl Cluster {
 
         let scheduler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduler_addr = scheduler_listener.local_addr().unwrap();
-        let scheduler_url = format!("http://{scheduler_addr}");
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let scheduler_url = format!("{scheme}://{scheduler_addr}");
         let mut scheduler_args: Vec<String> = [
             "berth-scheduler",
             "--listen",
@@ -143,6 +184,9 @@ impl Cluster {
         if let Some(url) = &options.database_url {
             scheduler_args.extend(["--database-url".to_owned(), url.clone()]);
         }
+        if let Some(tls) = &options.tls {
+            scheduler_args.extend(tls.args());
+        }
         scheduler_args.extend(options.scheduler_args.iter().cloned());
         let scheduler = Scheduler::start(
             scheduler_listener,
@@ -151,7 +195,7 @@ impl Cluster {
         );
 
         let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend_url = format!("http://{}", backend_listener.local_addr().unwrap());
+        let backend_url = format!("{scheme}://{}", backend_listener.local_addr().unwrap());
         let mut args: Vec<String> = [
             "berth-backend",
             "--listen",
@@ -182,6 +226,9 @@ impl Cluster {
                 args.extend([flag.to_owned(), "0".to_owned()]);
             }
         }
+        if let Some(tls) = &options.tls {
+            args.extend(tls.args());
+        }
         args.extend(options.backend_args.iter().cloned());
         let config = berth_backend::Config::parse_from(args);
         let token = shutdown.clone();
@@ -196,7 +243,8 @@ impl Cluster {
             scheduler_url,
             secret,
             data_dir,
-            http: http_client(),
+            http: http_client(options.tls.as_ref()),
+            tls: options.tls.clone(),
             scheduler_addr,
             scheduler_args,
             scheduler: Some(scheduler),
@@ -215,7 +263,10 @@ impl Cluster {
 
     /// The public-API client for this cluster's backend.
     pub fn backend(&self) -> berth::Backend {
-        berth::Backend::new(&self.backend_url)
+        match &self.tls {
+            Some(tls) => berth::Backend::with_tls(&self.backend_url, &tls.client_tls()),
+            None => berth::Backend::new(&self.backend_url),
+        }
     }
 
     /// Logs `username` in through the backend.
@@ -300,7 +351,7 @@ impl Cluster {
             old.stop().await;
         }
         // Pooled keep-alive connections point at the stopped scheduler: start a fresh pool.
-        self.http = http_client();
+        self.http = http_client(self.tls.as_ref());
         let listener = TcpListener::bind(self.scheduler_addr).await.unwrap();
         self.scheduler = Some(Scheduler::start(
             listener,
@@ -473,11 +524,15 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+fn http_client(tls: Option<&TlsFiles>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        let pem = std::fs::read(&tls.ca).unwrap();
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().unwrap()
 }
 
 /// A fresh directory under the system temp dir.
