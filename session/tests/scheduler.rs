@@ -400,11 +400,12 @@ async fn registration_retries_and_takes_the_assigned_id() {
 }
 
 #[tokio::test]
-async fn a_server_that_cannot_renew_its_lease_closes_its_rooms_until_the_scheduler_answers() {
+async fn a_server_that_cannot_renew_its_lease_is_fenced_then_closes_its_rooms_until_the_scheduler_answers()
+ {
     let fake = Fake::default();
     fake.timeout_ms.store(2000, Ordering::SeqCst);
     let (fake, addr) = start_fake(fake).await;
-    let server = start_session(addr, Some("s-4"), &[]).await;
+    let server = start_session(addr, Some("s-4"), &["--fence-grace-ms", "500"]).await;
     eventually("registration", || async {
         !fake.registrations.lock().unwrap().is_empty()
     })
@@ -420,12 +421,26 @@ async fn a_server_that_cannot_renew_its_lease_closes_its_rooms_until_the_schedul
     alice.say("still served", None).await;
     assert_eq!(alice.recv_type("message").await["text"], "still served");
 
-    // Cut off: the server closes the room before the scheduler's 2 s timeout could have let
-    // another server take it, and admits nobody while it cannot renew.
+    // Cut off: before the scheduler's 2 s timeout could have let another server take the
+    // room, the server is fenced: the room accepts no message (its member stays, for the
+    // grace) and the server admits nobody while it cannot renew.
     fake.unreachable.store(true, Ordering::SeqCst);
     let cut = tokio::time::Instant::now();
-    assert_eq!(alice.close_code().await, Some(1012));
-    let fenced_after = cut.elapsed();
+    let fenced_after = loop {
+        alice.say("while cut off", Some("c-cut")).await;
+        let frame = alice.recv().await;
+        if frame["type"] == "error" {
+            assert_eq!(
+                (frame["code"].as_str(), frame["clientId"].as_str()),
+                (Some("scheduler_unavailable"), Some("c-cut")),
+                "{frame}"
+            );
+            break cut.elapsed();
+        }
+        assert_eq!(frame["text"], "while cut off", "{frame}");
+        assert!(cut.elapsed() < Duration::from_secs(3), "never fenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         fenced_after < Duration::from_millis(2000),
         "fenced after {fenced_after:?}"
@@ -433,6 +448,13 @@ async fn a_server_that_cannot_renew_its_lease_closes_its_rooms_until_the_schedul
     assert_eq!(
         server.refusal(&ticket(&server, "r-l", "alice", 1)).await,
         (503, "scheduler_unavailable".into())
+    );
+    // The grace ends: the room is closed, its member told to come back.
+    assert_eq!(alice.close_code().await, Some(1012));
+    let closed_after = cut.elapsed();
+    assert!(
+        closed_after >= fenced_after + Duration::from_millis(250),
+        "closed {closed_after:?} after the cut, fenced after {fenced_after:?}: no grace"
     );
 
     // The scheduler answers again: the server takes connections again.
