@@ -67,6 +67,11 @@ pub struct Config {
     /// Time a quote endpoint has to answer, in milliseconds.
     #[arg(long, env = "BERTH_STOCK_QUOTES_TIMEOUT_MS", default_value_t = 3000)]
     pub quotes_timeout_ms: u64,
+
+    /// CA certificate(s) (PEM) trusted, besides the system's web roots, when the backend is
+    /// reached over `https://` with a private certificate.
+    #[arg(long, env = "BERTH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -140,7 +145,9 @@ pub async fn serve(
     );
     let quotes = config.quotes()?;
     let backend = config.backend_url.trim_end_matches('/').to_owned();
+    let tls = berth_runtime::tls::client_config(config.tls_ca.as_deref())?;
     let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(10))
         .build()?;
     let mut wait = Duration::from_millis(200);

@@ -257,6 +257,44 @@ async fn a_tls_cluster_serves_https_and_wss_and_reloads_its_certificate() {
         "a client without the CA must refuse the certificate"
     );
 
+    // The stock bot signs in to the `https://` backend trusting the CA it is given (its
+    // webhook listener answers only once it has signed in).
+    let bot_dir = temp_dir("tls-bot");
+    let bot_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _bot = tokio::process::Command::new(berth_testkit::bin_path("testkit-bot"))
+        .env("BERTH_BOT_LISTEN", format!("127.0.0.1:{bot_port}"))
+        .env("BERTH_BACKEND_URL", &cluster.backend_url)
+        .env("BERTH_BOT_WEBHOOK_SECRET", "tls-bot-secret")
+        .env("BERTH_DATA_DIR", &bot_dir)
+        .env("BERTH_TLS_CA", &files.ca)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    eventually(WAIT, || {
+        let probe = probe.clone();
+        async move {
+            let health = probe
+                .get(format!("http://127.0.0.1:{bot_port}/healthz"))
+                .send()
+                .await;
+            matches!(health, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    assert!(
+        bot_dir.join("stockbot.credentials").exists(),
+        "the bot has its account"
+    );
+
     // Swap the certificate on disk and SIGHUP the session server: new connections get the new
     // one, the open connections go on.
     let session = addr_of(&found.url);
