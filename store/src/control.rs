@@ -1115,8 +1115,7 @@ impl ControlStore {
             if !won {
                 return Ok(None);
             }
-            let mut done = Upkeep::default();
-            done.dead = tx
+            let dead: Vec<(String, String)> = tx
                 .query(
                     "UPDATE berth_servers SET state = 'dead', rooms = 0, connections = 0,
                          dead_since = now(),
@@ -1132,6 +1131,10 @@ impl ControlStore {
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let mut done = Upkeep {
+                dead,
+                ..Upkeep::default()
+            };
             let never: Vec<String> = tx
                 .query(
                     "DELETE FROM berth_servers WHERE state = 'starting'
