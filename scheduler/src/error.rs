@@ -17,6 +17,13 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("cannot open the room store: {0}")]
     Store(#[source] berth_store::StoreError),
+    /// `--shared` without PostgreSQL.
+    #[error(
+        "scheduler replicas (--shared, BERTH_SCHEDULER_SHARED) keep their shared state in \
+         PostgreSQL: set BERTH_DATABASE_URL (or --database-url) and leave --store unset or \
+         `postgres`; the single-process scheduler (the default) runs on SQLite"
+    )]
+    SharedNeedsPostgres,
 }
 
 pub use berth_runtime::http::ApiError;

@@ -302,10 +302,8 @@ impl Config {
         if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
             return Err("--message-rate must be a positive number".into());
         }
-        let scheduler_url = &self.cluster.scheduler_url;
-        if !scheduler_url.starts_with("http://") && !scheduler_url.starts_with("https://") {
-            return Err("--scheduler-url must be an http:// URL".into());
-        }
+        berth_runtime::failover::Endpoints::parse(&self.cluster.scheduler_url)
+            .map_err(|e| format!("--scheduler-url must be http:// URLs, comma-separated: {e}"))?;
         Ok(())
     }
 }
@@ -351,4 +349,3 @@ mod tests {
         assert!(c.validate().is_err());
     }
 }
-

@@ -524,7 +524,10 @@ mod tests {
         assert_eq!(refused_frame(&long_id), Refused::Send(None));
         assert_eq!(refused_frame("nope"), Refused::Send(None));
         // Read and typing state over the budget is dropped, not answered.
-        assert_eq!(refused_frame(r#"{"type":"typing","active":true}"#), Refused::State);
+        assert_eq!(
+            refused_frame(r#"{"type":"typing","active":true}"#),
+            Refused::State
+        );
         assert_eq!(refused_frame(r#"{"type":"read","seq":3}"#), Refused::State);
     }
 }
