@@ -173,4 +173,27 @@ mod tests {
         );
         assert_eq!(scheduler_url("[::]:82".parse().unwrap()), "http://[::1]:82");
     }
+
+    #[tokio::test]
+    async fn replicas_refuse_to_start_without_postgres() {
+        use clap::Parser as _;
+        let shared = |extra: &[&str]| {
+            let mut args = vec!["berth-scheduler", "--shared"];
+            args.extend_from_slice(extra);
+            Config::parse_from(args)
+        };
+        let err = backing(&shared(&[]), None).await.unwrap_err();
+        assert!(matches!(err, Error::SharedNeedsPostgres));
+        assert!(err.to_string().contains("BERTH_DATABASE_URL"), "{err}");
+        let sqlite = shared(&["--store", "sqlite", "--database-url", "postgres://x/y"]);
+        assert!(matches!(
+            backing(&sqlite, None).await,
+            Err(Error::SharedNeedsPostgres)
+        ));
+        let memory = Config::parse_from(["berth-scheduler"]);
+        assert!(matches!(
+            backing(&memory, None).await,
+            Ok(state::Backing::Memory)
+        ));
+    }
 }
