@@ -77,14 +77,12 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "==> stopping…"
-  # Replicas leave the session servers they spawned running (they move to another replica):
-  # stop those here, before their parents go.
+  # Replicas leave the session servers they spawned running (they move to another replica),
+  # even those of a replica that died: stop every berth-session of our process group.
   if [ "$replicas" -gt 1 ]; then
-    for pid in "${scheduler_pids[@]}"; do
-      for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
-        pids+=("$child")
-        kill -TERM "$child" 2>/dev/null || true
-      done
+    pgid="$(ps -o pgid= -p $$ | tr -d ' ')"
+    for child in $(ps -o pid=,args= -g "$pgid" | awk -v b="$bin/berth-session" '$2 == b {print $1}'); do
+      pids+=("$child")
     done
   fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
