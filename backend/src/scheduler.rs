@@ -1,10 +1,13 @@
 //! The scheduler's internal API as the backend uses it: place, look up and list rooms, and
-//! check that it is alive. Every call carries the cluster secret as a bearer token.
+//! check that it is alive, on any of the scheduler's replicas. Every call carries the cluster
+//! secret as a bearer token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use berth_protocol::ErrorBody;
 use berth_protocol::cluster::{PlaceRoomRequest, Placement, RoomDirectory, ServerList};
+use berth_protocol::{ErrorBody, ErrorCode};
+use berth_runtime::failover::Endpoints;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -33,27 +36,30 @@ pub enum SchedulerError {
     Decode(#[source] reqwest::Error),
 }
 
-/// A client of the scheduler's `/v1` API.
+/// A client of the scheduler's `/v1` API, over one replica or several (a comma-separated
+/// `--scheduler-url`): a call moves on to the next replica when one cannot be reached or
+/// answers 5xx (except `no_capacity`, the whole fleet's verdict). A create, which is not safe
+/// to repeat, moves on only when no request reached the replica or it answered 5xx.
 #[derive(Clone)]
 pub struct SchedulerClient {
     http: reqwest::Client,
-    base: String,
+    endpoints: Arc<Endpoints>,
     secret: String,
 }
 
 impl std::fmt::Debug for SchedulerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SchedulerClient")
-            .field("base", &self.base)
+            .field("urls", &self.endpoints.urls())
             .finish_non_exhaustive()
     }
 }
 
 impl SchedulerClient {
-    /// A client for the scheduler at `base_url` (e.g. `http://127.0.0.1:7070`).
-    /// `tls` is the trust for an `https://` scheduler.
+    /// A client for the scheduler replicas `endpoints` (e.g. `http://127.0.0.1:7070`); `tls` is
+    /// the trust for `https://` ones.
     pub fn new(
-        base_url: &str,
+        endpoints: Endpoints,
         secret: String,
         tls: berth_runtime::tls::ClientConfig,
     ) -> Result<Self, reqwest::Error> {
@@ -64,40 +70,36 @@ impl SchedulerClient {
             .build()?;
         Ok(SchedulerClient {
             http,
-            base: base_url.trim_end_matches('/').to_owned(),
+            endpoints: Arc::new(endpoints),
             secret,
         })
     }
 
     /// `POST /v1/rooms`: place a new room.
     pub async fn place_room(&self, req: &PlaceRoomRequest) -> Result<Placement, SchedulerError> {
-        self.call(self.request(Method::POST, "/v1/rooms").json(req))
-            .await
+        self.call(Method::POST, "/v1/rooms", &[], Some(req)).await
     }
 
     /// `GET /v1/rooms/{id}`: where a room lives (the caller validated the id).
     pub async fn lookup_room(&self, room_id: &str) -> Result<Placement, SchedulerError> {
-        self.call(self.request(Method::GET, &format!("/v1/rooms/{room_id}")))
+        self.call(Method::GET, &format!("/v1/rooms/{room_id}"), &[], NO_BODY)
             .await
     }
 
     /// `GET /v1/rooms?public=true`: the public rooms.
     pub async fn public_rooms(&self) -> Result<RoomDirectory, SchedulerError> {
-        self.call(
-            self.request(Method::GET, "/v1/rooms")
-                .query(&[("public", "true")]),
-        )
-        .await
+        self.call(Method::GET, "/v1/rooms", &[("public", "true")], NO_BODY)
+            .await
     }
 
     /// `GET /v1/rooms`: every room in the directory (for the operator page).
     pub async fn all_rooms(&self) -> Result<RoomDirectory, SchedulerError> {
-        self.call(self.request(Method::GET, "/v1/rooms")).await
+        self.call(Method::GET, "/v1/rooms", &[], NO_BODY).await
     }
 
     /// `GET /v1/servers`: the fleet (for the operator page).
     pub async fn servers(&self) -> Result<ServerList, SchedulerError> {
-        self.call(self.request(Method::GET, "/v1/servers")).await
+        self.call(Method::GET, "/v1/servers", &[], NO_BODY).await
     }
 
     /// Whether `candidate` is the cluster secret (compared in constant time).
@@ -106,56 +108,110 @@ impl SchedulerClient {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
-    /// `GET /healthz` (no secret needed): whether the scheduler answers 2xx.
+    /// `GET /healthz` (no secret needed): whether a scheduler replica answers 2xx.
     pub async fn healthy(&self) -> Result<(), SchedulerError> {
-        let resp = self
-            .http
-            .get(format!("{}/healthz", self.base))
-            .timeout(HEALTH_TIMEOUT)
-            .send()
-            .await
-            .map_err(SchedulerError::Unreachable)?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(SchedulerError::Status {
-                status: resp.status(),
-                body: None,
-                retry_after: None,
-            })
+        let mut last = None;
+        for (i, base) in self.endpoints.order() {
+            match self
+                .http
+                .get(format!("{base}/healthz"))
+                .timeout(HEALTH_TIMEOUT)
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => {
+                    self.endpoints.answered(i);
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    last = Some(SchedulerError::Status {
+                        status: resp.status(),
+                        body: None,
+                        retry_after: None,
+                    });
+                }
+                Err(e) => last = Some(SchedulerError::Unreachable(e)),
+            }
         }
+        Err(last.expect("at least one endpoint"))
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.secret)
-    }
-
+    /// Sends the call to the replicas in turn (see [`SchedulerClient`] for when it moves on).
     async fn call<T: DeserializeOwned>(
         &self,
-        req: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&(impl serde::Serialize + Sync)>,
     ) -> Result<T, SchedulerError> {
-        let resp = req.send().await.map_err(SchedulerError::Unreachable)?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp.json().await.map_err(SchedulerError::Decode);
+        let repeatable = method == Method::GET;
+        let mut last = None;
+        for (i, base) in self.endpoints.order() {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(&self.secret)
+                .query(query);
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                // A request that may have reached the replica is not sent again unless repeatable.
+                Err(e) if repeatable || e.is_connect() => {
+                    tracing::warn!(scheduler = base, error = %e, "scheduler replica unreachable; trying the next");
+                    last = Some(SchedulerError::Unreachable(e));
+                    continue;
+                }
+                Err(e) => return Err(SchedulerError::Unreachable(e)),
+            };
+            match answer(resp).await {
+                Err(SchedulerError::Status { status, body, .. })
+                    if status.is_server_error()
+                        && body
+                            .as_ref()
+                            .is_none_or(|b| b.error.code != ErrorCode::NoCapacity.as_str()) =>
+                {
+                    tracing::warn!(scheduler = base, %status, "scheduler replica failed; trying the next");
+                    last = Some(SchedulerError::Status {
+                        status,
+                        body,
+                        retry_after: None,
+                    });
+                }
+                other => {
+                    self.endpoints.answered(i);
+                    return other;
+                }
+            }
         }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        // A body that does not parse (or does not arrive) is reported as `None`.
-        let body = resp
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        Err(SchedulerError::Status {
-            status,
-            body,
-            retry_after,
-        })
+        Err(last.expect("at least one endpoint"))
     }
+}
+
+/// No request body.
+const NO_BODY: Option<&()> = None;
+
+/// A success answer parsed, or the error answer.
+async fn answer<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, SchedulerError> {
+    let status = resp.status();
+    if status.is_success() {
+        return resp.json().await.map_err(SchedulerError::Decode);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    // A body that does not parse (or does not arrive) is reported as `None`.
+    let body = resp
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Err(SchedulerError::Status {
+        status,
+        body,
+        retry_after,
+    })
 }

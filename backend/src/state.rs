@@ -57,18 +57,14 @@ impl AppState {
             "ticket keys ready"
         );
         let secret = config.cluster.secret()?;
-        match reqwest::Url::parse(&config.cluster.scheduler_url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => return Err(Error::SchedulerUrl(config.cluster.scheduler_url.clone())),
-        }
+        let endpoints = berth_runtime::failover::Endpoints::parse(&config.cluster.scheduler_url)
+            .ok()
+            .filter(|e| e.urls().iter().all(|u| reqwest::Url::parse(u).is_ok()))
+            .ok_or_else(|| Error::SchedulerUrl(config.cluster.scheduler_url.clone()))?;
         // Whom `https://` schedulers and session servers must present certificates from.
         let trust = config.tls.client()?;
-        let scheduler = SchedulerClient::new(
-            &config.cluster.scheduler_url,
-            secret.expose().to_owned(),
-            trust.clone(),
-        )
-        .map_err(Error::HttpClient)?;
+        let scheduler = SchedulerClient::new(endpoints, secret.expose().to_owned(), trust.clone())
+            .map_err(Error::HttpClient)?;
         let issuer = TokenIssuer::new(keys, config.user_token_ttl(), config.ticket_ttl());
         let web = WebFiles::new(config.web_dir.as_deref());
         let accounts = crate::accounts::Accounts::new(&config.accounts)?;

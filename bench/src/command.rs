@@ -97,7 +97,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 
-    /// The scheduler, to report how many session servers the run needed (with the secret).
+    /// The scheduler (one URL, or its replicas comma-separated), to report how many session
+    /// servers the run needed (with the secret).
     #[arg(long, env = "BERTH_SCHEDULER_URL")]
     pub scheduler_url: Option<String>,
 

@@ -9,14 +9,31 @@ use berth::ClientError;
 use berth::error::retry_after;
 
 /// Session servers the scheduler knows and that are not dead (starting, ready or draining).
+/// `fleet.scheduler_url` may list several replicas (comma-separated): the first that answers
+/// is asked.
 pub(crate) async fn server_count(
     http: &reqwest::Client,
     fleet: &Fleet,
 ) -> Result<u32, ClientError> {
-    let url = format!("{}/v1/servers", fleet.scheduler_url.trim_end_matches('/'));
+    let mut last = None;
+    for base in fleet
+        .scheduler_url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+    {
+        match count_at(http, base, &fleet.secret).await {
+            Ok(n) => return Ok(n),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::InvalidUrl("no scheduler URL given".into())))
+}
+
+async fn count_at(http: &reqwest::Client, base: &str, secret: &str) -> Result<u32, ClientError> {
     let resp = http
-        .get(url)
-        .bearer_auth(&fleet.secret)
+        .get(format!("{base}/v1/servers"))
+        .bearer_auth(secret)
         .timeout(Duration::from_secs(10))
         .send()
         .await?;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// Flattened into each service's config (`#[command(flatten)]`).
 #[derive(clap::Args, Clone)]
 pub struct ClusterArgs {
-    /// Where the scheduler's internal API is (used by the backend and session servers).
+    /// Where the scheduler's internal API is (used by the backend and session servers); a
+    /// comma-separated list of replicas, tried in turn when one fails.
     #[arg(
         long,
         env = "BERTH_SCHEDULER_URL",

@@ -5,6 +5,8 @@
 //! - [`trace`]: the `tracing` subscriber (`RUST_LOG`, stderr, plain text when piped).
 //! - [`cluster`]: [`ClusterArgs`], the flags naming the scheduler, the cluster secret and the
 //!   data directory, flattened into each service's config; [`secret`] the file behind it.
+//! - [`failover`]: [`failover::Endpoints`], the scheduler replicas of a comma-separated
+//!   `BERTH_SCHEDULER_URL`, tried in turn.
 //! - `http` (feature `http`, on by default): [`http::ApiError`], the one error answer of every
 //!   HTTP service, and the extractors that produce it.
 //! - `layers` (feature `http`): the tower-http layers around every service's routes (timeout,
@@ -15,6 +17,7 @@
 //! - [`public_url`]: [`PublicUrl`], the template of a session server's advertised URL.
 
 pub mod cluster;
+pub mod failover;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "http")]

@@ -148,7 +148,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.registry, &state.directory);
+    let body = match state.replica() {
+        None => state.metrics.render(&state.registry, &state.directory),
+        Some(replica) => replica.metrics(&state).await,
+    };
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -223,15 +226,23 @@ async fn create_room(
     }
     let room_id = ids::new_room_id();
     let name = name.unwrap_or_else(|| room_id.clone());
-    let placement = placement::place_new(
-        &state,
-        room_id,
-        name,
-        req.public && !req.private,
-        req.private,
-        req.created_by,
-    )
-    .await?;
+    let public = req.public && !req.private;
+    let placement = match state.replica() {
+        None => {
+            placement::place_new(&state, room_id, name, public, req.private, req.created_by).await?
+        }
+        Some(replica) => {
+            let meta = berth_store::RoomMeta {
+                room_id,
+                name,
+                public,
+                private: req.private,
+                created_by: req.created_by,
+                created_at_ms: berth_protocol::now_ms(),
+            };
+            replica.place_new(&state, meta).await?
+        }
+    };
     Ok((StatusCode::CREATED, Json(placement)))
 }
 
@@ -247,9 +258,11 @@ async fn list_rooms(
     Query(query): Query<ListRooms>,
 ) -> Result<Json<RoomDirectory>, ApiError> {
     caller.operator("list rooms")?;
-    Ok(Json(RoomDirectory {
-        rooms: state.directory.list(query.public),
-    }))
+    let rooms = match state.replica() {
+        None => state.directory.list(query.public),
+        Some(replica) => replica.rooms(query.public).await?,
+    };
+    Ok(Json(RoomDirectory { rooms }))
 }
 
 /// `GET /v1/rooms/{id}`: re-places an orphaned room.
@@ -257,7 +270,11 @@ async fn get_room(
     State(state): State<AppState>,
     ClusterRoomId(room_id): ClusterRoomId,
 ) -> Result<Json<Placement>, ApiError> {
-    Ok(Json(placement::lookup(&state, &room_id).await?))
+    let placement = match state.replica() {
+        None => placement::lookup(&state, &room_id).await?,
+        Some(replica) => replica.lookup(&state, &room_id).await?,
+    };
+    Ok(Json(placement))
 }
 
 /// `POST /v1/rooms/{id}/release`: 204 whether or not the placement was still current.
@@ -271,10 +288,13 @@ async fn release_room(
         return Err(ApiError::invalid_request("invalid server id"));
     }
     caller.operator_or_server(&req.server_id, "release another server's rooms")?;
-    if state
-        .directory
-        .release(&room_id, &req.server_id, req.epoch, &state.registry)
-    {
+    let current = match state.replica() {
+        None => state
+            .directory
+            .release(&room_id, &req.server_id, req.epoch, &state.registry),
+        Some(replica) => replica.release(&room_id, &req.server_id, req.epoch).await?,
+    };
+    if current {
         info!(room_id, server_id = %req.server_id, epoch = req.epoch, handoff = req.handoff, "room released; dormant until its next lookup");
     } else {
         debug!(room_id, server_id = %req.server_id, epoch = req.epoch, "stale release ignored");
@@ -295,6 +315,21 @@ async fn register_server(
             None => req.server_id = Some(id.clone()),
             Some(named) => caller.operator_or_server(&named, "register another server")?,
         }
+    }
+    // Whoever registered with the cluster secret gets its own credential, to use from now on.
+    let credential_for = |id: &str| {
+        (caller == Caller::Operator)
+            .then(|| berth_protocol::cluster::server_credential(&state.secret, id))
+    };
+    if let Some(replica) = state.replica() {
+        let server_id = req.server_id.clone().unwrap_or_else(ids::new_server_id);
+        replica.register(&state, &server_id, &req).await?;
+        return Ok(Json(Registered {
+            credential: credential_for(&server_id),
+            server_id,
+            heartbeat_interval_ms: state.config.heartbeat_interval_ms,
+            heartbeat_timeout_ms: Some(state.config.heartbeat_timeout_ms),
+        }));
     }
     let server = match &req.server_id {
         Some(id) => match state.registry.get(id) {
@@ -360,14 +395,11 @@ async fn register_server(
         info!(server_id = %server.id, managed = server.managed, rooms = req.rooms.len(), draining, previous = previous.as_str(), "session server registered");
     }
     state.fleet_kick.notify_one();
-    // Whoever registered with the cluster secret gets its own credential, to use from now on.
-    let credential = (caller == Caller::Operator)
-        .then(|| berth_protocol::cluster::server_credential(&state.secret, &server.id));
     Ok(Json(Registered {
+        credential: credential_for(&server.id),
         server_id: server.id.clone(),
         heartbeat_interval_ms: state.config.heartbeat_interval_ms,
         heartbeat_timeout_ms: Some(state.config.heartbeat_timeout_ms),
-        credential,
     }))
 }
 
@@ -380,6 +412,9 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     caller.operator_or_server(&server_id, "heartbeat for another server")?;
     validate_hosted(&hb.rooms)?;
+    if let Some(replica) = state.replica() {
+        return Ok(Json(replica.heartbeat(&state, &server_id, &hb).await?));
+    }
     let server = state
         .registry
         .get(&server_id)
@@ -417,6 +452,13 @@ async fn drain_server(
     ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
     caller.operator("drain servers")?;
+    if let Some(replica) = state.replica() {
+        if !replica.drain(&server_id).await? {
+            return Err(error::unknown_server());
+        }
+        info!(server_id, "drain requested");
+        return Ok(StatusCode::ACCEPTED);
+    }
     let server = state
         .registry
         .get(&server_id)
@@ -441,6 +483,13 @@ async fn remove_server(
     ServerId(server_id): ServerId,
 ) -> Result<StatusCode, ApiError> {
     caller.operator_or_server(&server_id, "remove another server")?;
+    if let Some(replica) = state.replica() {
+        if !replica.remove(&server_id).await? {
+            return Err(error::unknown_server());
+        }
+        info!(server_id, "session server left");
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let server = state
         .registry
         .get(&server_id)
@@ -457,6 +506,11 @@ async fn list_servers(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<ServerList>, ApiError> {
     caller.operator("list servers")?;
+    if let Some(replica) = state.replica() {
+        return Ok(Json(ServerList {
+            servers: replica.servers().await?,
+        }));
+    }
     let mut servers = state.registry.snapshot();
     servers.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
     Ok(Json(ServerList {

@@ -19,6 +19,13 @@ pub enum Error {
     Store(#[source] berth_store::StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] berth_runtime::TlsError),
+    /// `--shared` without PostgreSQL.
+    #[error(
+        "scheduler replicas (--shared, BERTH_SCHEDULER_SHARED) keep their shared state in \
+         PostgreSQL: set BERTH_DATABASE_URL (or --database-url) and leave --store unset or \
+         `postgres`; the single-process scheduler (the default) runs on SQLite"
+    )]
+    SharedNeedsPostgres,
 }
 
 pub use berth_runtime::http::ApiError;

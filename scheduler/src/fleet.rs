@@ -59,7 +59,7 @@ impl Vigil {
 
     /// Records a round of the loop at `now`; true when the gap since the previous round shows
     /// that the scheduler itself was stalled (then silence up to `now` is forgiven).
-    fn round(&self, now: Instant, tick: Duration) -> bool {
+    pub(crate) fn round(&self, now: Instant, tick: Duration) -> bool {
         let previous = std::mem::replace(&mut *lock(&self.last_round), now);
         let stalled = now.saturating_duration_since(previous) > stall_threshold(tick);
         if stalled {
@@ -231,7 +231,7 @@ pub fn scale_down(state: &AppState) {
 }
 
 /// Exponential back-off of warm-buffer spawns after spawn failures; reset by a registration.
-struct Backoff {
+pub(crate) struct Backoff {
     failures_seen: u64,
     registrations_seen: u64,
     delay: Duration,
@@ -239,7 +239,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(state: &AppState) -> Backoff {
+    pub(crate) fn new(state: &AppState) -> Backoff {
         Backoff {
             failures_seen: state.metrics.spawn_failures.get(),
             registrations_seen: state.metrics.spawn_latency.count(),
@@ -248,7 +248,7 @@ impl Backoff {
         }
     }
 
-    fn allows(&mut self, state: &AppState) -> bool {
+    pub(crate) fn allows(&mut self, state: &AppState) -> bool {
         let now = Instant::now();
         let registrations = state.metrics.spawn_latency.count();
         if registrations > self.registrations_seen {

@@ -5,7 +5,9 @@
 //! ready server with a free slot (`placement`), spawns and supervises `berth-session` processes
 //! when capacity runs out (`spawner`), and looks after the fleet in the background: dead
 //! servers, the warm buffer, scale-down (`fleet`). Per-user create limits live in
-//! `ratelimit`, Prometheus counters in `metrics`.
+//! `ratelimit`, Prometheus counters in `metrics`. With `--shared`, `replica` does all of this
+//! over the shared state in PostgreSQL (`berth_store::control`) instead of the in-memory
+//! registry and directory, so that any number of replicas can serve side by side.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), berth_scheduler::Error> {
@@ -27,6 +29,7 @@ mod metrics;
 mod placement;
 mod ratelimit;
 mod registry;
+mod replica;
 mod spawner;
 mod state;
 
@@ -42,7 +45,8 @@ pub use error::{ApiError, Error};
 pub use state::AppState;
 
 /// Serves the scheduler on `listener` until `shutdown` is cancelled, then stops every spawned
-/// session server (SIGTERM, then SIGKILL after `shutdown_timeout_ms`) and returns.
+/// session server (SIGTERM, then SIGKILL after `shutdown_timeout_ms`) and returns. A replica
+/// (`--shared`) leaves its spawned servers running instead: they move to another replica.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -63,14 +67,30 @@ pub async fn serve(
         Some(store) => info!(store = %store.describe(), "room store open"),
         None => info!("no room store: dormant rooms are forgotten when the scheduler stops"),
     }
+    let backing = backing(&config, store.as_ref()).await?;
     let state = AppState::with_store(
         config,
         secret,
         scheduler_url(addr, tls),
         shutdown.clone(),
         store,
+        backing,
     );
-    placement::load_dormant(&state).await;
+    match state.replica() {
+        None => placement::load_dormant(&state).await,
+        Some(replica) => {
+            info!(replica = %replica.id, "scheduler replica: registry and room directory shared in PostgreSQL");
+            match replica
+                .control
+                .load_dormant(placement::DORMANT_AT_START)
+                .await
+            {
+                Ok(n) if n > 0 => info!(loaded = n, "public rooms loaded from the store (dormant)"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot load public rooms from the store"),
+            }
+        }
+    }
     info!(
         %addr,
         tls,
@@ -79,7 +99,10 @@ pub async fn serve(
         warm_servers = state.config.warm_servers,
         "scheduler serving"
     );
-    state.tasks.spawn(fleet::run(state.clone()));
+    match state.backing {
+        state::Backing::Memory => state.tasks.spawn(fleet::run(state.clone())),
+        state::Backing::Shared(_) => state.tasks.spawn(replica::run(state.clone())),
+    };
 
     let grace = state.config.shutdown_timeout() + std::time::Duration::from_secs(1);
     let limits = berth_listener::Limits {
@@ -106,6 +129,25 @@ pub async fn serve(
     }
     info!("scheduler stopped");
     served.map_err(Error::Serve)
+}
+
+/// The registry's and directory's home: in memory, or shared in PostgreSQL with `--shared`
+/// (which refuses to start on any other store).
+async fn backing(
+    config: &Config,
+    store: Option<&berth_store::Store>,
+) -> Result<state::Backing, Error> {
+    if !config.shared {
+        return Ok(state::Backing::Memory);
+    }
+    let url = match (config.store.kind(false), &config.store.database_url) {
+        (Ok(berth_store::StoreKind::Postgres), Some(url)) if store.is_some() => url,
+        _ => return Err(Error::SharedNeedsPostgres),
+    };
+    let control = berth_store::control::ControlStore::open(url)
+        .await
+        .map_err(Error::Store)?;
+    Ok(state::Backing::Shared(replica::Replica::new(control)))
 }
 
 /// How spawned children reach us: the bound address, with a wildcard turned into loopback
@@ -138,5 +180,28 @@ mod tests {
             scheduler_url("[::]:82".parse().unwrap(), false),
             "http://[::1]:82"
         );
+    }
+
+    #[tokio::test]
+    async fn replicas_refuse_to_start_without_postgres() {
+        use clap::Parser as _;
+        let shared = |extra: &[&str]| {
+            let mut args = vec!["berth-scheduler", "--shared"];
+            args.extend_from_slice(extra);
+            Config::parse_from(args)
+        };
+        let err = backing(&shared(&[]), None).await.unwrap_err();
+        assert!(matches!(err, Error::SharedNeedsPostgres));
+        assert!(err.to_string().contains("BERTH_DATABASE_URL"), "{err}");
+        let sqlite = shared(&["--store", "sqlite", "--database-url", "postgres://x/y"]);
+        assert!(matches!(
+            backing(&sqlite, None).await,
+            Err(Error::SharedNeedsPostgres)
+        ));
+        let memory = Config::parse_from(["berth-scheduler"]);
+        assert!(matches!(
+            backing(&memory, None).await,
+            Ok(state::Backing::Memory)
+        ));
     }
 }

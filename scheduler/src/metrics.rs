@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricRegistry;
 
+use berth_store::control::FleetCounts;
+
 use crate::directory::Directory;
 use crate::registry::Registry;
 
@@ -243,7 +245,7 @@ pub fn inc(counter: &Counter) {
     counter.inc();
 }
 
-fn gauge_value(n: usize) -> i64 {
+fn gauge_u64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -255,25 +257,45 @@ impl Metrics {
             .inc();
     }
 
-    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), with the gauges read now.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), with the gauges read now from the
+    /// in-memory registry and directory.
     pub fn render(&self, registry: &Registry, directory: &Directory) -> String {
         let servers = registry.snapshot();
+        let counts = FleetCounts {
+            servers: STATES
+                .iter()
+                .map(|&state| {
+                    let n = servers.iter().filter(|s| s.state() == state).count();
+                    (state, n as u64)
+                })
+                .collect(),
+            free_slots: servers
+                .iter()
+                .filter(|s| s.accepts_rooms())
+                .map(|s| u64::from(s.free_slots()))
+                .sum(),
+            rooms: directory.len() as u64,
+            orphaned_rooms: directory.orphaned_count() as u64,
+        };
+        self.render_counts(&counts)
+    }
+
+    /// The exposition with the gauges taken from `counts` (the shared state of replicas).
+    pub fn render_counts(&self, counts: &FleetCounts) -> String {
         for state in STATES {
-            let n = servers.iter().filter(|s| s.state() == state).count();
+            let n = counts
+                .servers
+                .iter()
+                .filter(|(s, _)| *s == state)
+                .map(|(_, n)| *n)
+                .sum::<u64>();
             self.servers
                 .get_or_create(&[("state", state.as_str())])
-                .set(gauge_value(n));
+                .set(gauge_u64(n));
         }
-        let slots: u64 = servers
-            .iter()
-            .filter(|s| s.accepts_rooms())
-            .map(|s| u64::from(s.free_slots()))
-            .sum();
-        self.free_room_slots
-            .set(i64::try_from(slots).unwrap_or(i64::MAX));
-        self.rooms.set(gauge_value(directory.len()));
-        self.orphaned_rooms
-            .set(gauge_value(directory.orphaned_count()));
+        self.free_room_slots.set(gauge_u64(counts.free_slots));
+        self.rooms.set(gauge_u64(counts.rooms));
+        self.orphaned_rooms.set(gauge_u64(counts.orphaned_rooms));
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = text::encode(&mut out, &self.registry);

@@ -80,7 +80,7 @@ async fn reserve_slot(state: &AppState) -> Result<Arc<Server>, ApiError> {
 }
 
 /// Most public rooms loaded from the store at start (so the listing shows them while dormant).
-const DORMANT_AT_START: usize = 1000;
+pub const DORMANT_AT_START: usize = 1000;
 
 /// Loads the newest public rooms of the store as dormant entries (after a restart).
 pub async fn load_dormant(state: &AppState) {

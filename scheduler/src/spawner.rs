@@ -137,6 +137,16 @@ fn session_listen_addr(session_host: &str) -> &'static str {
     if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }
 }
 
+/// Whether a spawned session server lives and dies with this scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Killed when the scheduler drops it or dies (parent-death signal): the single-process
+    /// scheduler, whose registry dies with it.
+    TiedToScheduler,
+    /// Left running: a replica's servers outlive it and re-home to another replica.
+    Detached,
+}
+
 /// The command line of a spawned session server (docs/architecture.md, "Scheduler ↔ session
 /// server"). The server gets its own credential, in the environment only (never in the
 /// arguments), and not the cluster secret.
@@ -146,6 +156,7 @@ pub fn session_command(
     server_id: &str,
     scheduler_url: &str,
     secret: &str,
+    lifetime: Lifetime,
 ) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--listen")
@@ -180,7 +191,7 @@ pub fn session_command(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .kill_on_drop(lifetime == Lifetime::TiedToScheduler);
     // The same store as ours; the database URL may hold a password: environment only.
     if let Some(kind) = config.store.store
         && let Some(value) = clap::ValueEnum::to_possible_value(&kind)
@@ -211,7 +222,9 @@ pub fn session_command(
     if let Some(template) = &config.session_public_url {
         cmd.arg("--public-url").arg(template.as_str());
     }
-    die_with_parent(&mut cmd);
+    if lifetime == Lifetime::TiedToScheduler {
+        die_with_parent(&mut cmd);
+    }
     cmd
 }
 
@@ -225,6 +238,7 @@ fn start(state: &AppState, server: &Arc<Server>) {
         &server.id,
         &state.scheduler_url,
         &state.secret,
+        Lifetime::TiedToScheduler,
     );
     if state.shutdown.is_cancelled() {
         warn!(server_id = %server.id, "not spawning: the scheduler is shutting down");
@@ -284,7 +298,7 @@ pub fn bury(state: &AppState, server: &Arc<Server>, reason: String) {
 }
 
 /// Why a process ended, as counted in `/metrics`.
-fn exit_cause(status: &io::Result<ExitStatus>) -> ExitCause {
+pub(crate) fn exit_cause(status: &io::Result<ExitStatus>) -> ExitCause {
     #[cfg(unix)]
     use std::os::unix::process::ExitStatusExt as _;
     match status {
@@ -361,7 +375,7 @@ async fn supervise(state: AppState, server: Arc<Server>, mut child: Child) {
 }
 
 /// SIGKILL and reap.
-async fn kill(child: &mut Child) -> io::Result<ExitStatus> {
+pub(crate) async fn kill(child: &mut Child) -> io::Result<ExitStatus> {
     if let Err(e) = child.start_kill() {
         warn!(error = %e, "cannot kill a session server");
     }
@@ -463,6 +477,7 @@ mod tests {
             "s-abc",
             "http://127.0.0.1:7070",
             secret,
+            Lifetime::TiedToScheduler,
         );
         let std = cmd.as_std();
         assert_eq!(std.get_program(), "/opt/berth-session");

@@ -12,6 +12,16 @@ use crate::fleet::Vigil;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::Registry;
+use crate::replica::Replica;
+
+/// Where the registry and the room directory live.
+#[derive(Debug)]
+pub enum Backing {
+    /// In this process (`registry`, `directory`): the single-process scheduler, the default.
+    Memory,
+    /// In PostgreSQL, shared with other replicas (`--shared`).
+    Shared(Replica),
+}
 
 /// Cheap to clone: one `Arc` around the scheduler's state.
 #[derive(Clone)]
@@ -23,8 +33,10 @@ pub struct Inner {
     pub secret: String,
     /// How spawned session servers reach this scheduler (`http://<bound addr>`).
     pub scheduler_url: String,
+    /// The in-memory registry and directory ([`Backing::Memory`]; empty with `Shared`).
     pub registry: Registry,
     pub directory: Directory,
+    pub backing: Backing,
     pub metrics: Metrics,
     /// Evidence that the scheduler itself runs and reads (stall detection).
     pub vigil: Vigil,
@@ -53,7 +65,22 @@ impl AppState {
         scheduler_url: String,
         shutdown: CancellationToken,
     ) -> AppState {
-        Self::with_store(config, secret, scheduler_url, shutdown, None)
+        Self::with_store(
+            config,
+            secret,
+            scheduler_url,
+            shutdown,
+            None,
+            Backing::Memory,
+        )
+    }
+
+    /// This replica, when the state is shared (`--shared`).
+    pub fn replica(&self) -> Option<&Replica> {
+        match &self.backing {
+            Backing::Memory => None,
+            Backing::Shared(replica) => Some(replica),
+        }
     }
 
     /// [`AppState::new`] with the store that keeps room metadata.
@@ -63,6 +90,7 @@ impl AppState {
         scheduler_url: String,
         shutdown: CancellationToken,
         store: Option<berth_store::Store>,
+        backing: Backing,
     ) -> AppState {
         let rate_limiter = RateLimiter::new(config.create_rate);
         AppState(Arc::new(Inner {
@@ -71,6 +99,7 @@ impl AppState {
             scheduler_url,
             registry: Registry::default(),
             directory: Directory::default(),
+            backing,
             metrics: Metrics::default(),
             vigil: Vigil::default(),
             rate_limiter,

@@ -351,10 +351,9 @@ impl Config {
         if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
             return Err("--message-rate must be a positive number".into());
         }
-        let scheduler_url = &self.cluster.scheduler_url;
-        if !scheduler_url.starts_with("http://") && !scheduler_url.starts_with("https://") {
-            return Err("--scheduler-url must be an http:// or https:// URL".into());
-        }
+        berth_runtime::failover::Endpoints::parse(&self.cluster.scheduler_url).map_err(|e| {
+            format!("--scheduler-url must be http:// or https:// URLs, comma-separated: {e}")
+        })?;
         Ok(())
     }
 }

@@ -32,6 +32,7 @@
 //! Appends are batched by the caller (group commit): [`Store::append`] writes the messages of
 //! many rooms in one transaction and answers per room.
 
+pub mod control;
 pub mod conversations;
 mod postgres;
 mod sqlite;

@@ -15,6 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
 mod conversations;
+pub(crate) use conversations::insert_member;
 
 use crate::conversations::Marks;
 use crate::{
@@ -31,7 +32,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// on the room's fence until the database notices the dead connection, which can take hours,
 /// and the room's next placement cannot open meanwhile. Berth's own transactions are a few
 /// round trips long.
-const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5000";
+pub(crate) const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5000";
 /// Any constant: the advisory lock that serialises schema creation between processes.
 const SCHEMA_LOCK: i64 = 0x0062_6572_7468; // "berth"
 

@@ -8,7 +8,7 @@ use crate::conversations::{DM_ROOM_NAME, Marks, MyRoomRow, RoomAccess};
 use crate::{StoreError, from_sql, to_sql};
 
 /// Adds a member row unless there is one (answers whether it added one).
-pub(super) async fn insert_member(
+pub(crate) async fn insert_member(
     client: &impl GenericClient,
     room_id: &str,
     user_id: &str,
