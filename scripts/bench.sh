@@ -5,7 +5,7 @@
 # pub/sub, the one to beat). Every figure is printed for the three, with Berth's ratio to each
 # (Berth ÷ peer; for CPU, latency and memory, lower is better).
 #
-#   scripts/bench.sh [fanout|durable|connections|placement|all]   # default: all (~40 minutes)
+#   scripts/bench.sh [fanout|durable|connections|placement|replicas|all]   # default: all (~45 minutes)
 #
 # The server under test runs on one core and the load generator (`berth bench`) on the other
 # (taskset), so that on a 2-core machine neither takes the other's CPU. Knobs (environment):
@@ -20,8 +20,9 @@
 #   BENCH_SERVERS="berth ws uws"          servers compared in fanout and connections
 #   BENCH_SHAPES="1x1000 1x5000 100x10 1000x10"   fan-out shapes to run
 #   BENCH_DURABLE_SHAPE=100x10            the shape the durable scenario runs with each store
-#   BENCH_DATABASE_URL (or BERTH_TEST_DATABASE_URL)  PostgreSQL for the durable scenario;
-#                                         without one its PostgreSQL column says "not run"
+#   BENCH_DATABASE_URL (or BERTH_TEST_DATABASE_URL)  PostgreSQL for the durable scenario (without
+#                                         one its PostgreSQL column says "not run") and for the
+#                                         replicas scenario (which creates and drops its databases)
 #   BENCH_BERTH_BIN=target/release/berth-session   the Berth server binary under test
 #   BENCH_NO_BUILD=1                      use the release binaries as they are (no cargo build)
 #   BENCH_QUIET_WAIT=120                  seconds to wait for other work to leave the CPU idle
@@ -38,8 +39,8 @@ root=$PWD
 
 scenario="${1:-all}"
 case "$scenario" in
-  fanout | durable | connections | placement | all) ;;
-  *) echo "usage: $0 [fanout|durable|connections|placement|all]" >&2; exit 2 ;;
+  fanout | durable | connections | placement | replicas | all) ;;
+  *) echo "usage: $0 [fanout|durable|connections|placement|replicas|all]" >&2; exit 2 ;;
 esac
 
 SERVER_CPU="${BENCH_SERVER_CPU:-1}"
@@ -571,6 +572,96 @@ placement() {
   say "  process start to accepting connections (median of 10): berth-session ${startup[berth]} ms, ws peer ${startup[ws]} ms, uWS.js peer ${startup[uws]} ms"
 }
 
+# --- replicas --------------------------------------------------------------------------------
+
+# Room creates through the backend (as in placement, a warm server with room for all) against
+# the single-process scheduler (SQLite) and against 1, 2 and 3 scheduler replicas sharing one
+# PostgreSQL database (--shared). The backend and the generator get every replica's URL and move
+# on when one fails. All schedulers and the backend share the server core, so this measures
+# what the shared state costs, not how replicas add capacity (that needs more machines).
+replicas() {
+  if [ -z "$DATABASE_URL" ]; then
+    say "replicas: not run (set BENCH_DATABASE_URL or BERTH_TEST_DATABASE_URL to a PostgreSQL)"
+    return 0
+  fi
+  command -v psql >/dev/null || die "psql is needed for the replicas scenario"
+  local base_port=19370 backend_port=19380
+  declare -A creates p50 p99 max
+  for n in single 1 2 3; do
+    local data="$out/replicas-$n" db_url="" count=1 db=""
+    rm -rf "$data"
+    mkdir -p "$data"
+    if [ "$n" != single ]; then
+      count="$n"
+      db="berth_bench_replicas_$n"
+      psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+      psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+      db_url="${DATABASE_URL%/*}/$db"
+    fi
+    local urls=() i
+    for i in $(seq 0 $((count - 1))); do urls+=("http://127.0.0.1:$((base_port + i))"); done
+    local list
+    list="$(IFS=,; echo "${urls[*]}")"
+    local secret
+    secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    local env=(BERTH_CLUSTER_SECRET="$secret" BERTH_DATA_DIR="$data" RUST_LOG=warn BERTH_SCHEDULER_URL="$list")
+    [ -n "$db_url" ] && env+=(BERTH_DATABASE_URL="$db_url" BERTH_SCHEDULER_SHARED=true)
+    step "replicas: $PLACEMENT_ROOMS creates, scheduler $n"
+    wait_quiet
+    env "${env[@]}" BERTH_CREATE_RATE_PER_ADDRESS=0 BERTH_API_RATE_PER_ADDRESS=0 BERTH_API_RATE_PER_USER=0 \
+      taskset -c "$SERVER_CPU" "$bin/berth-backend" --listen "127.0.0.1:$backend_port" \
+      >"$out/replicas-$n-backend.log" 2>&1 &
+    local backend_pid=$! sched_pids=()
+    pids+=("$backend_pid")
+    wait_port "$backend_port"
+    for i in $(seq 0 $((count - 1))); do
+      env "${env[@]}" taskset -c "$SERVER_CPU" "$bin/berth-scheduler" \
+        --listen "127.0.0.1:$((base_port + i))" --session-bin "$bin/berth-session" \
+        --rooms-per-server $((PLACEMENT_ROOMS + 100)) --warm-servers 1 --max-servers 2 \
+        >"$out/replicas-$n-scheduler-$i.log" 2>&1 &
+      sched_pids+=($!)
+      pids+=($!)
+      wait_port "$((base_port + i))"
+    done
+    local ready=0
+    for _ in $(seq 1 400); do
+      ready="$(curl -fsS -H "Authorization: Bearer $secret" "${urls[0]}/v1/servers" | jq '[.servers[] | select(.state == "ready")] | length')"
+      [ "$ready" -ge 1 ] && break
+      sleep 0.05
+    done
+    [ "$ready" -ge 1 ] || die "replicas $n: no warm server became ready"
+    if ! BERTH_CLUSTER_SECRET="$secret" taskset -c "$GEN_CPU" "$bin/berth" --backend "http://127.0.0.1:$backend_port" \
+      bench --quiet --json --rooms "$PLACEMENT_ROOMS" --members 0 --create-concurrency 16 \
+      --scheduler-url "$list" >"$out/replicas-$n.json" 2>"$out/replicas-$n.err"; then
+      echo "warning: replicas $n: $(tail -n 2 "$out/replicas-$n.err")" >&2
+    fi
+    local f="$out/replicas-$n.json"
+    creates[$n]="$(jq '.setup.creates_per_sec' "$f")"
+    p50[$n]="$(jq '.setup.create_latency.p50_ms // null' "$f")"
+    p99[$n]="$(jq '.setup.create_latency.p99_ms // null' "$f")"
+    max[$n]="$(jq '.setup.create_latency.max_ms // null' "$f")"
+    # Session servers of shared replicas outlive their scheduler: stop them by pid first.
+    local pid
+    for pid in $(curl -fsS -H "Authorization: Bearer $secret" "${urls[0]}/v1/servers" | jq -r '.servers[].pid // empty'); do
+      stop_pid "$pid"
+    done
+    for pid in "${sched_pids[@]}"; do stop_pid "$pid"; done
+    stop_pid "$backend_pid"
+    [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+  done
+  say ""
+  say "replicas: $PLACEMENT_ROOMS room creates through the backend (login, then create; 16 in flight), a warm server with room for all; schedulers and backend on core $SERVER_CPU, PostgreSQL unpinned"
+  say "  command: berth --backend URL bench --rooms $PLACEMENT_ROOMS --members 0 --create-concurrency 16 --scheduler-url URL[,URL...]"
+  printf '  %-26s %12s %12s %12s %12s\n' "" "single" "1 replica" "2 replicas" "3 replicas" | tee -a "$summary"
+  local row
+  for row in "creates/s:creates" "create latency p50 (ms):p50" "create latency p99 (ms):p99" "create latency max (ms):max"; do
+    local label="${row%%:*}" key="${row##*:}"
+    local -n col="$key"
+    printf '  %-26s %12s %12s %12s %12s\n' "$label" "$(fmt "${col[single]}")" "$(fmt "${col[1]}")" "$(fmt "${col[2]}")" "$(fmt "${col[3]}")" | tee -a "$summary"
+    unset -n col
+  done
+}
+
 commit="$(git rev-parse --short HEAD)"
 git diff --quiet HEAD -- . ':!docs/bench' 2>/dev/null || commit="$commit+changes"
 started="$(date -u +%Y-%m-%dT%H:%MZ)"
@@ -582,11 +673,13 @@ case "$scenario" in
   durable) durable ;;
   connections) connections ;;
   placement) placement ;;
+  replicas) replicas ;;
   all)
     fanout
     durable
     connections
     placement
+    replicas
     ;;
 esac
 say ""

@@ -667,12 +667,13 @@ async fn rate_limits_links_details_and_reopened_rooms_in_a_browser() {
                                    && m.querySelector('[data-testid=message-status]').dataset.code === 'rate_limited')
                    && f.length"
             ),
-            Duration::from_secs(8),
+            // A loaded machine may take seconds to store and echo the accepted ones.
+            Duration::from_secs(15),
         )
         .await;
     assert!(
-        refused_at.elapsed() < Duration::from_secs(8),
-        "failures show long before the 20 s pending timeout"
+        refused_at.elapsed() < Duration::from_secs(15),
+        "failures show before the 20 s pending timeout would mark them"
     );
     eprintln!("rate limit: {failed} of {burst} refused");
     let retried = carol
