@@ -809,12 +809,12 @@ async fn a_sigkilled_replica_stops_no_create_or_lookup_and_drops_no_member() {
             .await
         {
             Ok(ticket) => break ticket,
-            Err(e) if killed.elapsed() < WAIT => {
+            Err(e) if killed.elapsed() < WAIT && e.code() == Some("scheduler_unavailable") => {
                 eprintln!("multihost: a create after the SIGKILL failed: {e}");
                 failed += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("no create succeeded within {WAIT:?} of the SIGKILL: {e}"),
+            Err(e) => panic!("a create after the SIGKILL: {e}"),
         }
     };
     let first_create = killed.elapsed();
@@ -822,8 +822,10 @@ async fn a_sigkilled_replica_stops_no_create_or_lookup_and_drops_no_member() {
         "multihost: first create {first_create:?} after the SIGKILL of replica 1 \
          ({failed} failed before it)"
     );
+    // Each kept-alive connection to replica 1 can cost one create; more time than that is a
+    // failover that waits for something.
     assert!(
-        first_create < Duration::from_secs(5) && failed <= 1,
+        first_create < Duration::from_secs(5),
         "creates stalled: {first_create:?}, {failed} failed"
     );
     for _ in 0..2 {
