@@ -1,15 +1,20 @@
 //! Berth across machines, simulated with network namespaces (`berth_testkit::netns`).
 //!
-//! Three hosts, each on two networks: `cluster` (scheduler, database) and `public` (clients).
-//! Host `a` runs the scheduler and the backend; hosts `b` and `c` run session servers started
-//! as an outside fleet (`--scheduler-url` at `a`, `--host` their own public address). The
-//! database is the machine's PostgreSQL, reached through a relay on the root namespace's
-//! cluster address (PostgreSQL itself listens on loopback only). The test process and its
-//! clients are the root namespace, attached to both networks.
+//! Four hosts on two networks: `cluster` (schedulers, database) and `public` (clients). Two
+//! scheduler replicas (`--shared`) keep their state in one PostgreSQL database: replica 1 on
+//! host `a`, with the backend, replica 2 on host `d`. Hosts `b` and `c` run session servers
+//! started as an outside fleet (`--host` their own public address); they and the backend know
+//! both replicas (`--scheduler-url a,d`). The database is the machine's PostgreSQL, reached
+//! through a relay on the root namespace's cluster address (PostgreSQL itself listens on
+//! loopback only). The test process and its clients are the root namespace, attached to both
+//! networks.
 //!
-//! Under live chat, with every client recording what it saw (`serverId` and epoch of each
-//! `welcome`, every message's `seq` and text):
+//! Each scenario has a deployment of its own. Under live chat, with every client recording what
+//! it saw (`serverId` and epoch of each `welcome`, every message's `seq` and text):
 //!
+//! - replica 1 is SIGKILLed: creates and lookups through the backend go on (through replica 2),
+//!   both session servers re-home to replica 2 and stay ready, and no member notices: nobody is
+//!   closed or reconnected, nothing is missed or seen twice;
 //! - a host's cluster link is cut: it cannot renew its lease with the scheduler while its
 //!   clients still reach it. It stops serving (1012, then 503) before the scheduler declares it
 //!   dead; its rooms are placed again on the other host and every member resumes there with no
@@ -27,13 +32,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth::protocol::api::{CreateRoomRequest, MAX_PAGE_LIMIT};
+use berth::protocol::api::{CreateRoomRequest, MAX_PAGE_LIMIT, RoomTicket};
 use berth::protocol::frames::ServerFrame;
 use berth::{Backend, ReconnectPolicy, Room, RoomConnection, RoomUpdate, Session, Welcome};
-use berth_protocol::cluster::{ServerList, ServerState};
+use berth_protocol::cluster::{ServerInfo, ServerList, ServerState};
 use berth_store::testing::{TempDatabase, postgres_admin_url};
 use berth_testkit::netns::{Host, Lab, Network};
-use berth_testkit::{bin_path, eventually, temp_dir, write_ticket_keys};
+use berth_testkit::{bin_path, eventually, process_alive, signal, temp_dir, write_ticket_keys};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tokio::time::Instant;
@@ -46,9 +51,18 @@ const BACKEND_PORT: u16 = 8080;
 const SESSION_PORT: u16 = 9000;
 const WAIT: Duration = Duration::from_secs(20);
 const ROOMS: usize = 4;
+/// Room slots of the session servers on `b` and `c`. Replicas place on the fullest server with
+/// a free slot (skipping one whose row is locked at that moment, by a heartbeat for example),
+/// so unequal capacities put rooms on both hosts (at most two on `b`, the rest on `c`) and
+/// leave `c` room for `b`'s when `b` is cut off.
+const ROOM_SLOTS: [u32; 2] = [2, 8];
 const MEMBERS_PER_ROOM: usize = 3;
 /// How often each member sends.
 const SEND_EVERY: Duration = Duration::from_millis(100);
+
+/// One deployment at a time: two of them (ten processes, PostgreSQL, chat) on a small machine
+/// starve each other past the one-second heartbeat timeout.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Says loudly that the test did not run; fails under CI, where it must.
 fn skip(why: &str) {
@@ -60,15 +74,18 @@ fn skip(why: &str) {
 
 /// The whole deployment. Fields drop in order: processes first, the lab (namespaces) last.
 struct Deployment {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     sessions: Vec<(Host, Child)>,
-    _scheduler: Child,
     _backend: Child,
+    /// The scheduler replicas, in the order every caller is given them.
+    replicas: Vec<Child>,
     relay: CancellationToken,
     _db: TempDatabase,
     data_dir: PathBuf,
     secret: String,
     backend_url: String,
-    scheduler_url: String,
+    /// One per replica.
+    scheduler_urls: Vec<String>,
     cluster: Network,
     public: Network,
     lab: Lab,
@@ -85,6 +102,7 @@ impl Deployment {
     /// Builds the lab and starts everything; `None` (after saying why) when it cannot run here.
     async fn start() -> Option<Deployment> {
         let admin_url = postgres_admin_url()?;
+        let turn = ONE_AT_A_TIME.lock().await;
         let mut lab = match Lab::create() {
             Ok(lab) => lab,
             Err(e) => {
@@ -101,6 +119,7 @@ impl Deployment {
         let a = lab.host("a", &[cluster, public]);
         let b = lab.host("b", &[cluster, public]);
         let c = lab.host("c", &[cluster, public]);
+        let d = lab.host("d", &[cluster]);
 
         let db = TempDatabase::create(&admin_url).await;
         let relay = CancellationToken::new();
@@ -114,8 +133,13 @@ impl Deployment {
         let data_dir = temp_dir("multihost");
         let keys = write_ticket_keys(&data_dir.join("keys"));
         let secret = format!("multihost-{:x}", rand::random::<u64>());
-        let scheduler_addr = SocketAddr::from((lab.addr(a, cluster), SCHEDULER_PORT));
-        let scheduler_url = format!("http://{scheduler_addr}");
+        let replica_addrs =
+            [a, d].map(|host| SocketAddr::from((lab.addr(host, cluster), SCHEDULER_PORT)));
+        let scheduler_urls: Vec<String> = replica_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let scheduler_url = scheduler_urls.join(",");
         let backend_url = format!("http://{}:{BACKEND_PORT}", lab.addr(a, public));
 
         let spawn = |host: Host, bin: &str, dir: &str, args: Vec<String>| {
@@ -134,25 +158,35 @@ impl Deployment {
         };
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let public_key = keys.public.display().to_string();
-        let scheduler = spawn(
-            a,
-            "testkit-scheduler",
-            "a-scheduler",
-            strings(&[
-                "--listen",
-                &scheduler_addr.to_string(),
-                "--ticket-public-key",
-                &public_key,
-                "--max-servers",
-                "0",
-                "--warm-servers",
-                "0",
-                "--heartbeat-interval-ms",
-                &HEARTBEAT_INTERVAL_MS.to_string(),
-                "--heartbeat-timeout-ms",
-                &HEARTBEAT_TIMEOUT_MS.to_string(),
-            ]),
-        );
+        let replicas = [(a, "a-scheduler"), (d, "d-scheduler")]
+            .into_iter()
+            .zip(replica_addrs)
+            .map(|((host, dir), addr)| {
+                spawn(
+                    host,
+                    "testkit-scheduler",
+                    dir,
+                    strings(&[
+                        "--listen",
+                        &addr.to_string(),
+                        "--shared",
+                        "true",
+                        "--scheduler-url",
+                        &scheduler_url,
+                        "--ticket-public-key",
+                        &public_key,
+                        "--max-servers",
+                        "0",
+                        "--warm-servers",
+                        "0",
+                        "--heartbeat-interval-ms",
+                        &HEARTBEAT_INTERVAL_MS.to_string(),
+                        "--heartbeat-timeout-ms",
+                        &HEARTBEAT_TIMEOUT_MS.to_string(),
+                    ]),
+                )
+            })
+            .collect();
         let backend = spawn(
             a,
             "testkit-backend",
@@ -168,7 +202,8 @@ impl Deployment {
         );
         let sessions = [(b, "b"), (c, "c")]
             .into_iter()
-            .map(|(host, name)| {
+            .zip(ROOM_SLOTS)
+            .map(|((host, name), slots)| {
                 let child = spawn(
                     host,
                     "testkit-session",
@@ -186,6 +221,8 @@ impl Deployment {
                         // waits for them to move.
                         "--fence-grace-ms",
                         "500",
+                        "--rooms",
+                        &slots.to_string(),
                     ]),
                 );
                 (host, child)
@@ -193,24 +230,35 @@ impl Deployment {
             .collect();
 
         let deployment = Deployment {
+            _turn: turn,
             sessions,
-            _scheduler: scheduler,
             _backend: backend,
+            replicas,
             relay,
             _db: db,
             data_dir,
             secret,
             backend_url,
-            scheduler_url,
+            scheduler_urls,
             cluster,
             public,
             lab,
         };
         eventually(WAIT, || async {
             deployment.ready_servers().await.len() == 2
+                && deployment.servers_on(1).await.is_some()
                 && deployment.backend().healthz().await.is_ok()
         })
         .await;
+        for (host, _) in &deployment.sessions {
+            eventually(WAIT, || async {
+                deployment
+                    .session_health(*host)
+                    .await
+                    .is_some_and(|h| h["fenced"] == false)
+            })
+            .await;
+        }
         Some(deployment)
     }
 
@@ -218,25 +266,30 @@ impl Deployment {
         Backend::new(&self.backend_url)
     }
 
-    /// `(id, url)` of the servers the scheduler lists as ready.
-    async fn ready_servers(&self) -> Vec<(String, String)> {
-        let Ok(res) = reqwest::Client::new()
-            .get(format!("{}/v1/servers", self.scheduler_url))
+    /// `GET /v1/servers` on replica `replica`; `None` when it does not answer.
+    async fn servers_on(&self, replica: usize) -> Option<Vec<ServerInfo>> {
+        let res = reqwest::Client::new()
+            .get(format!("{}/v1/servers", self.scheduler_urls[replica]))
             .bearer_auth(&self.secret)
             .timeout(Duration::from_secs(2))
             .send()
             .await
-        else {
-            return Vec::new();
-        };
-        let Ok(list) = res.json::<ServerList>().await else {
-            return Vec::new();
-        };
-        list.servers
-            .into_iter()
-            .filter(|s| s.state == ServerState::Ready)
-            .map(|s| (s.id, s.url))
-            .collect()
+            .ok()?;
+        Some(res.json::<ServerList>().await.ok()?.servers)
+    }
+
+    /// `(id, url)` of the servers listed as ready, by the first replica that answers.
+    async fn ready_servers(&self) -> Vec<(String, String)> {
+        for replica in 0..self.scheduler_urls.len() {
+            if let Some(servers) = self.servers_on(replica).await {
+                return servers
+                    .into_iter()
+                    .filter(|s| s.state == ServerState::Ready)
+                    .map(|s| (s.id, s.url))
+                    .collect();
+            }
+        }
+        Vec::new()
     }
 
     /// The session host whose public address is in `url`.
@@ -487,68 +540,140 @@ fn check_records(records: &[Record], stored: &HashMap<String, BTreeMap<u64, Stri
     }
 }
 
+/// Rooms with members chatting in them, every member recording what it saw.
+struct Chat {
+    backend: Backend,
+    owner: Session,
+    rooms: Vec<RoomTicket>,
+    records: Vec<Arc<Mutex<Record>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Chat {
+    /// Creates [`ROOMS`] rooms and starts [`MEMBERS_PER_ROOM`] members in each, chatting from
+    /// the root namespace over the public network; returns once each saw a few messages.
+    async fn start(d: &Deployment) -> Chat {
+        let backend = d.backend();
+        let owner = backend.login("owner").await.unwrap();
+        let mut rooms = Vec::new();
+        for i in 0..ROOMS {
+            let req = CreateRoomRequest {
+                name: Some(format!("room {i}")),
+                public: true,
+                private: false,
+            };
+            rooms.push(backend.create_room(&owner, &req).await.unwrap());
+        }
+        let mut chat = Chat {
+            backend,
+            owner,
+            rooms,
+            records: Vec::new(),
+            tasks: Vec::new(),
+            stop: CancellationToken::new(),
+        };
+        for (i, room) in chat.rooms.iter().enumerate() {
+            for j in 0..MEMBERS_PER_ROOM {
+                let user = format!("u{i}x{j}");
+                let session = chat.backend.login(&user).await.unwrap();
+                let record = Arc::new(Mutex::new(Record {
+                    user,
+                    room_id: room.room_id.clone(),
+                    ..Record::default()
+                }));
+                chat.records.push(record.clone());
+                chat.tasks.push(tokio::spawn(member(
+                    chat.backend.clone(),
+                    session,
+                    room.room_id.clone(),
+                    record,
+                    chat.stop.clone(),
+                )));
+            }
+        }
+        chat.grown(10).await;
+        chat
+    }
+
+    /// Waits until every member saw `n` more messages than now.
+    async fn grown(&self, n: usize) {
+        let counts: Vec<usize> = self
+            .records
+            .iter()
+            .map(|r| r.lock().unwrap().seen.len())
+            .collect();
+        eventually(WAIT, || {
+            let grown = self
+                .records
+                .iter()
+                .zip(&counts)
+                .all(|(r, c)| r.lock().unwrap().seen.len() >= c + n);
+            async move { grown }
+        })
+        .await;
+    }
+
+    /// Prints every member's record (before a panic).
+    fn dump(&self) {
+        for r in &self.records {
+            let r = r.lock().unwrap();
+            eprintln!(
+                "{} {} {:?} {:?} last {:?}",
+                r.user,
+                r.room_id,
+                r.welcomes,
+                r.failure,
+                r.seen.last()
+            );
+        }
+    }
+
+    /// Stops the members, checks every record against the stored history
+    /// ([`check_records`]) and returns the records.
+    async fn finish(self) -> Vec<Record> {
+        self.stop.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+        let mut stored = HashMap::new();
+        for room in &self.rooms {
+            stored.insert(
+                room.room_id.clone(),
+                history(&self.backend, &self.owner, &room.room_id).await,
+            );
+        }
+        let records: Vec<Record> = self
+            .records
+            .into_iter()
+            .map(|r| std::mem::take(&mut *r.lock().unwrap()))
+            .collect();
+        check_records(&records, &stored);
+        records
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none_of_them() {
     let Some(d) = Deployment::start().await else {
         return;
     };
-    let backend = d.backend();
+    let chat = Chat::start(&d).await;
+    let (backend, rooms, records) = (&chat.backend, &chat.rooms, &chat.records);
 
-    // Rooms and their members, chatting from the root namespace over the public network.
-    let owner = backend.login("owner").await.unwrap();
-    let mut rooms = Vec::new();
-    for i in 0..ROOMS {
-        let req = CreateRoomRequest {
-            name: Some(format!("room {i}")),
-            public: true,
-            private: false,
-        };
-        rooms.push(backend.create_room(&owner, &req).await.unwrap());
-    }
-    let stop = CancellationToken::new();
-    let mut records = Vec::new();
-    let mut tasks = Vec::new();
-    for (i, room) in rooms.iter().enumerate() {
-        for j in 0..MEMBERS_PER_ROOM {
-            let user = format!("u{i}x{j}");
-            let session = backend.login(&user).await.unwrap();
-            let record = Arc::new(Mutex::new(Record {
-                user,
-                room_id: room.room_id.clone(),
-                ..Record::default()
-            }));
-            records.push(record.clone());
-            tasks.push(tokio::spawn(member(
-                backend.clone(),
-                session,
-                room.room_id.clone(),
-                record,
-                stop.clone(),
-            )));
-        }
-    }
-    let seen_at_least = |n: usize| {
-        let records = records.clone();
-        move || {
-            let ok = records.iter().all(|r| r.lock().unwrap().seen.len() >= n);
-            async move { ok }
-        }
-    };
-    eventually(WAIT, seen_at_least(10)).await;
-
-    // The victim: the host of the first room. A prober keeps a ticket for that room.
-    let victim = d.host_of_url(&rooms[0].url);
-    let survivor = d
-        .sessions
-        .iter()
-        .map(|(h, _)| *h)
-        .find(|&h| h != victim)
-        .unwrap();
+    // The victim: `b`, whose rooms fit on `c` (see [`ROOM_SLOTS`]). A prober keeps a ticket
+    // for one of its rooms.
+    let [victim, survivor] = [0, 1].map(|i| d.sessions[i].0);
     let victim_rooms: Vec<String> = rooms
         .iter()
         .filter(|r| d.host_of_url(&r.url) == victim)
         .map(|r| r.room_id.clone())
         .collect();
+    assert!(
+        !victim_rooms.is_empty() && victim_rooms.len() < rooms.len(),
+        "rooms on both hosts: {:?}",
+        rooms.iter().map(|r| &r.url).collect::<Vec<_>>()
+    );
     let prober = backend.login("prober").await.unwrap();
     let old_ticket = backend
         .lookup_room(&prober, &victim_rooms[0])
@@ -572,19 +697,9 @@ async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none
                 || r.welcomes.last().is_some_and(|(s, _)| *s == survivor_id)
         })
     };
-    while !moved(&records) {
+    while !moved(records) {
         if cut.elapsed() > WAIT {
-            for r in &records {
-                let r = r.lock().unwrap();
-                eprintln!(
-                    "{} {} {:?} {:?} last {:?}",
-                    r.user,
-                    r.room_id,
-                    r.welcomes,
-                    r.failure,
-                    r.seen.last()
-                );
-            }
+            chat.dump();
             panic!("the rooms did not move");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -607,18 +722,7 @@ async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none
         .unwrap_err();
     assert_eq!(refused.code(), Some("scheduler_unavailable"), "{refused}");
     // Chat goes on in the moved rooms.
-    let counts: Vec<usize> = records
-        .iter()
-        .map(|r| r.lock().unwrap().seen.len())
-        .collect();
-    eventually(WAIT, || {
-        let grown = records
-            .iter()
-            .zip(&counts)
-            .all(|(r, n)| r.lock().unwrap().seen.len() >= n + 10);
-        async move { grown }
-    })
-    .await;
+    chat.grown(10).await;
 
     // (b) Healed: the server registers again, unfenced, and serves none of the rooms it lost.
     d.lab.heal(victim, d.cluster);
@@ -640,35 +744,9 @@ async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none
             "{room_id} stays where it moved"
         );
     }
-    let counts: Vec<usize> = records
-        .iter()
-        .map(|r| r.lock().unwrap().seen.len())
-        .collect();
-    eventually(WAIT, || {
-        let grown = records
-            .iter()
-            .zip(&counts)
-            .all(|(r, n)| r.lock().unwrap().seen.len() >= n + 10);
-        async move { grown }
-    })
-    .await;
+    chat.grown(10).await;
 
-    stop.cancel();
-    for task in tasks {
-        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    }
-    let mut stored = HashMap::new();
-    for room in &rooms {
-        stored.insert(
-            room.room_id.clone(),
-            history(&backend, &owner, &room.room_id).await,
-        );
-    }
-    let records: Vec<Record> = records
-        .into_iter()
-        .map(|r| std::mem::take(&mut *r.lock().unwrap()))
-        .collect();
-    check_records(&records, &stored);
+    let records = chat.finish().await;
     // Members of the moved rooms came back exactly once more, on the survivor; the others
     // were never disturbed.
     for r in &records {
@@ -685,5 +763,142 @@ async fn a_cut_off_host_is_fenced_its_rooms_move_and_the_healed_host_serves_none
             );
         }
     }
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_replica_stops_no_create_or_lookup_and_drops_no_member() {
+    let Some(mut d) = Deployment::start().await else {
+        return;
+    };
+    let chat = Chat::start(&d).await;
+    let backend = &chat.backend;
+    let hosts: Vec<Host> = chat.rooms.iter().map(|r| d.host_of_url(&r.url)).collect();
+    assert!(
+        d.sessions.iter().all(|(h, _)| hosts.contains(h)),
+        "rooms on both session hosts: {hosts:?}"
+    );
+    let before = d.servers_on(1).await.expect("replica 2 answers");
+    let prober = backend.login("prober").await.unwrap();
+    let started = Instant::now();
+    backend
+        .create_room(&prober, &CreateRoomRequest::default())
+        .await
+        .unwrap();
+    eprintln!(
+        "multihost: a create takes {:?} with both replicas up",
+        started.elapsed()
+    );
+
+    // Replica 1 is first in every caller's list, so the backend and both session servers talk
+    // to it (failing over is what this checks). It goes, mid-chat, without a word.
+    let replica = d.replicas.remove(0);
+    let pid = replica.id().expect("running");
+    signal(pid, "KILL");
+    let killed = Instant::now();
+    eventually(WAIT, || async move { !process_alive(pid) }).await;
+    drop(replica);
+
+    // Creates go on through replica 2. One sent on a kept-alive connection to replica 1 can
+    // fail (503 `scheduler_unavailable`): the backend does not send a create that may have
+    // reached a replica again, so the client tries again, as clients are told to.
+    let mut failed = 0;
+    let fresh = loop {
+        match backend
+            .create_room(&prober, &CreateRoomRequest::default())
+            .await
+        {
+            Ok(ticket) => break ticket,
+            Err(e) if killed.elapsed() < WAIT && e.code() == Some("scheduler_unavailable") => {
+                eprintln!("multihost: a create after the SIGKILL failed: {e}");
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a create after the SIGKILL: {e}"),
+        }
+    };
+    let first_create = killed.elapsed();
+    eprintln!(
+        "multihost: first create {first_create:?} after the SIGKILL of replica 1 \
+         ({failed} failed before it)"
+    );
+    // Each kept-alive connection to replica 1 can cost one create; more time than that is a
+    // failover that waits for something.
+    assert!(
+        first_create < Duration::from_secs(5),
+        "creates stalled: {first_create:?}, {failed} failed"
+    );
+    for _ in 0..2 {
+        let started = Instant::now();
+        backend
+            .create_room(&prober, &CreateRoomRequest::default())
+            .await
+            .expect("creates keep working");
+        eprintln!(
+            "multihost: a create takes {:?} with replica 2 alone",
+            started.elapsed()
+        );
+    }
+    // Lookups too, and they find every room where it was: nothing moved.
+    for room in &chat.rooms {
+        let placed = backend.lookup_room(&prober, &room.room_id).await.unwrap();
+        assert_eq!(
+            (&placed.server_id, &placed.url),
+            (&room.server_id, &room.url),
+            "{} moved",
+            room.room_id
+        );
+    }
+    let again = backend.lookup_room(&prober, &fresh.room_id).await.unwrap();
+    assert_eq!(again.server_id, fresh.server_id);
+    let (mut conn, _) = RoomConnection::connect_ticket(&fresh).await.unwrap();
+    conn.send("after the kill", None).await.unwrap();
+
+    // Past the heartbeat timeout, replica 2 lists both session servers ready and heartbeating
+    // (to it, since nobody else is left).
+    tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_TIMEOUT_MS)).await;
+    let after = d.servers_on(0).await;
+    assert!(after.is_none(), "replica 1 is gone");
+    let after = d.servers_on(1).await.expect("replica 2 answers");
+    for server in before.iter().filter(|s| s.state == ServerState::Ready) {
+        let now = after
+            .iter()
+            .find(|s| s.id == server.id)
+            .unwrap_or_else(|| panic!("{} no longer listed: {after:?}", server.id));
+        assert_eq!(now.state, ServerState::Ready, "{now:?}");
+        // Younger than a session server's lease (3/4 of the timeout): one that stopped
+        // heartbeating for that long would be fenced.
+        assert!(
+            now.last_heartbeat_ms_ago < HEARTBEAT_TIMEOUT_MS * 3 / 4,
+            "re-homed and heartbeating: {now:?}"
+        );
+    }
+    assert_eq!(
+        after
+            .iter()
+            .filter(|s| s.state == ServerState::Ready)
+            .count(),
+        2,
+        "{after:?}"
+    );
+    for (host, _) in &d.sessions {
+        let health = d.session_health(*host).await.expect("reachable");
+        assert_eq!(health["fenced"].as_bool(), Some(false), "{health}");
+    }
+    chat.grown(10).await;
+
+    // Nobody noticed: one welcome each, and the records check out.
+    let records = chat.finish().await;
+    for r in &records {
+        assert_eq!(
+            r.welcomes.len(),
+            1,
+            "{} in {} reconnected: {:?}",
+            r.user,
+            r.room_id,
+            r.welcomes
+        );
+    }
+    let _ = conn.close().await;
     drop(d);
 }
