@@ -594,7 +594,7 @@ replicas() {
     if [ "$n" != single ]; then
       count="$n"
       db="berth_bench_replicas_$n"
-      psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+      psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null
       psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
       db_url="${DATABASE_URL%/*}/$db"
     fi
@@ -640,14 +640,17 @@ replicas() {
     p50[$n]="$(jq '.setup.create_latency.p50_ms // null' "$f")"
     p99[$n]="$(jq '.setup.create_latency.p99_ms // null' "$f")"
     max[$n]="$(jq '.setup.create_latency.max_ms // null' "$f")"
-    # Session servers of shared replicas outlive their scheduler: stop them by pid first.
-    local pid
-    for pid in $(curl -fsS -H "Authorization: Bearer $secret" "${urls[0]}/v1/servers" | jq -r '.servers[].pid // empty'); do
-      stop_pid "$pid"
+    # Session servers of shared replicas outlive their scheduler: stop them by pid first (each
+    # replica knows the pids of the ones it spawned).
+    local pid url
+    for url in "${urls[@]}"; do
+      for pid in $(curl -fsS -H "Authorization: Bearer $secret" "$url/v1/servers" | jq -r '.servers[].pid // empty'); do
+        stop_pid "$pid"
+      done
     done
     for pid in "${sched_pids[@]}"; do stop_pid "$pid"; done
     stop_pid "$backend_pid"
-    [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+    [ -n "$db" ] && psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
   done
   say ""
   say "replicas: $PLACEMENT_ROOMS room creates through the backend (login, then create; 16 in flight), a warm server with room for all; schedulers and backend on core $SERVER_CPU, PostgreSQL unpinned"
