@@ -72,9 +72,11 @@ async fn launch_sh_stores_the_cluster_secret_for_operators() {
     };
     let started = tokio::time::timeout(Duration::from_secs(60), read_banner).await;
     let stop = || {
-        // The whole process group: the script and everything it started.
+        // The whole process group: the script and everything it started. `--` before the
+        // group: without it procps' kill reads `-N` as an option, and when the group is gone
+        // it signalled the test runner's own group instead.
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &format!("-{pid}")])
+            .args(["-s", "TERM", "--", &format!("-{pid}")])
             .status();
     };
     if started.is_err() {
