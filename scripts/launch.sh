@@ -77,14 +77,13 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "==> stopping…"
-  # Replicas leave the session servers they spawned running (they move to another replica),
-  # even those of a replica that died: stop every berth-session of our process group.
-  if [ "$replicas" -gt 1 ]; then
-    pgid="$(ps -o pgid= -p $$ | tr -d ' ')"
-    for child in $(ps -o pid=,args= -g "$pgid" | awk -v b="$bin/berth-session" '$2 == b {print $1}'); do
-      pids+=("$child")
-    done
-  fi
+  # Replicas (every scheduler on PostgreSQL) leave the session servers they spawned running
+  # (they move to another replica), even those of a replica that died: stop every berth-session
+  # of our process group.
+  pgid="$(ps -o pgid= -p $$ | tr -d ' ')"
+  for child in $(ps -o pid=,args= -g "$pgid" | awk -v b="$bin/berth-session" '$2 == b {print $1}'); do
+    pids+=("$child")
+  done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   # Bounded: the scheduler drains its session servers within its shutdown timeout.
   for _ in $(seq 1 100); do

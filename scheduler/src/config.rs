@@ -110,10 +110,11 @@ pub struct Config {
 
     /// Run as one of several replicas: keep the registry of session servers and the room
     /// directory in PostgreSQL (`--database-url`), shared with every scheduler started on the
-    /// same database. Needs `--store postgres`. Spawned session servers then outlive this
-    /// process and are told every `--scheduler-url` as well as this replica's own URL.
-    #[arg(long, env = "BERTH_SCHEDULER_SHARED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub shared: bool,
+    /// same database. Unset: shared exactly when the store is PostgreSQL; `false` keeps them in
+    /// this process; `true` without PostgreSQL refuses to start. Spawned session servers of a
+    /// replica outlive it and are told every `--scheduler-url` as well as its own URL.
+    #[arg(long, env = "BERTH_SCHEDULER_SHARED", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub shared: Option<bool>,
 
     /// Bounds of the HTTP listener (connection budget, header-read and request timeouts).
     #[command(flatten)]

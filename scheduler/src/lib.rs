@@ -131,18 +131,21 @@ pub async fn serve(
     served.map_err(Error::Serve)
 }
 
-/// The registry's and directory's home: in memory, or shared in PostgreSQL with `--shared`
-/// (which refuses to start on any other store).
+/// The registry's and directory's home: shared in PostgreSQL when the store is PostgreSQL
+/// (schedulers on one database are replicas of one another), unless `--shared false`; in memory
+/// otherwise. `--shared true` refuses to start on any other store.
 async fn backing(
     config: &Config,
     store: Option<&berth_store::Store>,
 ) -> Result<state::Backing, Error> {
-    if !config.shared {
-        return Ok(state::Backing::Memory);
-    }
-    let url = match (config.store.kind(false), &config.store.database_url) {
-        (Ok(berth_store::StoreKind::Postgres), Some(url)) if store.is_some() => url,
-        _ => return Err(Error::SharedNeedsPostgres),
+    let postgres = match (config.store.kind(false), &config.store.database_url) {
+        (Ok(berth_store::StoreKind::Postgres), Some(url)) if store.is_some() => Some(url),
+        _ => None,
+    };
+    let url = match (config.shared, postgres) {
+        (Some(false), _) | (None, None) => return Ok(state::Backing::Memory),
+        (Some(true), None) => return Err(Error::SharedNeedsPostgres),
+        (_, Some(url)) => url,
     };
     let control = berth_store::control::ControlStore::open(url)
         .await
@@ -201,6 +204,18 @@ mod tests {
         let memory = Config::parse_from(["berth-scheduler"]);
         assert!(matches!(
             backing(&memory, None).await,
+            Ok(state::Backing::Memory)
+        ));
+        // PostgreSQL makes replicas unless told otherwise.
+        let single = Config::parse_from([
+            "berth-scheduler",
+            "--database-url",
+            "postgres://x/y",
+            "--shared",
+            "false",
+        ]);
+        assert!(matches!(
+            backing(&single, None).await,
             Ok(state::Backing::Memory)
         ));
     }

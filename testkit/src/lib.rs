@@ -182,7 +182,9 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         if let Some(url) = &options.database_url {
+            // One scheduler keeps its registry in memory here; the replica tests share theirs.
             scheduler_args.extend(["--database-url".to_owned(), url.clone()]);
+            scheduler_args.extend(["--shared".to_owned(), "false".to_owned()]);
         }
         if let Some(tls) = &options.tls {
             scheduler_args.extend(tls.args());

@@ -1,5 +1,6 @@
 //! Scheduler replicas over one PostgreSQL database: real `testkit-scheduler` processes started
-//! with `--shared`, real session servers they spawn, a backend given every replica's URL.
+//! on the same `BERTH_DATABASE_URL` (replicas by default), real session servers they spawn, a
+//! backend given every replica's URL.
 //! Skipped loudly (and failed under `CI=true`) without `BERTH_TEST_DATABASE_URL`.
 
 use std::collections::{HashMap, HashSet};
@@ -120,7 +121,7 @@ impl Replicas {
     fn spawn_replica(&self, port: u16, max_servers: u32) -> Child {
         Command::new(bin_path("testkit-scheduler"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--shared", "true"])
+            // No `--shared`: schedulers on one PostgreSQL database are replicas by default.
             .args(["--scheduler-url", &self.urls.join(",")])
             .args(["--data-dir", path_str(&self.data_dir)])
             .args(["--session-bin", path_str(&bin_path("testkit-session"))])
