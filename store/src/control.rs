@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
 
-use crate::postgres::{insert_member, pg_error};
+use crate::postgres::{insert_room, pg_error};
 use crate::{RoomMeta, StoreError, from_sql, to_sql};
 
 /// Bound on one call (connecting and retries included).
@@ -345,23 +345,7 @@ impl ControlStore {
             let Some((server_id, url)) = reserve(&tx).await? else {
                 return Ok(None);
             };
-            tx.execute(
-                "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id) DO NOTHING",
-                &[
-                    &meta.room_id,
-                    &meta.name,
-                    &meta.public,
-                    &meta.private,
-                    &meta.created_by,
-                    &to_sql(meta.created_at_ms),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-            if let Some(user) = &meta.created_by {
-                insert_member(&tx, &meta.room_id, user, meta.created_at_ms).await?;
-            }
+            insert_room(&tx, meta).await?;
             let epoch: i64 = tx
                 .query_one(
                     &format!(

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Transaction};
 
 mod conversations;
-pub(crate) use conversations::insert_member;
 
 use crate::conversations::Marks;
 use crate::{
@@ -96,6 +95,29 @@ pub(crate) struct PgStore {
     config: tokio_postgres::Config,
     write: Mutex<Option<Client>>,
     read: Mutex<Option<Client>>,
+}
+
+/// Records a new room's metadata and its creator as its first member (who then finds it among
+/// their rooms), inside the caller's transaction. A room that exists already is left as it is.
+pub(crate) async fn insert_room(tx: &Transaction<'_>, meta: &RoomMeta) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id) DO NOTHING",
+        &[
+            &meta.room_id,
+            &meta.name,
+            &meta.public,
+            &meta.private,
+            &meta.created_by,
+            &to_sql(meta.created_at_ms),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    if let Some(user) = &meta.created_by {
+        conversations::insert_member(tx, &meta.room_id, user, meta.created_at_ms).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
@@ -308,24 +330,7 @@ impl PgStore {
     pub(crate) async fn create_room(&self, meta: &RoomMeta) -> Result<(), StoreError> {
         self.call(true, async |client| {
             let tx = client.transaction().await.map_err(pg_error)?;
-            tx.execute(
-                "INSERT INTO berth_rooms (room_id, name, public, private, created_by, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id) DO NOTHING",
-                &[
-                    &meta.room_id,
-                    &meta.name,
-                    &meta.public,
-                    &meta.private,
-                    &meta.created_by,
-                    &to_sql(meta.created_at_ms),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-            // The creator is the room's first member (and finds it among its rooms).
-            if let Some(user) = &meta.created_by {
-                conversations::insert_member(&tx, &meta.room_id, user, meta.created_at_ms).await?;
-            }
+            insert_room(&tx, meta).await?;
             tx.commit().await.map_err(pg_error)
         })
         .await
