@@ -250,6 +250,31 @@ fn uint(v: i32) -> u32 {
 }
 
 /// A deadlock or serialization failure: the connection itself is fine.
+/// Runs of one control-plane transaction that PostgreSQL rolled back for a deadlock or a
+/// serialization failure, before the call fails.
+const TRANSIENT_ATTEMPTS: u32 = 4;
+
+/// Runs `op` again when PostgreSQL rolled its transaction back for a deadlock or a
+/// serialization failure (creates racing for the same servers' rows), after a pause of a few
+/// milliseconds that differs between contenders; at most [`TRANSIENT_ATTEMPTS`] runs.
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if is_transient(&e) && attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "control-plane transaction rolled back; running it again");
+                tokio::time::sleep(Duration::from_millis(rand::random_range(2..20))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn is_transient(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(why) if why.contains(SqlState::T_R_DEADLOCK_DETECTED.code())
         || why.contains(SqlState::T_R_SERIALIZATION_FAILURE.code()))
@@ -296,7 +321,8 @@ impl ControlStore {
 
     /// Runs `op` on a pooled connection, bounded by [`CALL_TIMEOUT`]. A connection that failed
     /// is dropped; the next call opens a new one. A deadlock (rare: see the lock order above)
-    /// fails the call like any other error; callers answer 503 and their clients retry.
+    /// fails the call; the calls that lock several servers' or placements' rows run again
+    /// through [`retry_transient`].
     async fn call<T>(
         &self,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
@@ -340,33 +366,35 @@ impl ControlStore {
     /// room's metadata (and its creator as first member) and its placement under a fresh epoch,
     /// all in one transaction. `None`: no ready server has a free slot (nothing recorded).
     pub async fn place_new(&self, meta: &RoomMeta) -> Result<Option<PlacementRow>, StoreError> {
-        self.call(async |c| {
-            let tx = c.transaction().await.map_err(pg_error)?;
-            let Some((server_id, url)) = reserve(&tx).await? else {
-                return Ok(None);
-            };
-            insert_room(&tx, meta).await?;
-            let epoch: i64 = tx
-                .query_one(
-                    &format!(
-                        "WITH e AS ({NEXT_EPOCH})
+        retry_transient(|| {
+            self.call(async |c| {
+                let tx = c.transaction().await.map_err(pg_error)?;
+                let Some((server_id, url)) = reserve(&tx).await? else {
+                    return Ok(None);
+                };
+                insert_room(&tx, meta).await?;
+                let epoch: i64 = tx
+                    .query_one(
+                        &format!(
+                            "WITH e AS ({NEXT_EPOCH})
                          INSERT INTO berth_placements (room_id, server_id, epoch, name, public)
                          SELECT $1, $2, e.value, $3, $4 FROM e RETURNING epoch"
-                    ),
-                    &[&meta.room_id, &server_id, &meta.name, &meta.public],
-                )
-                .await
-                .map_err(pg_error)?
-                .get(0);
-            tx.commit().await.map_err(pg_error)?;
-            Ok(Some(PlacementRow {
-                room_id: meta.room_id.clone(),
-                server_id,
-                url,
-                epoch: from_sql(epoch),
-                name: meta.name.clone(),
-                public: meta.public,
-            }))
+                        ),
+                        &[&meta.room_id, &server_id, &meta.name, &meta.public],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                    .get(0);
+                tx.commit().await.map_err(pg_error)?;
+                Ok(Some(PlacementRow {
+                    room_id: meta.room_id.clone(),
+                    server_id,
+                    url,
+                    epoch: from_sql(epoch),
+                    name: meta.name.clone(),
+                    public: meta.public,
+                }))
+            })
         })
         .await
     }
@@ -427,7 +455,7 @@ impl ControlStore {
 
     /// Places a dormant room again (new server, new epoch), unless someone did meanwhile.
     pub async fn relocate(&self, room_id: &str) -> Result<Relocated, StoreError> {
-        self.call(async |c| {
+        retry_transient(|| self.call(async |c| {
             let tx = c.transaction().await.map_err(pg_error)?;
             let Some((server_id, url)) = reserve(&tx).await? else {
                 return Ok(Relocated::NoSlot);
@@ -489,7 +517,7 @@ impl ControlStore {
                 name,
                 public,
             }))
-        })
+        }))
         .await
     }
 
@@ -592,94 +620,96 @@ impl ControlStore {
     /// elsewhere since are left alone (its next heartbeat gets them revoked). A server never seen
     /// is entered as an outside (unmanaged) one.
     pub async fn register(&self, reg: &Registration<'_>) -> Result<Registered, StoreError> {
-        self.call(async |c| {
-            let tx = c.transaction().await.map_err(pg_error)?;
-            let found = tx
-                .query_opt(
-                    "SELECT state, managed, drain_requested,
+        retry_transient(|| {
+            self.call(async |c| {
+                let tx = c.transaction().await.map_err(pg_error)?;
+                let found = tx
+                    .query_opt(
+                        "SELECT state, managed, drain_requested,
                             (extract(epoch FROM now() - started_at) * 1000)::int8
                      FROM berth_servers WHERE server_id = $1 FOR UPDATE",
-                    &[&reg.server_id],
-                )
-                .await
-                .map_err(pg_error)?;
-            let pid = reg.pid.map(|p| i32::try_from(p).unwrap_or(0));
-            let (previous, managed, drain_requested, age_ms) = match &found {
-                Some(r) => (
-                    Some(parse_state(&r.get::<_, String>(0))),
-                    r.get::<_, bool>(1),
-                    r.get::<_, bool>(2),
-                    from_sql(r.get(3)),
-                ),
-                None => (None, false, false, 0),
-            };
-            let state = if reg.draining || drain_requested {
-                ServerState::Draining
-            } else {
-                ServerState::Ready
-            };
-            if found.is_some() {
-                tx.execute(
-                    "UPDATE berth_servers SET url = $2, admin_url = $3, capacity = $4,
+                        &[&reg.server_id],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let pid = reg.pid.map(|p| i32::try_from(p).unwrap_or(0));
+                let (previous, managed, drain_requested, age_ms) = match &found {
+                    Some(r) => (
+                        Some(parse_state(&r.get::<_, String>(0))),
+                        r.get::<_, bool>(1),
+                        r.get::<_, bool>(2),
+                        from_sql(r.get(3)),
+                    ),
+                    None => (None, false, false, 0),
+                };
+                let state = if reg.draining || drain_requested {
+                    ServerState::Draining
+                } else {
+                    ServerState::Ready
+                };
+                if found.is_some() {
+                    tx.execute(
+                        "UPDATE berth_servers SET url = $2, admin_url = $3, capacity = $4,
                          members_per_room = $5, connections = $6,
                          pid = CASE WHEN managed THEN COALESCE(pid, $7) ELSE $7 END,
                          last_heartbeat = now(), state = $8, dead_since = NULL, dead_reason = NULL
                      WHERE server_id = $1",
-                    &[
-                        &reg.server_id,
-                        &reg.url,
-                        &reg.admin_url,
-                        &int(reg.capacity.rooms),
-                        &int(reg.capacity.members_per_room),
-                        &int(reg.connections),
-                        &pid,
-                        &state.as_str(),
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            } else {
-                tx.execute(
-                    "INSERT INTO berth_servers (server_id, url, admin_url, state, capacity,
+                        &[
+                            &reg.server_id,
+                            &reg.url,
+                            &reg.admin_url,
+                            &int(reg.capacity.rooms),
+                            &int(reg.capacity.members_per_room),
+                            &int(reg.connections),
+                            &pid,
+                            &state.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                } else {
+                    tx.execute(
+                        "INSERT INTO berth_servers (server_id, url, admin_url, state, capacity,
                          members_per_room, connections, managed, pid)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8)",
-                    &[
-                        &reg.server_id,
-                        &reg.url,
-                        &reg.admin_url,
-                        &state.as_str(),
-                        &int(reg.capacity.rooms),
-                        &int(reg.capacity.members_per_room),
-                        &int(reg.connections),
-                        &pid,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            }
-            let adopted = adopt(&tx, reg.server_id, reg.rooms).await?;
-            if adopted != 0 {
-                tx.execute(
+                        &[
+                            &reg.server_id,
+                            &reg.url,
+                            &reg.admin_url,
+                            &state.as_str(),
+                            &int(reg.capacity.rooms),
+                            &int(reg.capacity.members_per_room),
+                            &int(reg.connections),
+                            &pid,
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                }
+                let adopted = adopt(&tx, reg.server_id, reg.rooms).await?;
+                if adopted != 0 {
+                    tx.execute(
                     "UPDATE berth_servers SET rooms = GREATEST(rooms + $2, 0) WHERE server_id = $1",
                     &[&reg.server_id, &adopted],
                 )
                 .await
                 .map_err(pg_error)?;
-            }
-            if let Some(max) = reg.rooms.iter().map(|r| r.epoch).max() {
-                tx.execute(
-                    "UPDATE berth_epoch SET value = GREATEST(value, $1)",
-                    &[&to_sql(max)],
-                )
-                .await
-                .map_err(pg_error)?;
-            }
-            tx.commit().await.map_err(pg_error)?;
-            Ok(Registered {
-                previous,
-                state,
-                managed,
-                age_ms,
+                }
+                if let Some(max) = reg.rooms.iter().map(|r| r.epoch).max() {
+                    tx.execute(
+                        "UPDATE berth_epoch SET value = GREATEST(value, $1)",
+                        &[&to_sql(max)],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok(Registered {
+                    previous,
+                    state,
+                    managed,
+                    age_ms,
+                })
             })
         })
         .await
@@ -697,7 +727,7 @@ impl ControlStore {
         rooms: &[HostedRoom],
         forget_after: Duration,
     ) -> Result<Option<Beat>, StoreError> {
-        self.call(async |c| {
+        retry_transient(|| self.call(async |c| {
             let tx = c.transaction().await.map_err(pg_error)?;
             let Some(row) = tx
                 .query_opt(
@@ -790,7 +820,7 @@ impl ControlStore {
                 revoked,
                 began_draining: draining && state == ServerState::Draining,
             }))
-        })
+        }))
         .await
     }
 
