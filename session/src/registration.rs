@@ -70,7 +70,7 @@ impl Lease {
     fn expire(&mut self, state: &AppState) {
         if state.is_fenced() {
             self.fenced_at = None;
-            close_rooms(state);
+            close_rooms(state, "still no answer from the scheduler");
         } else {
             self.fenced_at = Some(Instant::now());
             fence(state);
@@ -117,14 +117,11 @@ fn fence(state: &AppState) {
     );
 }
 
-/// A fenced server's grace ran out: close every room (1012), so that members look their rooms
-/// up again.
-fn close_rooms(state: &AppState) {
+/// Closes every room (1012), so that members look their rooms up again: a fenced server's grace
+/// ran out, or the scheduler forgot the server while it was fenced (its rooms may have moved).
+fn close_rooms(state: &AppState, why: &'static str) {
     let rooms = state.0.rooms.all();
-    tracing::warn!(
-        rooms = rooms.len(),
-        "still no answer from the scheduler; closing every room"
-    );
+    tracing::warn!(rooms = rooms.len(), "{why}; closing every room");
     for room in rooms {
         if state.0.rooms.remove_instance(&room.id, room.instance) {
             room.revoke();
@@ -184,6 +181,15 @@ async fn register(
         attempts += 1;
         match result {
             Ok(registered) if berth_protocol::ids::is_valid_server_id(&registered.server_id) => {
+                if state.is_fenced() {
+                    // Registering again means the scheduler forgot this server while it was
+                    // fenced: any of its rooms may be placed elsewhere by now. Closed before
+                    // the lease is renewed, so that none of them takes a message meanwhile.
+                    close_rooms(
+                        state,
+                        "the scheduler forgot this server while it was fenced",
+                    );
+                }
                 if let Some(credential) = &registered.credential {
                     client.use_credential(credential);
                 }

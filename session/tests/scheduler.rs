@@ -400,6 +400,43 @@ async fn registration_retries_and_takes_the_assigned_id() {
 }
 
 #[tokio::test]
+async fn a_fenced_server_the_scheduler_forgot_closes_its_rooms_when_it_registers_again() {
+    let fake = Fake::default();
+    fake.timeout_ms.store(1000, Ordering::SeqCst);
+    let (fake, addr) = start_fake(fake).await;
+    // A grace far longer than the test: only the registration can close the room.
+    let server = start_session(addr, Some("s-5"), &["--fence-grace-ms", "60000"]).await;
+    eventually("registration", || async {
+        !fake.registrations.lock().unwrap().is_empty()
+    })
+    .await;
+    place(&fake, "r-f", "s-5", 1);
+    let mut alice = server
+        .connect(&ticket(&server, "r-f", "alice", 1))
+        .await
+        .unwrap();
+    assert_eq!(alice.recv().await["type"], "welcome");
+
+    // Cut off long enough to be fenced (750 ms): the member stays, its messages are refused.
+    fake.unreachable.store(true, Ordering::SeqCst);
+    eventually("the server to be fenced", || async {
+        server
+            .connect(&ticket(&server, "r-f", "bob", 1))
+            .await
+            .is_err()
+    })
+    .await;
+    // The scheduler comes back having forgotten the server (as after declaring it dead): the
+    // next heartbeat is refused, the server registers again and closes the room, whose
+    // placement may have moved meanwhile.
+    let registered = fake.registrations.lock().unwrap().len();
+    fake.forget.store(true, Ordering::SeqCst);
+    fake.unreachable.store(false, Ordering::SeqCst);
+    assert_eq!(alice.close_code().await, Some(1012));
+    assert!(fake.registrations.lock().unwrap().len() > registered);
+}
+
+#[tokio::test]
 async fn a_server_that_cannot_renew_its_lease_is_fenced_then_closes_its_rooms_until_the_scheduler_answers()
  {
     let fake = Fake::default();
