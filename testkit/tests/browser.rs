@@ -676,6 +676,8 @@ async fn rate_limits_links_details_and_reopened_rooms_in_a_browser() {
         "failures show before the 20 s pending timeout would mark them"
     );
     eprintln!("rate limit: {failed} of {burst} refused");
+    // Retry once the bucket has refilled (20/s; the echoes' read marks spend from it too).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let retried = carol
         .js(
             &format!(
