@@ -130,14 +130,11 @@ async fn websocket(
         server_id = state.server_id().as_deref().unwrap_or(""),
         peer = peer.map(tracing::field::display),
     );
-    let admitted = match admission::admit(&state, claims, since)
+    let admitted = match admission::admit(&state, claims, spent, since)
         .instrument(span.clone())
         .await
     {
-        Ok(admitted) => {
-            spent.keep();
-            admitted
-        }
+        Ok(admitted) => admitted,
         Err(refusal) => return refuse(&state, refusal, peer),
     };
     let config = &state.0.config;
