@@ -77,7 +77,7 @@ pub(crate) struct Admitted {
 
 /// The ticket of a `/ws` or `/sse` request (`?token=`, else `Authorization: Bearer`), verified
 /// and spent ([`check_ticket`]): the first check of both transports, before anything else is
-/// looked at. The ticket is given back unless [`admit`] admits its holder, so
+/// looked at. The ticket is given back unless the caller [`Spent::keep`]s it once admitted, so
 /// a refused attempt (draining, wrong server, room full) leaves it usable for one connection.
 pub(crate) fn ticket_from_request(
     state: &AppState,
@@ -168,11 +168,10 @@ async fn check_membership(state: &AppState, claims: &TicketClaims) -> Result<(),
 
 /// Admits the holder of verified `claims`: joins it to its room (opening the room if needed).
 /// With `since`, its `welcome` resumes after that `seq` (reading the store when the room's
-/// memory does not reach back far enough). The ticket stays `spent` only when admitted.
+/// memory does not reach back far enough).
 pub(crate) async fn admit(
     state: &AppState,
     claims: TicketClaims,
-    spent: Spent,
     since: Option<u64>,
 ) -> Result<Admitted, ApiError> {
     let shared = &state.0;
@@ -210,7 +209,6 @@ pub(crate) async fn admit(
                     .metrics
                     .connections_total
                     .fetch_add(1, Ordering::Relaxed);
-                spent.keep();
                 return Ok(Admitted {
                     conn,
                     room,

@@ -130,11 +130,14 @@ async fn websocket(
         server_id = state.server_id().as_deref().unwrap_or(""),
         peer = peer.map(tracing::field::display),
     );
-    let admitted = match admission::admit(&state, claims, spent, since)
+    let admitted = match admission::admit(&state, claims, since)
         .instrument(span.clone())
         .await
     {
-        Ok(admitted) => admitted,
+        Ok(admitted) => {
+            spent.keep();
+            admitted
+        }
         Err(refusal) => return refuse(&state, refusal, peer),
     };
     let config = &state.0.config;
