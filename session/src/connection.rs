@@ -2,26 +2,23 @@
 //! connection's outbound queue, a ping timer and the room's kick notice (slow consumer, room
 //! revoked, server closing, room failed).
 //!
-//! Writes are coalesced: a frame from the outbound queue is fed, then every frame already queued
-//! behind it (up to [`MAX_BATCH`]), then the socket is flushed once. Every write, the `welcome`
-//! first, races the room's kick notice and has a deadline (`--write-timeout-ms`), so a client
-//! that stopped reading cannot pin its connection. Control frames spend the connection's frame
-//! budget like messages do; protocol violations close with the RFC 6455 code (1002, 1007).
-//!
-//! The `welcome` is written to the raw socket before tungstenite takes it over: tungstenite's
-//! write buffer keeps the capacity of the largest frame it ever wrote, and the welcome (every
-//! member, recent history) is by far the largest, so through tungstenite each connection would
-//! hold a welcome-sized buffer for its whole life.
+//! Writes are coalesced: a frame from the outbound queue, then every frame already queued behind
+//! it (up to [`MAX_BATCH`]), go out in vectored writes straight to the socket (an [`Outbox`]),
+//! past tungstenite, which would copy each payload into a write buffer that keeps the capacity of
+//! the largest batch (and of the `welcome`, by far the largest frame) for the connection's whole
+//! life. Tungstenite still reads, and writes the few frames that are not broadcasts (pings,
+//! pongs, refusals, the close); whatever it holds is flushed before a batch. Every write, the
+//! `welcome` first, races the room's kick notice and has a deadline (`--write-timeout-ms`), so a
+//! client that stopped reading cannot pin its connection. Control frames spend the connection's
+//! frame budget like messages do; protocol violations close with the RFC 6455 code (1002, 1007).
 
 use std::time::Duration;
 
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
-use bytes::Buf as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
@@ -31,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::admission::Admitted;
+use crate::outbox::Outbox;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Kick, RoomHandle};
 use crate::state::{AppState, with_client_id};
@@ -92,13 +90,24 @@ pub(crate) async fn run(
     };
     // A client that cannot take its welcome in time is dropped at once: the frame is half
     // written, so no close frame can follow it.
-    if let Err(end) = signal.guard(write_text_frame(&mut io, welcome)).await {
+    let mut outbox = Outbox::default();
+    outbox.push(welcome);
+    if let Err(end) = signal.guard(outbox.write_to(&mut io)).await {
         tracing::debug!(?end, "welcome not written");
         drop(membership);
         return;
     }
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let end = serve(&mut ws, &mut signal, &state, conn, &mut outbound, &room).await;
+    let end = serve(
+        &mut ws,
+        &mut outbox,
+        &mut signal,
+        &state,
+        conn,
+        &mut outbound,
+        &room,
+    )
+    .await;
     tracing::debug!(?end, "connection ending");
     match end {
         End::Gone => {
@@ -106,32 +115,22 @@ pub(crate) async fn run(
         }
         // Nothing more can be written to a client that does not read.
         End::Stuck => {}
-        End::Close(code, reason) => close_with(&mut ws, code, reason, true).await,
-        End::Fail(code, reason) => close_with(&mut ws, code, reason, false).await,
+        End::Close(code, reason) | End::Fail(code, reason) => {
+            // A batch cut short by the kick is finished first: a close frame in the middle of a
+            // frame would be garbage to the client.
+            let finished = outbox.is_empty()
+                || matches!(
+                    tokio::time::timeout(CLOSE_GRACE, outbox.write_to(ws.get_mut())).await,
+                    Ok(Ok(()))
+                );
+            if finished {
+                close_with(&mut ws, code, reason, matches!(end, End::Close(..))).await;
+            }
+        }
     }
     drop(membership); // leave the room
     drop(slot);
     drop(task);
-}
-
-/// Writes `text` as one unmasked, final text frame (RFC 6455 section 5.2) straight to `io`.
-async fn write_text_frame(io: &mut TokioIo<Upgraded>, text: Utf8Bytes) -> std::io::Result<()> {
-    let payload = bytes::Bytes::from(text);
-    let len = payload.len();
-    let mut header = Vec::with_capacity(10);
-    header.push(0x81); // FIN, text
-    if len < 126 {
-        header.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        header.push(126);
-        header.extend_from_slice(&len.to_be_bytes());
-    } else {
-        header.push(127);
-        header.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    let mut frame = bytes::Bytes::from(header).chain(payload);
-    io.write_all_buf(&mut frame).await?;
-    io.flush().await
 }
 
 /// The room's notice that this connection must go, which every wait and write races, and the
@@ -173,6 +172,7 @@ impl Kicked {
 
 async fn serve(
     ws: &mut Socket,
+    outbox: &mut Outbox,
     kicked: &mut Kicked,
     state: &AppState,
     conn: u64,
@@ -196,13 +196,15 @@ async fn serve(
                     // The room let go of us; its kick notice (or its absence) says why.
                     return kicked.room_gone().await;
                 };
+                outbox.push(frame);
+                while outbox.len() < MAX_BATCH {
+                    let Ok(next) = outbound.try_recv() else { break };
+                    outbox.push(next);
+                }
                 let batch = async {
-                    ws.feed(Message::Text(frame)).await?;
-                    for _ in 1..MAX_BATCH {
-                        let Ok(next) = outbound.try_recv() else { break };
-                        ws.feed(Message::Text(next)).await?;
-                    }
-                    ws.flush().await
+                    // What tungstenite holds (a pong) goes first; the batch writes past it.
+                    ws.flush().await.map_err(drop)?;
+                    outbox.write_to(ws.get_mut()).await.map_err(drop)
                 };
                 if let Err(end) = kicked.guard(batch).await {
                     return end;
@@ -395,6 +397,7 @@ async fn close_with(ws: &mut Socket, code: u16, reason: &'static str, read_answe
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt as _;
 
     proptest! {
         /// Any text a client may send is a message or a refusal from the documented list.

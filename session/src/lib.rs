@@ -12,6 +12,7 @@
 //! - `rate`: per-connection token bucket and flood detection.
 //! - `metrics`: Prometheus counters.
 //! - `http`: the routes.
+//! - `outbox`: broadcast frames written straight to a WebSocket, without copying them.
 //! - `state`: what everything shares, and how rooms are opened and supervised.
 //! - `sse`: the same rooms over Server-Sent Events (`GET /sse`).
 //! - `http_send`: the internal endpoint the backend sends HTTP messages through.
@@ -28,6 +29,7 @@ mod hosting;
 mod http;
 mod http_send;
 mod metrics;
+mod outbox;
 mod rate;
 mod reads;
 mod registration;

@@ -1,0 +1,245 @@
+//! [`Outbox`]: a batch of server text frames written straight to the socket, each frame's header
+//! and its shared payload gathered into vectored writes (`writev`), without copying the payload.
+//!
+//! Why not through tungstenite: its write buffer copies every payload (a `memmove` per delivery)
+//! and keeps the capacity of the largest batch it ever held for the connection's whole life. An
+//! outbox holds memory only while a batch is being written.
+//!
+//! The outbox remembers how far a batch got, so a write that was abandoned half way (a kick, a
+//! deadline) can be finished before a close frame follows it: the client then still reads a
+//! well-formed stream and the close code.
+
+use std::io::IoSlice;
+
+use bytes::Buf;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Longest header of an unmasked frame (RFC 6455 section 5.2): 2 bytes and a 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// One frame: its encoded header and its payload.
+struct Frame {
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    payload: Utf8Bytes,
+}
+
+impl Frame {
+    /// A final, unmasked text frame carrying `payload`.
+    fn text(payload: Utf8Bytes) -> Frame {
+        let len = payload.len();
+        let mut header = [0u8; MAX_HEADER];
+        header[0] = 0x81; // FIN, text
+        let header_len = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Frame {
+            header,
+            header_len,
+            payload,
+        }
+    }
+
+    /// Part `i` of the frame: 0 the header, 1 the payload.
+    fn part(&self, i: usize) -> &[u8] {
+        if i == 0 {
+            &self.header[..usize::from(self.header_len)]
+        } else {
+            self.payload.as_bytes()
+        }
+    }
+}
+
+/// Frames waiting to be written, and how far the first of them got.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    frames: Vec<Frame>,
+    /// The part being written: `2 × frame + (0 header | 1 payload)`.
+    part: usize,
+    /// Bytes of that part already written.
+    offset: usize,
+    /// Bytes left in all.
+    remaining: usize,
+}
+
+impl Outbox {
+    /// Queues `payload` as a text frame behind what is already queued.
+    pub fn push(&mut self, payload: Utf8Bytes) {
+        let frame = Frame::text(payload);
+        self.remaining += usize::from(frame.header_len) + frame.payload.len();
+        self.frames.push(frame);
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Writes everything queued to `io` and flushes it; the outbox is then empty and holds no
+    /// memory. When the future is dropped half way, the outbox keeps what is left.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> std::io::Result<()> {
+        io.write_all_buf(self).await?;
+        *self = Outbox::default();
+        io.flush().await
+    }
+
+    fn current(&self) -> &[u8] {
+        self.frames[self.part / 2].part(self.part % 2)
+    }
+}
+
+impl Buf for Outbox {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if self.remaining == 0 {
+            return &[];
+        }
+        &self.current()[self.offset..]
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of the outbox");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let left = self.current().len() - self.offset;
+            if cnt < left {
+                self.offset += cnt;
+                return;
+            }
+            cnt -= left;
+            self.part += 1;
+            self.offset = 0;
+        }
+        // Step over empty parts (an empty payload), so that `chunk` is never empty early.
+        while self.remaining > 0 && self.current().len() == self.offset {
+            self.part += 1;
+            self.offset = 0;
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        if self.remaining == 0 {
+            return 0;
+        }
+        let mut n = 0;
+        let mut offset = self.offset;
+        for part in self.part..self.frames.len() * 2 {
+            if n == dst.len() {
+                break;
+            }
+            let bytes = &self.frames[part / 2].part(part % 2)[offset..];
+            offset = 0;
+            if !bytes.is_empty() {
+                dst[n] = IoSlice::new(bytes);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::{Message, WebSocket};
+
+    /// Reads `bytes` as a client would and returns the text frames.
+    fn parse(bytes: Vec<u8>) -> Vec<String> {
+        let mut ws = WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, None);
+        let mut out = Vec::new();
+        while let Ok(msg) = ws.read() {
+            match msg {
+                Message::Text(t) => out.push(t.to_string()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the payload sizes and however the socket splits the writes, a client reads
+        /// exactly the frames queued, in order.
+        #[test]
+        fn any_batch_reads_back_as_its_frames(
+            texts in proptest::collection::vec(
+                prop_oneof![".{0,20}", ".{100,140}", "x{65530,65540}"], 0..8),
+            step in prop_oneof![1usize..16, 16usize..5000],
+            vectored in any::<bool>(),
+        ) {
+            let mut outbox = Outbox::default();
+            for t in &texts {
+                outbox.push(Utf8Bytes::from(t.clone()));
+            }
+            let mut wire = Vec::new();
+            // Take at most `step` bytes per write, as a nearly full socket would.
+            while outbox.has_remaining() {
+                let n = if vectored {
+                    let mut slices = [IoSlice::new(&[]); 64];
+                    let k = outbox.chunks_vectored(&mut slices);
+                    let mut taken = 0;
+                    for s in &slices[..k] {
+                        let t = s.len().min(step - taken);
+                        wire.extend_from_slice(&s[..t]);
+                        taken += t;
+                        if taken == step { break; }
+                    }
+                    taken
+                } else {
+                    let c = outbox.chunk();
+                    let t = c.len().min(step);
+                    wire.extend_from_slice(&c[..t]);
+                    t
+                };
+                prop_assert!(n > 0);
+                outbox.advance(n);
+            }
+            prop_assert_eq!(parse(wire), texts);
+        }
+    }
+
+    #[tokio::test]
+    async fn write_to_writes_everything_and_lets_go_of_the_batch() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut outbox = Outbox::default();
+        let big = "y".repeat(70_000);
+        for t in ["hello", big.as_str(), ""] {
+            outbox.push(Utf8Bytes::from(t.to_owned()));
+        }
+        assert_eq!(outbox.len(), 3);
+        let reader = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)
+                .await
+                .unwrap();
+            wire
+        });
+        outbox.write_to(&mut server).await.unwrap();
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.frames.capacity(), 0);
+        drop(server);
+        let texts = parse(reader.await.unwrap());
+        assert_eq!(texts, vec!["hello".to_owned(), big, String::new()]);
+    }
+}
