@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use axum::http::{HeaderMap, header};
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
+use crate::outbound;
 use crate::room::{ConnId, JoinError, Kick, RoomHandle};
 use crate::state::AppState;
 use crate::ticket::token_from_request;
@@ -68,7 +69,7 @@ pub(crate) struct Admitted {
     pub conn: ConnId,
     pub room: RoomHandle,
     pub welcome: Utf8Bytes,
-    pub outbound: mpsc::Receiver<Utf8Bytes>,
+    pub outbound: outbound::Receiver,
     pub kick: oneshot::Receiver<Kick>,
     pub membership: Membership,
     pub slot: ConnectionSlot,
@@ -193,7 +194,7 @@ pub(crate) async fn admit(
     while attempts < JOIN_ATTEMPTS {
         let room = crate::hosting::room_for(state, &claims.room, claims.epoch).await?;
         let conn = state.next_conn_id();
-        let (tx, outbound) = mpsc::channel(shared.config.outbound_queue);
+        let (tx, outbound) = outbound::channel(shared.config.outbound_queue);
         let (kick_tx, kick) = oneshot::channel();
         let membership = Membership {
             room: room.clone(),

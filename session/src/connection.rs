@@ -19,7 +19,7 @@ use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::admission::Admitted;
+use crate::outbound;
 use crate::outbox::Outbox;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Kick, RoomHandle};
@@ -176,7 +177,7 @@ async fn serve(
     kicked: &mut Kicked,
     state: &AppState,
     conn: u64,
-    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    outbound: &mut outbound::Receiver,
     room: &RoomHandle,
 ) -> End {
     let shared = &state.0;
@@ -197,10 +198,7 @@ async fn serve(
                     return kicked.room_gone().await;
                 };
                 outbox.push(frame);
-                while outbox.len() < MAX_BATCH {
-                    let Ok(next) = outbound.try_recv() else { break };
-                    outbox.push(next);
-                }
+                outbound.drain_into(MAX_BATCH - 1, |next| outbox.push(next));
                 let batch = async {
                     // What tungstenite holds (a pong) goes first; the batch writes past it.
                     ws.flush().await.map_err(drop)?;

@@ -12,6 +12,7 @@
 //! - `rate`: per-connection token bucket and flood detection.
 //! - `metrics`: Prometheus counters.
 //! - `http`: the routes.
+//! - `outbound`: a connection's bounded queue of frames from its room.
 //! - `outbox`: broadcast frames written straight to a WebSocket, without copying them.
 //! - `state`: what everything shares, and how rooms are opened and supervised.
 //! - `sse`: the same rooms over Server-Sent Events (`GET /sse`).
@@ -29,6 +30,7 @@ mod hosting;
 mod http;
 mod http_send;
 mod metrics;
+mod outbound;
 mod outbox;
 mod rate;
 mod reads;

@@ -80,11 +80,6 @@ impl Outbox {
         self.frames.push(frame);
     }
 
-    /// Frames queued.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
     /// Whether nothing is left to write.
     pub fn is_empty(&self) -> bool {
         self.remaining == 0
@@ -227,7 +222,7 @@ mod tests {
         for t in ["hello", big.as_str(), ""] {
             outbox.push(Utf8Bytes::from(t.to_owned()));
         }
-        assert_eq!(outbox.len(), 3);
+        assert_eq!(outbox.frames.len(), 3);
         let reader = tokio::spawn(async move {
             let mut wire = Vec::new();
             tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)

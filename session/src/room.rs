@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::outbound;
 use crate::reads::Reads;
 use crate::rooms::Rooms;
 use crate::typing::Typing;
@@ -90,7 +91,7 @@ pub(crate) enum JoinError {
 pub(crate) struct JoinRequest {
     pub conn: ConnId,
     pub user: User,
-    pub outbound: mpsc::Sender<Utf8Bytes>,
+    pub outbound: outbound::Sender,
     pub kick: oneshot::Sender<Kick>,
     /// Resume after this `seq`.
     pub since: Option<u64>,
@@ -194,7 +195,7 @@ impl RoomHandle {
         &self,
         conn: ConnId,
         user: User,
-        outbound: mpsc::Sender<Utf8Bytes>,
+        outbound: outbound::Sender,
         kick: oneshot::Sender<Kick>,
         since: Option<u64>,
         prefetched: Option<Vec<ChatMessage>>,
@@ -375,7 +376,7 @@ pub(crate) fn new(
 
 struct Member {
     user: Arc<User>,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: outbound::Sender,
     kick: Option<oneshot::Sender<Kick>>,
 }
 
@@ -1297,7 +1298,7 @@ mod tests {
     }
 
     struct TestMember {
-        rx: mpsc::Receiver<Utf8Bytes>,
+        rx: outbound::Receiver,
         kick: oneshot::Receiver<Kick>,
         welcome: serde_json::Value,
     }
@@ -1319,7 +1320,7 @@ mod tests {
         since: Option<u64>,
         prefetched: Option<Vec<ChatMessage>>,
     ) -> Result<TestMember, JoinError> {
-        let (tx, rx) = mpsc::channel(queue);
+        let (tx, rx) = outbound::channel(queue);
         let (kick_tx, kick) = oneshot::channel();
         let welcome = room
             .handle
@@ -1347,7 +1348,7 @@ mod tests {
 
     /// Waits until the room has handled everything queued before.
     async fn sync(room: &TestRoom) {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = outbound::channel(1);
         let (kick, _) = oneshot::channel();
         let _ = room
             .handle
@@ -1416,9 +1417,9 @@ mod tests {
         }
         sync(&room).await;
         assert_eq!((&mut slow.kick).await.unwrap(), Kick::SlowConsumer);
-        assert!(slow.rx.try_recv().is_ok(), "it got the frame that fitted");
+        assert!(slow.rx.try_recv().is_some(), "it got the frame that fitted");
         let mut seqs = Vec::new();
-        while let Ok(bytes) = fast.rx.try_recv() {
+        while let Some(bytes) = fast.rx.try_recv() {
             let v: serde_json::Value = serde_json::from_str(&bytes).unwrap();
             if v["type"] == "message" {
                 seqs.push(v["seq"].as_u64().unwrap());

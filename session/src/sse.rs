@@ -198,10 +198,7 @@ async fn run(
                 Some(frame) => {
                     let mut chunk = String::with_capacity(frame.len() + 64);
                     push_event(&mut chunk, &frame);
-                    for _ in 1..MAX_BATCH {
-                        let Ok(next) = outbound.try_recv() else { break };
-                        push_event(&mut chunk, &next);
-                    }
+                    outbound.drain_into(MAX_BATCH - 1, |next| push_event(&mut chunk, &next));
                     write(&chunks, &mut kick, chunk, settings.write_timeout).await
                 }
                 // The room let go of us: its notice (or its absence) says why.
