@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
 use futures_util::{SinkExt as _, StreamExt as _};
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::Config;
 use crate::admission::Admitted;
 use crate::outbound;
 use crate::outbox::Outbox;
@@ -67,52 +68,74 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
 /// The upgraded socket, as the connection sees it.
 pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Runs an admitted connection until it ends, then closes it and leaves the room.
-pub(crate) async fn run(
-    mut io: TokioIo<Upgraded>,
-    config: WebSocketConfig,
-    admitted: Admitted,
-    state: AppState,
-) {
-    let Admitted {
-        conn,
-        room,
-        welcome,
-        mut outbound,
-        kick,
-        membership,
-        slot,
-        task,
-    } = admitted;
-    let write_timeout = state.0.config.write_timeout();
+/// Bytes read from the socket per call. Every connection holds this much for its life
+/// (tungstenite's default, 128 KiB, wastes memory with thousands of mostly idle connections).
+/// Client frames are small; a larger one (up to `--max-frame-bytes`) grows the buffer on demand.
+const READ_BUFFER: usize = 512;
+
+/// How tungstenite reads frames and writes what the outbox does not: pings, pongs, refusals and
+/// the close, each written at once (no write buffer to fill first).
+fn ws_config(config: &Config) -> WebSocketConfig {
+    let max_frame = config.max_frame_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_write_buffer(config))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// Bound on tungstenite's write buffer: room for two refusals (each echoes a `clientId`) and the
+/// control frames. A client that does not read pins no more than this (plus its queue of shared
+/// frames) until its write deadline.
+fn max_write_buffer(config: &Config) -> usize {
+    let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
+    per_message.saturating_mul(2).saturating_add(16 * 1024)
+}
+
+/// Runs an admitted connection once its upgrade completes, until it ends, then closes it and
+/// leaves the room.
+///
+/// The connection's future lives as long as the connection, so its size is memory every idle
+/// connection holds: `admitted` is used in place rather than destructured (a moved argument
+/// would take its room twice), and the futures of rare events (a client frame, a ping, the
+/// close) are boxed while they run instead of widening every connection's future.
+pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: AppState) {
+    let mut io = match on_upgrade.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
     let mut signal = Kicked {
-        kick,
-        write_timeout,
+        kick: &mut admitted.kick,
+        write_timeout: state.0.config.write_timeout(),
     };
     // A client that cannot take its welcome in time is dropped at once: the frame is half
     // written, so no close frame can follow it.
     let mut outbox = Outbox::default();
-    outbox.push(welcome);
-    if let Err(end) = signal.guard(outbox.write_to(&mut io)).await {
+    outbox.push(std::mem::take(&mut admitted.welcome));
+    if let Err(end) = Box::pin(signal.guard(outbox.write_to(&mut io))).await {
         tracing::debug!(?end, "welcome not written");
-        drop(membership);
         return;
     }
+    let config = ws_config(&state.0.config);
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let end = serve(
         &mut ws,
         &mut outbox,
         &mut signal,
         &state,
-        conn,
-        &mut outbound,
-        &room,
+        admitted.conn,
+        &mut admitted.outbound,
+        &admitted.room,
     )
     .await;
     tracing::debug!(?end, "connection ending");
     match end {
         End::Gone => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, ws.flush())).await;
         }
         // Nothing more can be written to a client that does not read.
         End::Stuck => {}
@@ -121,31 +144,42 @@ pub(crate) async fn run(
             // frame would be garbage to the client.
             let finished = outbox.is_empty()
                 || matches!(
-                    tokio::time::timeout(CLOSE_GRACE, outbox.write_to(ws.get_mut())).await,
+                    Box::pin(tokio::time::timeout(
+                        CLOSE_GRACE,
+                        outbox.write_to(ws.get_mut())
+                    ))
+                    .await,
                     Ok(Ok(()))
                 );
             if finished {
-                close_with(&mut ws, code, reason, matches!(end, End::Close(..))).await;
+                Box::pin(close_with(
+                    &mut ws,
+                    code,
+                    reason,
+                    matches!(end, End::Close(..)),
+                ))
+                .await;
             }
         }
     }
-    drop(membership); // leave the room
-    drop(slot);
-    drop(task);
+    // Leave the room, then give back the connection slot and the task.
+    drop(admitted.membership);
+    drop(admitted.slot);
+    drop(admitted.task);
 }
 
 /// The room's notice that this connection must go, which every wait and write races, and the
 /// deadline of every write. (Server shutdown reaches connections through their rooms too, so
 /// that no connection polls a process-wide signal on the message path.)
-struct Kicked {
-    kick: oneshot::Receiver<Kick>,
+struct Kicked<'a> {
+    kick: &'a mut oneshot::Receiver<Kick>,
     write_timeout: Duration,
 }
 
-impl Kicked {
+impl Kicked<'_> {
     /// Waits for the notice.
     async fn fired(&mut self) -> End {
-        end_for_kick((&mut self.kick).await)
+        end_for_kick((&mut *self.kick).await)
     }
 
     /// Runs the write `op` unless the notice or the write deadline comes first. (The deadline's
@@ -164,7 +198,7 @@ impl Kicked {
 
     /// The room let go of this connection: its notice says why; none means the room failed.
     async fn room_gone(&mut self) -> End {
-        match tokio::time::timeout(CLOSE_GRACE, &mut self.kick).await {
+        match tokio::time::timeout(CLOSE_GRACE, &mut *self.kick).await {
             Ok(k) => end_for_kick(k),
             Err(_) => End::Close(close::INTERNAL, "room failed"),
         }
@@ -174,7 +208,7 @@ impl Kicked {
 async fn serve(
     ws: &mut Socket,
     outbox: &mut Outbox,
-    kicked: &mut Kicked,
+    kicked: &mut Kicked<'_>,
     state: &AppState,
     conn: u64,
     outbound: &mut outbound::Receiver,
@@ -195,7 +229,7 @@ async fn serve(
             frame = outbound.recv() => {
                 let Some(frame) = frame else {
                     // The room let go of us; its kick notice (or its absence) says why.
-                    return kicked.room_gone().await;
+                    return Box::pin(kicked.room_gone()).await;
                 };
                 outbox.push(frame);
                 outbound.drain_into(MAX_BATCH - 1, |next| outbox.push(next));
@@ -204,7 +238,7 @@ async fn serve(
                     ws.flush().await.map_err(drop)?;
                     outbox.write_to(ws.get_mut()).await.map_err(drop)
                 };
-                if let Err(end) = kicked.guard(batch).await {
+                if let Err(end) = Box::pin(kicked.guard(batch)).await {
                     return end;
                 }
             }
@@ -235,7 +269,7 @@ async fn serve(
                             None => None,
                         };
                         let frame = with_client_id(&shared.errors.rate_limited, client_id.as_deref());
-                        if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
+                        if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Text(frame)))).await {
                             return end;
                         }
                         continue;
@@ -250,14 +284,14 @@ async fn serve(
                         let sent = match inbound {
                             Inbound::Send { text, client_id } => {
                                 shared.metrics.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                kicked.guard(room.send(conn, text, client_id)).await
+                                Box::pin(kicked.guard(room.send(conn, text, client_id))).await
                             }
-                            Inbound::Read(seq) => kicked.guard(room.read(conn, seq)).await,
-                            Inbound::Typing(active) => kicked.guard(room.typing(conn, active)).await,
+                            Inbound::Read(seq) => Box::pin(kicked.guard(room.read(conn, seq))).await,
+                            Inbound::Typing(active) => Box::pin(kicked.guard(room.typing(conn, active))).await,
                         };
                         if let Err(end) = sent {
                             return match end {
-                                End::Gone => kicked.room_gone().await,
+                                End::Gone => Box::pin(kicked.room_gone()).await,
                                 end => end,
                             };
                         }
@@ -276,7 +310,7 @@ async fn serve(
                     }
                     _ => shared.errors.bad_frame.clone(),
                 };
-                if let Err(end) = kicked.guard(ws.send(Message::Text(frame))).await {
+                if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Text(frame)))).await {
                     return end;
                 }
             }
@@ -284,7 +318,7 @@ async fn serve(
                 if last_seen.elapsed() >= period * 2 {
                     return End::Close(GOING_AWAY, "no answer to pings");
                 }
-                if let Err(end) = kicked.guard(ws.send(Message::Ping(bytes::Bytes::new()))).await {
+                if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Ping(bytes::Bytes::new())))).await {
                     return end;
                 }
             }

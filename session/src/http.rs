@@ -15,21 +15,12 @@ use berth_runtime::layers::Layers;
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument as _;
 
 use crate::admission;
 use crate::connection;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// Bytes read from the socket per call. Every connection holds this much for its life
-/// (tungstenite's default, 128 KiB, wastes memory with thousands of mostly idle connections;
-/// 4 KiB cost 14 KiB per idle connection all told, 1 KiB 8 KiB). Client frames are small; a
-/// larger one (up to `--max-frame-bytes`) grows the buffer on demand.
-const READ_BUFFER: usize = 1024;
-/// Bytes buffered before a write reaches the socket (flushes write earlier).
-const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Smallest bound on a request body. The one route that reads a body (the internal HTTP send)
 /// takes what a WebSocket `send` frame may be: `--max-frame-bytes`.
@@ -140,27 +131,7 @@ async fn websocket(
         }
         Err(refusal) => return refuse(&state, refusal, peer),
     };
-    let config = &state.0.config;
-    let max_frame = config.max_frame_bytes;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(max_write_buffer(config))
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
-    tokio::spawn(
-        async move {
-            let io = match on_upgrade.await {
-                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
-                Err(e) => {
-                    tracing::debug!(error = %e, "upgrade failed");
-                    return;
-                }
-            };
-            connection::run(io, ws_config, admitted, state).await;
-        }
-        .instrument(span),
-    );
+    tokio::spawn(connection::run(on_upgrade, admitted, state).instrument(span));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
@@ -221,17 +192,6 @@ fn handshake(
         "the connection cannot be upgraded",
     ))?;
     Ok((accept, on_upgrade))
-}
-
-/// Bound on a connection's write buffer: room for the largest frame the server writes through
-/// tungstenite (a message with every character escaped at worst; the `welcome` is written
-/// before, straight to the socket) twice over, on top of the normal buffer. A client that does
-/// not read pins no more than this (plus its queue of shared frames) until its write deadline.
-fn max_write_buffer(config: &crate::Config) -> usize {
-    let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
-    WRITE_BUFFER
-        .saturating_add(per_message.saturating_mul(2))
-        .saturating_add(16 * 1024)
 }
 
 fn refuse(state: &AppState, refusal: ApiError, peer: Option<SocketAddr>) -> Response {
