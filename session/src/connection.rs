@@ -7,7 +7,7 @@
 //! past tungstenite, which would copy each payload into a write buffer that keeps the capacity of
 //! the largest batch (and of the `welcome`, by far the largest frame) for the connection's whole
 //! life. Tungstenite still reads, and writes the few frames that are not broadcasts (pings,
-//! pongs, refusals, the close); whatever it holds is flushed before a batch. Every write, the
+//! pongs, refusals, the close); a pong it may still hold is flushed before a batch. Every write, the
 //! `welcome` first, races the room's kick notice and has a deadline (`--write-timeout-ms`), so a
 //! client that stopped reading cannot pin its connection. Control frames spend the connection's
 //! frame budget like messages do; protocol violations close with the RFC 6455 code (1002, 1007).
@@ -221,6 +221,10 @@ async fn serve(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut limiter = RateLimiter::new(config.message_rate, config.message_burst);
+    // Tungstenite answers a client's ping with a pong that it writes while reading, and may
+    // leave part of it in its buffer when the socket is full; only then does a batch have to
+    // flush it first (everything else tungstenite writes is awaited to the end).
+    let mut pong_queued = false;
 
     loop {
         tokio::select! {
@@ -233,9 +237,12 @@ async fn serve(
                 };
                 outbox.push(frame);
                 outbound.drain_into(MAX_BATCH - 1, |next| outbox.push(next));
+                let flush_first = std::mem::take(&mut pong_queued);
                 let batch = async {
                     // What tungstenite holds (a pong) goes first; the batch writes past it.
-                    ws.flush().await.map_err(drop)?;
+                    if flush_first {
+                        ws.flush().await.map_err(drop)?;
+                    }
                     outbox.write_to(ws.get_mut()).await.map_err(drop)
                 };
                 if let Err(end) = Box::pin(kicked.guard(batch)).await {
@@ -247,7 +254,8 @@ async fn serve(
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => Some(text),
                     Some(Ok(Message::Binary(_))) => None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    Some(Ok(control @ (Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
+                        pong_queued |= matches!(control, Message::Ping(_));
                         // Control frames spend the same budget: a ping flood is closed.
                         if limiter.check() == Verdict::Flooding {
                             shared.metrics.refused(ErrorCode::RateLimited);

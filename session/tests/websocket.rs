@@ -469,3 +469,46 @@ async fn idle_rooms_are_disposed() {
         (Some("ok"), Some(0))
     );
 }
+
+/// Broadcasts are written past tungstenite while tungstenite answers pings: both reach the
+/// client whole and in order, however they interleave.
+#[tokio::test]
+async fn pongs_and_broadcasts_interleave_without_breaking_frames() {
+    let server = start(&[]).await;
+    let (mut alice, _) = server.join("r-pong", "alice").await;
+    let (mut bob, _) = server.join("r-pong", "bob").await;
+    alice.recv_type("joined").await;
+    const ROUNDS: usize = 10;
+    for i in 0..ROUNDS {
+        bob.ws
+            .send(Message::Ping(format!("p{i}").into_bytes().into()))
+            .await
+            .unwrap();
+        alice.say(&format!("m{i}"), None).await;
+    }
+    let (mut pongs, mut texts) = (Vec::new(), Vec::new());
+    while pongs.len() < ROUNDS || texts.len() < ROUNDS {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), bob.ws.next())
+            .await
+            .expect("frames in time")
+            .expect("the stream goes on")
+            .expect("well-formed frames");
+        match msg {
+            Message::Pong(p) => pongs.push(String::from_utf8(p.to_vec()).unwrap()),
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" {
+                    texts.push(v["text"].as_str().unwrap().to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    let expected = |prefix: &str| {
+        (0..ROUNDS)
+            .map(|i| format!("{prefix}{i}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pongs, expected("p"));
+    assert_eq!(texts, expected("m"));
+}
