@@ -98,8 +98,9 @@ fn max_write_buffer(config: &Config) -> usize {
 ///
 /// The connection's future lives as long as the connection, so its size is memory every idle
 /// connection holds: `admitted` is used in place rather than destructured (a moved argument
-/// would take its room twice), and the futures of rare events (a client frame, a ping, the
-/// close) are boxed while they run instead of widening every connection's future.
+/// would take its room twice), and the futures of writes and rare events (a batch, a client
+/// frame, a ping, the close) are boxed while they run instead of widening every connection's
+/// future (an allocation per batch costs less than their room in every idle connection).
 pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: AppState) {
     let mut io = match on_upgrade.await {
         Ok(upgraded) => TokioIo::new(upgraded),
@@ -141,16 +142,18 @@ pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: Ap
         End::Stuck => {}
         End::Close(code, reason) | End::Fail(code, reason) => {
             // A batch cut short by the kick is finished first: a close frame in the middle of a
-            // frame would be garbage to the client.
-            let finished = outbox.is_empty()
-                || matches!(
-                    Box::pin(tokio::time::timeout(
-                        CLOSE_GRACE,
-                        outbox.write_to(ws.get_mut())
-                    ))
-                    .await,
+            // frame would be garbage to the client. The kick may have come while the batch was
+            // still flushing a pong out of tungstenite, so that goes first.
+            let finished = outbox.is_empty() || {
+                let finish = async {
+                    ws.flush().await.map_err(drop)?;
+                    outbox.write_to(ws.get_mut()).await.map_err(drop)
+                };
+                matches!(
+                    Box::pin(tokio::time::timeout(CLOSE_GRACE, finish)).await,
                     Ok(Ok(()))
-                );
+                )
+            };
             if finished {
                 Box::pin(close_with(
                     &mut ws,
