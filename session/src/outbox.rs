@@ -14,6 +14,8 @@ use std::io::IoSlice;
 use bytes::Buf;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Longest header of an unmasked frame (RFC 6455 section 5.2): 2 bytes and a 64-bit length.
 const MAX_HEADER: usize = 10;
@@ -26,26 +28,19 @@ struct Frame {
 }
 
 impl Frame {
-    /// A final, unmasked text frame carrying `payload`.
+    /// A final, unmasked text frame carrying `payload` (tungstenite encodes the header).
     fn text(payload: Utf8Bytes) -> Frame {
-        let len = payload.len();
-        let mut header = [0u8; MAX_HEADER];
-        header[0] = 0x81; // FIN, text
-        let header_len = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if let Ok(len) = u16::try_from(len) {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
+        let len = payload.len() as u64;
+        let head = FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
         };
+        let mut header = [0u8; MAX_HEADER];
+        head.format(len, &mut &mut header[..])
+            .expect("an unmasked header fits in 10 bytes");
         Frame {
             header,
-            header_len,
+            header_len: head.len(len) as u8,
             payload,
         }
     }
