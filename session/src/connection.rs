@@ -2,23 +2,24 @@
 //! connection's outbound queue, a ping timer and the room's kick notice (slow consumer, room
 //! revoked, server closing, room failed).
 //!
-//! Writes are coalesced: a frame from the outbound queue, then every frame already queued behind
-//! it (up to [`MAX_BATCH`]), go out in vectored writes straight to the socket (an [`Outbox`]),
-//! past tungstenite, which would copy each payload into a write buffer that keeps the capacity of
-//! the largest batch (and of the `welcome`, by far the largest frame) for the connection's whole
-//! life. Tungstenite still reads, and writes the few frames that are not broadcasts (pings,
-//! pongs, refusals, the close); a pong it may still hold is flushed before a batch. Every write, the
-//! `welcome` first, races the room's kick notice and has a deadline (`--write-timeout-ms`), so a
-//! client that stopped reading cannot pin its connection. Control frames spend the connection's
-//! frame budget like messages do; protocol violations close with the RFC 6455 code (1002, 1007).
+//! Who writes: while the connection waits with nothing queued, its room writes broadcasts to a
+//! plain-TCP socket itself (`outbound`: no wake-up per delivery). Otherwise the connection does:
+//! a frame from the outbound queue, then every frame already queued behind it (up to
+//! [`MAX_BATCH`]), go out in vectored writes straight to the socket (an [`Outbox`]), without
+//! copying a payload into a buffer that would keep the capacity of the largest batch for the
+//! connection's whole life. Tungstenite only reads: the frames it would write (pongs, pings,
+//! refusals, the close) are captured ([`Wire`]) and go out through the outbox after the
+//! connection took the socket back from the room. Every write, the `welcome` first, races the
+//! room's kick notice and has a deadline (`--write-timeout-ms`), so a client that stopped reading
+//! cannot pin its connection. Control frames spend the connection's frame budget like messages
+//! do; protocol violations close with the RFC 6455 code (1002, 1007).
 
 use std::time::Duration;
 
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
 use futures_util::{SinkExt as _, StreamExt as _};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use hyper::upgrade::OnUpgrade;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +35,7 @@ use crate::outbox::Outbox;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::{Kick, RoomHandle};
 use crate::state::{AppState, with_client_id};
+use crate::wire::{Socket, Wire};
 
 /// Most frames written per flush.
 const MAX_BATCH: usize = 64;
@@ -65,32 +67,22 @@ fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
     }
 }
 
-/// The upgraded socket, as the connection sees it.
-pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// The WebSocket as the connection reads it (see [`Wire`]).
+type Ws = WebSocketStream<Wire>;
 
 /// Bytes read from the socket per call. Every connection holds this much for its life
 /// (tungstenite's default, 128 KiB, wastes memory with thousands of mostly idle connections).
 /// Client frames are small; a larger one (up to `--max-frame-bytes`) grows the buffer on demand.
 const READ_BUFFER: usize = 512;
 
-/// How tungstenite reads frames and writes what the outbox does not: pings, pongs, refusals and
-/// the close, each written at once (no write buffer to fill first).
+/// How tungstenite reads frames. (What it writes is captured; see [`Wire`].)
 fn ws_config(config: &Config) -> WebSocketConfig {
     let max_frame = config.max_frame_bytes;
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(max_write_buffer(config))
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
-}
-
-/// Bound on tungstenite's write buffer: room for two refusals (each echoes a `clientId`) and the
-/// control frames. A client that does not read pins no more than this (plus its queue of shared
-/// frames) until its write deadline.
-fn max_write_buffer(config: &Config) -> usize {
-    let per_message = config.max_text_bytes.saturating_mul(6).saturating_add(512);
-    per_message.saturating_mul(2).saturating_add(16 * 1024)
 }
 
 /// Runs an admitted connection once its upgrade completes, until it ends, then closes it and
@@ -102,13 +94,16 @@ fn max_write_buffer(config: &Config) -> usize {
 /// frame, a ping, the close) are boxed while they run instead of widening every connection's
 /// future (an allocation per batch costs less than their room in every idle connection).
 pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: AppState) {
-    let mut io = match on_upgrade.await {
-        Ok(upgraded) => TokioIo::new(upgraded),
+    let (mut socket, early) = match on_upgrade.await {
+        Ok(upgraded) => Socket::new(upgraded),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
+    if let Some(tcp) = socket.tcp() {
+        admitted.outbound.lend(tcp);
+    }
     let mut signal = Kicked {
         kick: &mut admitted.kick,
         write_timeout: state.0.config.write_timeout(),
@@ -117,51 +112,49 @@ pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: Ap
     // written, so no close frame can follow it.
     let mut outbox = Outbox::default();
     outbox.push(std::mem::take(&mut admitted.welcome));
-    if let Err(end) = Box::pin(signal.guard(outbox.write_to(&mut io))).await {
+    if let Err(end) = Box::pin(signal.guard(outbox.write_to(&mut socket))).await {
         tracing::debug!(?end, "welcome not written");
         return;
     }
-    let config = ws_config(&state.0.config);
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let config = Some(ws_config(&state.0.config));
+    let wire = Wire::new(socket);
+    let mut ws = if early.is_empty() {
+        WebSocketStream::from_raw_socket(wire, Role::Server, config).await
+    } else {
+        WebSocketStream::from_partially_read(wire, early, Role::Server, config).await
+    };
+    let outbound = &mut admitted.outbound;
     let end = serve(
         &mut ws,
         &mut outbox,
         &mut signal,
         &state,
         admitted.conn,
-        &mut admitted.outbound,
+        outbound,
         &admitted.room,
     )
     .await;
     tracing::debug!(?end, "connection ending");
+    // From here the room writes nothing more itself: a batch it or the connection left half
+    // written is finished first (a close frame in the middle of a frame would be garbage to the
+    // client), then the close.
     match end {
-        End::Gone => {
-            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, ws.flush())).await;
-        }
         // Nothing more can be written to a client that does not read.
         End::Stuck => {}
+        // Tungstenite answered the client's close (or there is nobody left to answer).
+        End::Gone => {
+            let _ = ws.flush().await;
+            let _ = Box::pin(finish(&mut ws, &mut outbox, outbound, None)).await;
+        }
         End::Close(code, reason) | End::Fail(code, reason) => {
-            // A batch cut short by the kick is finished first: a close frame in the middle of a
-            // frame would be garbage to the client. The kick may have come while the batch was
-            // still flushing a pong out of tungstenite, so that goes first.
-            let finished = outbox.is_empty() || {
-                let finish = async {
-                    ws.flush().await.map_err(drop)?;
-                    outbox.write_to(ws.get_mut()).await.map_err(drop)
-                };
-                matches!(
-                    Box::pin(tokio::time::timeout(CLOSE_GRACE, finish)).await,
-                    Ok(Ok(()))
-                )
-            };
-            if finished {
-                Box::pin(close_with(
-                    &mut ws,
-                    code,
-                    reason,
-                    matches!(end, End::Close(..)),
-                ))
-                .await;
+            let frame = Message::Close(Some(CloseFrame {
+                code: code.into(),
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            let sent = Box::pin(finish(&mut ws, &mut outbox, outbound, Some(frame))).await;
+            // After a read error the stream cannot be read again: the frame on the wire is bad.
+            if sent && matches!(end, End::Close(..)) {
+                Box::pin(read_close_answer(&mut ws)).await;
             }
         }
     }
@@ -169,6 +162,60 @@ pub(crate) async fn run(on_upgrade: OnUpgrade, mut admitted: Admitted, state: Ap
     drop(admitted.membership);
     drop(admitted.slot);
     drop(admitted.task);
+}
+
+/// Takes the socket back from the room and queues what the connection writes of its own behind
+/// what the room queued (a frame it half wrote, then up to `queued` frames in all): `frame` (a refusal, a ping, the close),
+/// and whatever tungstenite wrote meanwhile (pongs, its answer to a client's close).
+async fn own_frames(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    outbound: &mut outbound::Receiver,
+    queued: usize,
+    frame: Option<Message>,
+) {
+    outbound.hold_into(outbox, queued);
+    if let Some(frame) = frame {
+        // Tungstenite encodes it into its capture at once; it refuses only after a close.
+        let _ = ws.send(frame).await;
+    }
+    if let Some(bytes) = ws.get_mut().take_captured() {
+        outbox.push_encoded(bytes);
+    }
+}
+
+/// Writes something of the connection's own (see [`own_frames`]) with the write deadline, unless
+/// the room's kick notice comes first.
+async fn send_own(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    outbound: &mut outbound::Receiver,
+    kicked: &mut Kicked<'_>,
+    frame: Option<Message>,
+) -> Result<(), End> {
+    own_frames(ws, outbox, outbound, MAX_BATCH, frame).await;
+    kicked
+        .guard(outbox.write_to(&mut ws.get_mut().socket))
+        .await
+}
+
+/// The connection's last writes, within [`CLOSE_GRACE`]: a frame the room or a batch left half
+/// written, then `frame` (the close). Whether everything went out.
+async fn finish(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    outbound: &mut outbound::Receiver,
+    frame: Option<Message>,
+) -> bool {
+    own_frames(ws, outbox, outbound, 0, frame).await;
+    let write = outbox.write_to(&mut ws.get_mut().socket);
+    matches!(tokio::time::timeout(CLOSE_GRACE, write).await, Ok(Ok(())))
+}
+
+/// Waits (briefly) for the client's answer to our close, so that the client reads the code.
+async fn read_close_answer(ws: &mut Ws) {
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
 }
 
 /// The room's notice that this connection must go, which every wait and write races, and the
@@ -209,7 +256,7 @@ impl Kicked<'_> {
 }
 
 async fn serve(
-    ws: &mut Socket,
+    ws: &mut Ws,
     outbox: &mut Outbox,
     kicked: &mut Kicked<'_>,
     state: &AppState,
@@ -224,30 +271,17 @@ async fn serve(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut limiter = RateLimiter::new(config.message_rate, config.message_burst);
-    // Tungstenite answers a client's ping with a pong that it writes while reading, and may
-    // leave part of it in its buffer when the socket is full; only then does a batch have to
-    // flush it first (everything else tungstenite writes is awaited to the end).
-    let mut pong_queued = false;
 
     loop {
         tokio::select! {
             biased;
             end = kicked.fired() => return end,
-            frame = outbound.recv() => {
-                let Some(frame) = frame else {
+            queued = outbound.recv_into(outbox, MAX_BATCH) => {
+                if queued.is_none() {
                     // The room let go of us; its kick notice (or its absence) says why.
                     return Box::pin(kicked.room_gone()).await;
-                };
-                outbox.push(frame);
-                outbound.drain_into(MAX_BATCH - 1, |next| outbox.push(next));
-                let flush_first = std::mem::take(&mut pong_queued);
-                let batch = async {
-                    // What tungstenite holds (a pong) goes first; the batch writes past it.
-                    if flush_first {
-                        ws.flush().await.map_err(drop)?;
-                    }
-                    outbox.write_to(ws.get_mut()).await.map_err(drop)
-                };
+                }
+                let batch = outbox.write_to(&mut ws.get_mut().socket);
                 if let Err(end) = Box::pin(kicked.guard(batch)).await {
                     return end;
                 }
@@ -258,11 +292,17 @@ async fn serve(
                     Some(Ok(Message::Text(text))) => Some(text),
                     Some(Ok(Message::Binary(_))) => None,
                     Some(Ok(control @ (Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
-                        pong_queued |= matches!(control, Message::Ping(_));
                         // Control frames spend the same budget: a ping flood is closed.
                         if limiter.check() == Verdict::Flooding {
                             shared.metrics.refused(ErrorCode::RateLimited);
                             return End::Close(close::POLICY, "flooding");
+                        }
+                        if matches!(control, Message::Ping(_)) {
+                            // Tungstenite's pong is written on its next write: now.
+                            let _ = ws.flush().await;
+                            if let Err(end) = Box::pin(send_own(ws, outbox, outbound, kicked, None)).await {
+                                return end;
+                            }
                         }
                         continue;
                     }
@@ -280,7 +320,7 @@ async fn serve(
                             None => None,
                         };
                         let frame = with_client_id(&shared.errors.rate_limited, client_id.as_deref());
-                        if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Text(frame)))).await {
+                        if let Err(end) = Box::pin(send_own(ws, outbox, outbound, kicked, Some(Message::Text(frame)))).await {
                             return end;
                         }
                         continue;
@@ -321,7 +361,7 @@ async fn serve(
                     }
                     _ => shared.errors.bad_frame.clone(),
                 };
-                if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Text(frame)))).await {
+                if let Err(end) = Box::pin(send_own(ws, outbox, outbound, kicked, Some(Message::Text(frame)))).await {
                     return end;
                 }
             }
@@ -329,7 +369,8 @@ async fn serve(
                 if last_seen.elapsed() >= period * 2 {
                     return End::Close(GOING_AWAY, "no answer to pings");
                 }
-                if let Err(end) = Box::pin(kicked.guard(ws.send(Message::Ping(bytes::Bytes::new())))).await {
+                let ping = Message::Ping(bytes::Bytes::new());
+                if let Err(end) = Box::pin(send_own(ws, outbox, outbound, kicked, Some(ping))).await {
                     return end;
                 }
             }
@@ -413,27 +454,6 @@ fn refused_frame(raw: &str) -> Refused {
         Ok(ClientFrame::Read { .. } | ClientFrame::Typing { .. }) => Refused::State,
         _ => Refused::Send(None),
     }
-}
-
-/// Sends a close frame and, with `read_answer`, waits (briefly) for the client's answer, so the
-/// client reads the code.
-async fn close_with(ws: &mut Socket, code: u16, reason: &'static str, read_answer: bool) {
-    let deadline = Instant::now() + CLOSE_GRACE;
-    let frame = Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: Utf8Bytes::from_static(reason),
-    }));
-    if tokio::time::timeout_at(deadline, ws.send(frame))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    // After a read error the stream cannot be read again: the frame on the wire is bad.
-    if !read_answer {
-        return;
-    }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //! - `rate`: per-connection token bucket and flood detection.
 //! - `metrics`: Prometheus counters.
 //! - `http`: the routes.
-//! - `outbound`: a connection's bounded queue of frames from its room.
+//! - `outbound`: a connection's bounded queue of frames from its room, and the room's direct
+//!   writes to a waiting connection's socket.
 //! - `outbox`: broadcast frames written straight to a WebSocket, without copying them.
+//! - `wire`: a WebSocket's socket, shared with its room, under tungstenite.
 //! - `state`: what everything shares, and how rooms are opened and supervised.
 //! - `sse`: the same rooms over Server-Sent Events (`GET /sse`).
 //! - `http_send`: the internal endpoint the backend sends HTTP messages through.
@@ -44,6 +46,7 @@ mod state;
 mod ticket;
 mod typing;
 mod webhook;
+mod wire;
 mod writer;
 
 pub use config::Config;

@@ -1,6 +1,15 @@
 //! A connection's outbound queue: the frames its room broadcast that the connection has not
 //! written yet. One producer (the room), one consumer (the connection), a fixed bound.
 //!
+//! Direct writes: a WebSocket connection over plain TCP lends its socket to the queue. While the
+//! connection waits with nothing queued and nothing of its own half written, the room writes a
+//! frame to the socket itself ([`Sender::send_all`]: one non-blocking `writev`, no wake-up, no
+//! task switch). A frame the socket does not take whole is queued (remembering how much of it
+//! went out) and the connection, woken, writes the rest with its deadline; frames after it queue
+//! behind it until the connection has caught up and waits again. Before the connection writes
+//! anything of its own (a pong, a refusal, the close) it takes the socket back
+//! ([`Receiver::hold_into`]), so two writers never interleave.
+//!
 //! Why not `tokio::sync::mpsc`: a bounded mpsc allocates a block of 32 slots when it is made and
 //! keeps the blocks its deepest backlog needed, over a kilobyte for every connection, idle ones
 //! included. Here the frames sit in a `VecDeque` that holds memory only while frames wait (a
@@ -8,10 +17,14 @@
 //! each side holds for a few instructions; a push wakes the connection only when it waits.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbox::{Outbox, text_header};
 
 /// Capacity an emptied queue keeps (so that a trickle of single frames does not allocate each
 /// time); anything larger is given back.
@@ -28,8 +41,15 @@ pub(crate) enum TrySendError {
 
 struct State {
     frames: VecDeque<Utf8Bytes>,
+    /// Bytes of the first queued frame that the room already wrote to the socket itself.
+    first_written: usize,
     /// The connection, when it waits for a frame.
     waker: Option<Waker>,
+    /// The connection's socket, lent for direct writes.
+    socket: Option<Arc<TcpStream>>,
+    /// Whether the room may write to `socket` now: the connection waits, nothing is queued and
+    /// nothing the connection wrote is half way out.
+    direct: bool,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -57,7 +77,10 @@ pub(crate) fn channel(bound: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
+            first_written: 0,
             waker: None,
+            socket: None,
+            direct: false,
             sender_gone: false,
             receiver_gone: false,
         }),
@@ -68,16 +91,53 @@ pub(crate) fn channel(bound: usize) -> (Sender, Receiver) {
 
 impl Sender {
     /// Queues `frame` unless the queue is full or the connection is gone.
+    #[cfg(test)]
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), TrySendError> {
+        self.send(std::slice::from_ref(&frame), false)
+    }
+
+    /// Hands `frames` to the connection, in order, and empties `frames`: with `direct`, written
+    /// to its socket at once in one `writev` when the connection lent it and waits (see the
+    /// module's notes); queued otherwise, like [`Sender::try_send`]. `Full` when they did not
+    /// all fit in the queue (a frame half written always does).
+    pub fn send_all(&self, frames: &mut Vec<Utf8Bytes>, direct: bool) -> Result<(), TrySendError> {
+        let sent = self.send(frames, direct);
+        frames.clear();
+        sent
+    }
+
+    fn send(&self, frames: &[Utf8Bytes], direct: bool) -> Result<(), TrySendError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
         let waker = {
             let mut state = self.0.lock();
             if state.receiver_gone {
                 return Err(TrySendError::Closed);
             }
-            if state.frames.len() >= self.0.bound {
+            let mut rest = frames;
+            if direct && let Some(socket) = state.socket.as_ref().filter(|_| state.direct) {
+                let (whole, partly) = write_direct(socket, frames);
+                if whole == frames.len() {
+                    return Ok(());
+                }
+                // The socket did not take them all: the connection writes the rest (one may be
+                // half written), and every frame after them, until it has caught up.
+                state.direct = false;
+                state.first_written = partly;
+                rest = &frames[whole..];
+            }
+            let mut full = false;
+            for frame in rest {
+                if state.frames.len() >= self.0.bound {
+                    full = true;
+                    break;
+                }
+                state.frames.push_back(frame.clone());
+            }
+            if full {
                 return Err(TrySendError::Full);
             }
-            state.frames.push_back(frame);
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -85,6 +145,36 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+/// Most frames one direct write gathers.
+const MAX_DIRECT_FRAMES: usize = 32;
+
+/// Writes `frames` (up to [`MAX_DIRECT_FRAMES`]) to `socket` in one non-blocking `writev`: how
+/// many went out whole, and how many bytes of the next one. Any error but a full socket is left
+/// for the connection's own write to see.
+fn write_direct(socket: &TcpStream, frames: &[Utf8Bytes]) -> (usize, usize) {
+    let frames = &frames[..frames.len().min(MAX_DIRECT_FRAMES)];
+    let mut headers = [([0u8; crate::outbox::MAX_HEADER], 0usize); MAX_DIRECT_FRAMES];
+    for (header, frame) in headers.iter_mut().zip(frames) {
+        *header = text_header(frame.len());
+    }
+    let mut slices = [IoSlice::new(&[]); 2 * MAX_DIRECT_FRAMES];
+    for (i, (frame, (header, len))) in frames.iter().zip(&headers).enumerate() {
+        slices[2 * i] = IoSlice::new(&header[..*len]);
+        slices[2 * i + 1] = IoSlice::new(frame.as_bytes());
+    }
+    let mut written = socket
+        .try_write_vectored(&slices[..2 * frames.len()])
+        .unwrap_or(0);
+    for (i, (frame, (_, len))) in frames.iter().zip(&headers).enumerate() {
+        let size = len + frame.len();
+        if written < size {
+            return (i, written);
+        }
+        written -= size;
+    }
+    (frames.len(), 0)
 }
 
 impl Drop for Sender {
@@ -101,15 +191,59 @@ impl Drop for Sender {
 }
 
 impl Receiver {
-    /// The next frame; `None` once the room let go of the queue and every frame was taken.
-    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    /// Lends the connection's socket to the room for direct writes, which begin once the
+    /// connection next waits with nothing queued ([`Receiver::recv_into`]).
+    pub fn lend(&mut self, socket: Arc<TcpStream>) {
+        self.0.lock().socket = Some(socket);
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Utf8Bytes>> {
+    /// The next frame; `None` once the room let go of the queue and every frame was taken.
+    /// (For a queue whose socket was never lent.)
+    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+        std::future::poll_fn(|cx| {
+            self.poll_recv(cx).map(|first| {
+                first.map(|(frame, written)| {
+                    debug_assert_eq!(written, 0, "no direct writes without a socket");
+                    frame
+                })
+            })
+        })
+        .await
+    }
+
+    /// Waits for frames and moves up to `max` of them into `outbox` (the first one minus what
+    /// the room already wrote of it); `None` once the room let go of the queue and every frame
+    /// was taken. While it waits, the room writes to the lent socket itself.
+    pub async fn recv_into(&mut self, outbox: &mut Outbox, max: usize) -> Option<()> {
+        let (first, written) = std::future::poll_fn(|cx| self.poll_recv(cx)).await?;
+        outbox.push_started(first, written);
+        self.drain_into(max.saturating_sub(outbox.len()), |next| outbox.push(next));
+        Some(())
+    }
+
+    /// Stops the room's direct writes, so that the connection can write something of its own,
+    /// and moves what is queued into `outbox` ahead of it: a frame the room half wrote (which
+    /// must be finished before anything else), then up to `max` frames in all. Direct writes
+    /// resume when the connection next waits in [`Receiver::recv_into`].
+    pub fn hold_into(&mut self, outbox: &mut Outbox, max: usize) {
         let mut state = self.0.lock();
-        if let Some(frame) = pop(&mut state) {
-            return Poll::Ready(Some(frame));
+        state.direct = false;
+        if state.first_written > 0 {
+            let (first, written) = pop(&mut state).expect("a half-written frame is queued");
+            outbox.push_started(first, written);
+        }
+        for _ in outbox.len()..max {
+            let Some((next, _)) = pop(&mut state) else {
+                break;
+            };
+            outbox.push(next);
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Utf8Bytes, usize)>> {
+        let mut state = self.0.lock();
+        if let Some(first) = pop(&mut state) {
+            return Poll::Ready(Some(first));
         }
         if state.sender_gone {
             return Poll::Ready(None);
@@ -118,20 +252,25 @@ impl Receiver {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
+        // Caught up and waiting: the room may write itself.
+        state.direct = state.socket.is_some();
         Poll::Pending
     }
 
     /// A frame already queued, if any.
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        pop(&mut self.0.lock())
+        pop(&mut self.0.lock()).map(|(frame, _)| frame)
     }
 
-    /// Moves up to `max` queued frames to `into`, under one lock.
+    /// Moves up to `max` queued frames to `into`, under one lock. (Only the first frame taken
+    /// after a wait can be half written, and [`Receiver::recv_into`] takes that one.)
     pub fn drain_into(&mut self, max: usize, mut into: impl FnMut(Utf8Bytes)) {
         let mut state = self.0.lock();
         for _ in 0..max {
-            let Some(frame) = pop(&mut state) else { break };
+            let Some((frame, _)) = pop(&mut state) else {
+                break;
+            };
             into(frame);
         }
     }
@@ -139,23 +278,27 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        let frames = {
+        let (frames, socket) = {
             let mut state = self.0.lock();
             state.receiver_gone = true;
+            state.direct = false;
             state.waker = None;
-            std::mem::take(&mut state.frames)
+            (std::mem::take(&mut state.frames), state.socket.take())
         };
-        drop(frames); // outside the lock
+        // Outside the lock; the socket closes once the connection lets go of it too.
+        drop((frames, socket));
     }
 }
 
-/// Takes the first frame; an emptied queue gives back a buffer its backlog grew.
-fn pop(state: &mut State) -> Option<Utf8Bytes> {
+/// Takes the first frame and how much of it the room already wrote; an emptied queue gives
+/// back a buffer its backlog grew.
+fn pop(state: &mut State) -> Option<(Utf8Bytes, usize)> {
     let frame = state.frames.pop_front()?;
+    let written = std::mem::take(&mut state.first_written);
     if state.frames.is_empty() && state.frames.capacity() > KEEP_CAPACITY {
         state.frames = VecDeque::new();
     }
-    Some(frame)
+    Some((frame, written))
 }
 
 #[cfg(test)]
@@ -192,6 +335,131 @@ mod tests {
         assert!(rx.0.lock().frames.capacity() >= 500);
         rx.drain_into(1000, drop);
         assert_eq!(rx.0.lock().frames.capacity(), 0);
+    }
+
+    /// A connected pair of TCP sockets on loopback: (server side, client side).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    /// Reads `bytes` as a WebSocket client would and returns the text frames.
+    fn texts(bytes: Vec<u8>) -> Vec<String> {
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+        use tokio_tungstenite::tungstenite::{Message, WebSocket};
+        let config = WebSocketConfig::default()
+            .max_frame_size(None)
+            .max_message_size(None);
+        let mut ws =
+            WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, Some(config));
+        let mut out = Vec::new();
+        while let Ok(Message::Text(t)) = ws.read() {
+            out.push(t.to_string());
+        }
+        out
+    }
+
+    impl Sender {
+        fn try_write(&self, frame: Utf8Bytes) -> Result<(), TrySendError> {
+            self.send_all(&mut vec![frame], true)
+        }
+    }
+
+    fn queued(tx: &Sender) -> (usize, usize, bool) {
+        let state = tx.0.lock();
+        (state.frames.len(), state.first_written, state.direct)
+    }
+
+    #[tokio::test]
+    async fn direct_writes_and_the_rest_of_a_half_written_frame_read_back_whole_and_in_order() {
+        let (server, mut client) = socket_pair().await;
+        let server = Arc::new(server);
+        let (tx, mut rx) = channel(100);
+        rx.lend(server.clone());
+        // The connection: writes what is queued, waits again.
+        let connection = tokio::spawn(async move {
+            let mut socket = crate::wire::Socket::Tcp(server);
+            let mut outbox = Outbox::default();
+            while rx.recv_into(&mut outbox, 64).await.is_some() {
+                outbox.write_to(&mut socket).await.unwrap();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            queued(&tx).2,
+            "a waiting connection lends its socket to the room"
+        );
+
+        // Written by the room itself: nothing queued (the connection cannot have run since).
+        tx.try_write(frame("one")).unwrap();
+        assert_eq!(queued(&tx), (0, 0, true));
+        // Larger than loopback's buffers with nobody reading: the socket takes part of it, the
+        // rest is queued, and so is everything after it, until the connection caught up.
+        // One gathered write of three frames; the second is larger than loopback's buffers
+        // with nobody reading: the socket takes the first whole and part of the second, the
+        // rest is queued, and so is everything after it, until the connection caught up.
+        let big = "b".repeat(32 << 20);
+        let mut frames = vec![frame("one-b"), frame(&big), frame("two")];
+        tx.send_all(&mut frames, true).unwrap();
+        assert!(frames.is_empty());
+        let (len, written, direct) = queued(&tx);
+        assert_eq!(len, 2);
+        assert!(
+            written > 0 && written < big.len(),
+            "half written: {written}"
+        );
+        assert!(!direct);
+        tx.try_write(frame("three")).unwrap();
+        assert_eq!(queued(&tx).0, 3);
+
+        let reader = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)
+                .await
+                .unwrap();
+            wire
+        });
+        // Once the connection caught up, the room writes itself again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queued(&tx) != (0, 0, true) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.try_write(frame("four")).unwrap();
+        assert_eq!(queued(&tx), (0, 0, true));
+        drop(tx);
+        connection.await.unwrap();
+        let got = texts(reader.await.unwrap());
+        assert_eq!(got.len(), 6);
+        assert!(got[2] == big, "the half-written frame was finished whole");
+        let small = [&got[0], &got[1], &got[3], &got[4], &got[5]];
+        assert_eq!(small, ["one", "one-b", "two", "three", "four"]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_writes_its_own_frame_takes_the_socket_back_first() {
+        let (server, _client) = socket_pair().await;
+        let (tx, mut rx) = channel(8);
+        rx.lend(Arc::new(server));
+        let mut outbox = Outbox::default();
+        let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
+        assert!(waited.await.is_err(), "nothing queued");
+        assert!(queued(&tx).2);
+        rx.hold_into(&mut outbox, 8);
+        assert!(!queued(&tx).2);
+        tx.try_write(frame("queued")).unwrap();
+        assert_eq!(queued(&tx), (1, 0, false));
+        // Without a lent socket the room never writes itself.
+        let (tx, mut rx) = channel(8);
+        let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
+        assert!(waited.await.is_err());
+        tx.try_write(frame("queued")).unwrap();
+        assert_eq!(queued(&tx), (1, 0, false));
     }
 
     #[tokio::test]

@@ -11,37 +11,44 @@
 
 use std::io::IoSlice;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Longest header of an unmasked frame (RFC 6455 section 5.2): 2 bytes and a 64-bit length.
-const MAX_HEADER: usize = 10;
+pub(crate) const MAX_HEADER: usize = 10;
 
-/// One frame: its encoded header and its payload.
+/// The header of a final, unmasked text frame of `len` bytes, and its length (tungstenite
+/// encodes it).
+pub(crate) fn text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
+    let len = len as u64;
+    let head = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let mut header = [0u8; MAX_HEADER];
+    head.format(len, &mut &mut header[..])
+        .expect("an unmasked header fits in 10 bytes");
+    (header, head.len(len))
+}
+
+/// One frame: its encoded header and its payload (or, with no header, bytes tungstenite encoded).
 struct Frame {
     header: [u8; MAX_HEADER],
     header_len: u8,
-    payload: Utf8Bytes,
+    payload: Bytes,
 }
 
 impl Frame {
-    /// A final, unmasked text frame carrying `payload` (tungstenite encodes the header).
+    /// A final, unmasked text frame carrying `payload`.
     fn text(payload: Utf8Bytes) -> Frame {
-        let len = payload.len() as u64;
-        let head = FrameHeader {
-            opcode: OpCode::Data(Data::Text),
-            ..FrameHeader::default()
-        };
-        let mut header = [0u8; MAX_HEADER];
-        head.format(len, &mut &mut header[..])
-            .expect("an unmasked header fits in 10 bytes");
+        let (header, header_len) = text_header(payload.len());
         Frame {
             header,
-            header_len: head.len(len) as u8,
-            payload,
+            header_len: header_len as u8,
+            payload: payload.into(),
         }
     }
 
@@ -50,7 +57,7 @@ impl Frame {
         if i == 0 {
             &self.header[..usize::from(self.header_len)]
         } else {
-            self.payload.as_bytes()
+            &self.payload
         }
     }
 }
@@ -70,9 +77,46 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Queues `payload` as a text frame behind what is already queued.
     pub fn push(&mut self, payload: Utf8Bytes) {
-        let frame = Frame::text(payload);
+        self.push_frame(Frame::text(payload));
+    }
+
+    /// Queues a text frame of which the first `written` bytes (header included) already went
+    /// out: a half-written frame must come first, so the outbox must then be empty.
+    pub fn push_started(&mut self, payload: Utf8Bytes, written: usize) {
+        assert!(
+            written == 0 || self.is_empty(),
+            "a half-written frame goes first"
+        );
+        self.push(payload);
+        self.advance(written);
+    }
+
+    /// Frames queued (the first possibly half written).
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Queues frames tungstenite encoded (its pongs, pings and the close).
+    pub fn push_encoded(&mut self, bytes: Bytes) {
+        self.push_frame(Frame {
+            header: [0; MAX_HEADER],
+            header_len: 0,
+            payload: bytes,
+        });
+    }
+
+    fn push_frame(&mut self, frame: Frame) {
+        if self.is_empty() {
+            // Drop what a finished batch left behind before starting anew.
+            *self = Outbox::default();
+        }
         self.remaining += usize::from(frame.header_len) + frame.payload.len();
         self.frames.push(frame);
+        // An empty first part (a header-less frame) must not be the current chunk.
+        while self.remaining > 0 && self.current().len() == self.offset {
+            self.part += 1;
+            self.offset = 0;
+        }
     }
 
     /// Whether nothing is left to write.

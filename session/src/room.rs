@@ -3,7 +3,9 @@
 //! Connections talk to it through [`RoomHandle`] (an mpsc of [`Command`]s) and receive from it
 //! through their own bounded outbound queue of shared frames. Every frame the room broadcasts is
 //! serialized once; recipients get a clone of the same refcounted bytes. The room never awaits a
-//! member: it `try_send`s, and a member whose queue is full is dropped as a slow consumer.
+//! member: it corks the frames of one moment, then writes them to each waiting member's socket
+//! in one non-blocking write, or queues them to the member's connection ([`Room::uncork`]); a
+//! member whose queue is full is dropped as a slow consumer.
 //!
 //! Durability. With a store, a room first loads its last `seq` and recent history (claiming the
 //! placement's fence), then answers joins. An accepted message gets the next `seq` at once and
@@ -366,6 +368,8 @@ pub(crate) fn new(
         hand_off: None,
         stats,
         pending_kicks: Vec::new(),
+        corked: false,
+        corked_events: 0,
         reads: Reads::default(),
         typing: Typing::new(settings.typing_timeout),
         busy: false,
@@ -378,7 +382,18 @@ struct Member {
     user: Arc<User>,
     tx: outbound::Sender,
     kick: Option<oneshot::Sender<Kick>>,
+    /// Frames for this member that the room holds until it uncorks (see [`Room::uncork`]).
+    corked: Vec<Utf8Bytes>,
 }
+
+/// Largest room whose broadcasts are written to waiting members' sockets by the room itself
+/// (`outbound`). A larger room queues them to its connections, which spread the writes over the
+/// runtime's threads.
+const DIRECT_WRITE_MEMBERS: usize = 64;
+
+/// Most events (messages, acknowledgements, joins) a room handles while holding frames corked
+/// before it writes them anyway.
+const MAX_CORKED_EVENTS: u32 = 16;
 
 struct Presence {
     user: Arc<User>,
@@ -418,8 +433,12 @@ struct Room {
     ack_tx: mpsc::UnboundedSender<Ack>,
     hand_off: Option<HandOff>,
     stats: Arc<RoomStats>,
-    /// Members found slow during a broadcast, removed once it is over.
+    /// Members found slow while uncorking, removed once it is over.
     pending_kicks: Vec<ConnId>,
+    /// Whether some member has frames corked ([`Room::uncork`]).
+    corked: bool,
+    /// Events handled since the room last uncorked.
+    corked_events: u32,
     /// Read positions (stored with the messages) and who is typing (never stored).
     reads: Reads,
     typing: Typing,
@@ -530,6 +549,12 @@ impl Room {
         tokio::pin!(drain, closed, idle);
         tracing::debug!(room_id = %self.id, epoch = self.epoch, seq = self.seq, "room opened");
         loop {
+            if self.corked {
+                self.corked_events += 1;
+                if self.corked_events > MAX_CORKED_EVENTS {
+                    self.uncork();
+                }
+            }
             let empty = self.members.is_empty();
             // An empty room may end only once nothing waits for the store.
             let settled = empty && self.pending.is_empty() && !self.busy && !self.reads.has_dirty();
@@ -573,6 +598,8 @@ impl Room {
                 }
                 () = &mut idle, if settled => break,
                 () = &mut drain, if settled && self.hand_off.is_none() => break,
+                // Last: the tasks ready now run first (see `uncork`).
+                () = tokio::task::yield_now(), if self.corked => self.uncork(),
             }
         }
         // Disposal: leave the directory first so no new join finds this room, then turn away
@@ -774,6 +801,7 @@ impl Room {
                 user: user.clone(),
                 tx: outbound,
                 kick: Some(kick),
+                corked: Vec::new(),
             },
         );
         let mut history = match since {
@@ -812,12 +840,13 @@ impl Room {
     }
 
     /// Tells the sender of a message that was not accepted why.
-    fn refuse(&self, origin: Origin, code: ErrorCode, frame: Utf8Bytes, message: String) {
+    fn refuse(&mut self, origin: Origin, code: ErrorCode, frame: Utf8Bytes, message: String) {
         self.settings.metrics.refused(code);
         match origin {
             Origin::Member(conn) => {
-                if let Some(member) = self.members.get(&conn) {
-                    let _ = member.tx.try_send(frame);
+                if let Some(member) = self.members.get_mut(&conn) {
+                    member.corked.push(frame);
+                    self.corked = true;
                 }
             }
             Origin::Http(reply) => {
@@ -963,12 +992,10 @@ impl Room {
             active,
         };
         let bytes = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
-        for (&conn, member) in &self.members {
-            if member.user.user_id == user.user_id {
-                continue;
-            }
-            if member.tx.try_send(bytes.clone()).is_err() {
-                self.pending_kicks.push(conn);
+        for member in self.members.values_mut() {
+            if member.user.user_id != user.user_id {
+                member.corked.push(bytes.clone());
+                self.corked = true;
             }
         }
     }
@@ -1097,23 +1124,47 @@ impl Room {
         }
     }
 
-    /// Queues `bytes` to every member but `except`.
+    /// Sends `bytes` to every member but `except` (corked: see [`Room::uncork`]).
     fn broadcast_bytes(&mut self, bytes: &Utf8Bytes, except: Option<ConnId>) {
         let mut delivered = 0u64;
-        for (&conn, member) in &self.members {
-            if Some(conn) == except {
-                continue;
-            }
-            match member.tx.try_send(bytes.clone()) {
-                Ok(()) => delivered += 1,
-                // Full: a slow reader. Closed: its connection ended and its `Leave` is on the way.
-                Err(_) => self.pending_kicks.push(conn),
+        for (&conn, member) in &mut self.members {
+            if Some(conn) != except {
+                member.corked.push(bytes.clone());
+                delivered += 1;
             }
         }
+        self.corked |= delivered > 0;
         self.settings
             .metrics
             .messages_out
             .fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Hands every member the frames corked for it. A room does not write each frame the moment
+    /// it has it: it lets the runtime run the other tasks ready first (once, or for at most
+    /// [`MAX_CORKED_EVENTS`] events), so that under load the messages of the same moment go out
+    /// in one write per member, as uWebSockets.js corks a socket for a turn of its event loop.
+    /// A small room writes to the sockets of waiting members itself, in one `writev` each
+    /// (`outbound`); other frames are queued to the member's connection. A member whose queue
+    /// is full is dropped as a slow consumer (its connection ended, if it is closed: its
+    /// `Leave` is on the way).
+    fn uncork(&mut self) {
+        while std::mem::take(&mut self.corked) {
+            self.corked_events = 0;
+            let direct = self.members.len() <= DIRECT_WRITE_MEMBERS;
+            for (&conn, member) in &mut self.members {
+                if member.corked.is_empty() {
+                    continue;
+                }
+                // The buffer goes too: an idle member holds none.
+                let mut frames = std::mem::take(&mut member.corked);
+                if member.tx.send_all(&mut frames, direct).is_err() {
+                    self.pending_kicks.push(conn);
+                }
+            }
+            // Dropping a member may broadcast `left`, which corks again.
+            self.settle();
+        }
     }
 
     /// Removes the members found slow by broadcasts, which may broadcast `left` in turn.
@@ -1333,10 +1384,6 @@ mod tests {
         })
     }
 
-    fn next(m: &mut TestMember) -> serde_json::Value {
-        serde_json::from_str(&m.rx.try_recv().expect("a frame")).unwrap()
-    }
-
     async fn send(room: &TestRoom, conn: ConnId, text: &str) {
         let cmd = Command::Send {
             conn,
@@ -1362,7 +1409,7 @@ mod tests {
         let room = start(10, 10);
         let mut a = join(&room, 1, user("u-a"), 16).await.unwrap();
         let _b1 = join(&room, 2, user("u-b"), 16).await.unwrap();
-        assert_eq!(next(&mut a)["type"], "joined");
+        assert_eq!(next_async(&mut a).await["type"], "joined");
         let b2 = join(&room, 3, user("u-b"), 16).await.unwrap();
         assert_eq!(b2.welcome["members"].as_array().unwrap().len(), 2);
         assert_eq!(room.handle.users(), 2);
@@ -1411,7 +1458,7 @@ mod tests {
         let room = start(10, 10);
         let mut fast = join(&room, 1, user("u-a"), 64).await.unwrap();
         let mut slow = join(&room, 2, user("u-b"), 1).await.unwrap();
-        assert_eq!(next(&mut fast)["type"], "joined");
+        assert_eq!(next_async(&mut fast).await["type"], "joined");
         for i in 0..5 {
             send(&room, 1, &format!("m{i}")).await;
         }

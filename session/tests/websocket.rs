@@ -512,3 +512,53 @@ async fn pongs_and_broadcasts_interleave_without_breaking_frames() {
     assert_eq!(pongs, expected("p"));
     assert_eq!(texts, expected("m"));
 }
+
+/// A client may send its first frame in the same packet as its upgrade request, so that hyper
+/// has read it already with the request: the connection still reads it first.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = start(&[]).await;
+    let token = server.ticket("r-early", "alice");
+    let mut bytes = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    // A masked text frame (RFC 6455 section 5.2), as clients must send.
+    let text = r#"{"type":"send","text":"early"}"#;
+    let mask = [7u8, 1, 9, 4];
+    bytes.extend([0x81, 0x80 | text.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("a response"));
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let mut types = Vec::new();
+    while !types.contains(&"message".to_owned()) {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("frames in time")
+            .expect("the stream goes on")
+            .expect("well-formed frames");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "message" {
+                assert_eq!(v["text"], "early");
+            }
+            types.push(v["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(types, ["welcome", "message"]);
+}
