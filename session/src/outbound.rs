@@ -304,6 +304,7 @@ fn pop(state: &mut State) -> Option<(Utf8Bytes, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::tests::{parse, read_all};
     use std::time::Duration;
 
     fn frame(s: &str) -> Utf8Bytes {
@@ -345,22 +346,6 @@ mod tests {
         (accepted.unwrap().0, client.unwrap())
     }
 
-    /// Reads `bytes` as a WebSocket client would and returns the text frames.
-    fn texts(bytes: Vec<u8>) -> Vec<String> {
-        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-        use tokio_tungstenite::tungstenite::{Message, WebSocket};
-        let config = WebSocketConfig::default()
-            .max_frame_size(None)
-            .max_message_size(None);
-        let mut ws =
-            WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, Some(config));
-        let mut out = Vec::new();
-        while let Ok(Message::Text(t)) = ws.read() {
-            out.push(t.to_string());
-        }
-        out
-    }
-
     impl Sender {
         fn try_write(&self, frame: Utf8Bytes) -> Result<(), TrySendError> {
             self.send_all(&mut vec![frame], true)
@@ -374,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn direct_writes_and_the_rest_of_a_half_written_frame_read_back_whole_and_in_order() {
-        let (server, mut client) = socket_pair().await;
+        let (server, client) = socket_pair().await;
         let server = Arc::new(server);
         let (tx, mut rx) = channel(100);
         rx.lend(server.clone());
@@ -414,13 +399,7 @@ mod tests {
         tx.try_write(frame("three")).unwrap();
         assert_eq!(queued(&tx).0, 3);
 
-        let reader = tokio::spawn(async move {
-            let mut wire = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)
-                .await
-                .unwrap();
-            wire
-        });
+        let reader = read_all(client);
         // Once the connection caught up, the room writes itself again.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while queued(&tx) != (0, 0, true) {
@@ -434,7 +413,7 @@ mod tests {
         assert_eq!(queued(&tx), (0, 0, true));
         drop(tx);
         connection.await.unwrap();
-        let got = texts(reader.await.unwrap());
+        let got = parse(reader.await.unwrap());
         assert_eq!(got.len(), 6);
         assert!(got[2] == big, "the half-written frame was finished whole");
         let small = [&got[0], &got[1], &got[3], &got[4], &got[5]];

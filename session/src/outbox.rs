@@ -191,15 +191,20 @@ impl Buf for Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio::io::AsyncRead;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
     use tokio_tungstenite::tungstenite::{Message, WebSocket};
 
-    /// Reads `bytes` as a client would and returns the text frames.
-    fn parse(bytes: Vec<u8>) -> Vec<String> {
-        let mut ws = WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, None);
+    /// Reads `bytes` as a client would and returns the text frames (of any size).
+    pub(crate) fn parse(bytes: Vec<u8>) -> Vec<String> {
+        let config = WebSocketConfig::default()
+            .max_frame_size(None)
+            .max_message_size(None);
+        let mut ws =
+            WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, Some(config));
         let mut out = Vec::new();
         while let Ok(msg) = ws.read() {
             match msg {
@@ -208,6 +213,19 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Reads everything from `client` until it is closed, in a task.
+    pub(crate) fn read_all(
+        mut client: impl AsyncRead + Unpin + Send + 'static,
+    ) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut wire = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)
+                .await
+                .unwrap();
+            wire
+        })
     }
 
     proptest! {
@@ -255,20 +273,14 @@ mod tests {
 
     #[tokio::test]
     async fn write_to_writes_everything_and_lets_go_of_the_batch() {
-        let (mut client, mut server) = tokio::io::duplex(64);
+        let (client, mut server) = tokio::io::duplex(64);
         let mut outbox = Outbox::default();
         let big = "y".repeat(70_000);
         for t in ["hello", big.as_str(), ""] {
             outbox.push(Utf8Bytes::from(t.to_owned()));
         }
         assert_eq!(outbox.frames.len(), 3);
-        let reader = tokio::spawn(async move {
-            let mut wire = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire)
-                .await
-                .unwrap();
-            wire
-        });
+        let reader = read_all(client);
         outbox.write_to(&mut server).await.unwrap();
         assert!(outbox.is_empty());
         assert_eq!(outbox.frames.capacity(), 0);
