@@ -123,10 +123,11 @@ impl Sender {
                 }
                 // The socket did not take them all: the connection writes the rest (one may be
                 // half written), and every frame after them, until it has caught up.
-                state.direct = false;
                 state.first_written = partly;
                 rest = &frames[whole..];
             }
+            // Whatever is queued goes out before anything the room could write itself.
+            state.direct = false;
             let mut full = false;
             for frame in rest {
                 if state.frames.len() >= self.0.bound {
@@ -433,6 +434,17 @@ mod tests {
         assert!(!queued(&tx).2);
         tx.try_write(frame("queued")).unwrap();
         assert_eq!(queued(&tx), (1, 0, false));
+        // A frame queued without a direct write (a room grown past the direct-write size) ends
+        // direct writes too: a later frame queues behind it instead of overtaking it.
+        let (server, _client) = socket_pair().await;
+        let (tx, mut rx) = channel(8);
+        rx.lend(Arc::new(server));
+        let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
+        assert!(waited.await.is_err());
+        assert!(queued(&tx).2);
+        tx.try_send(frame("first")).unwrap();
+        tx.try_write(frame("second")).unwrap();
+        assert_eq!(queued(&tx), (2, 0, false));
         // Without a lent socket the room never writes itself.
         let (tx, mut rx) = channel(8);
         let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
