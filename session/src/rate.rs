@@ -3,6 +3,7 @@
 //! one that briefly bursts.
 
 use std::num::NonZeroU32;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -31,10 +32,14 @@ pub struct RateLimiter<C: Clock = DefaultClock> {
     window_start: C::Instant,
 }
 
+/// One clock for every connection: making one asks the CPU what counters it has (`cpuid`,
+/// which traps to the hypervisor on a virtual machine), a cost no connection should pay again.
+static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
+
 impl RateLimiter {
     /// `rate` must be positive and finite (the config checks it); a zero burst counts as one.
     pub fn new(rate: f64, burst: u32) -> Self {
-        RateLimiter::with_clock(rate, burst, DefaultClock::default())
+        RateLimiter::with_clock(rate, burst, CLOCK.clone())
     }
 }
 
