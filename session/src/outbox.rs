@@ -279,7 +279,7 @@ pub(crate) mod tests {
         for t in ["hello", big.as_str(), ""] {
             outbox.push(Utf8Bytes::from(t.to_owned()));
         }
-        assert_eq!(outbox.frames.len(), 3);
+        assert_eq!(outbox.len(), 3);
         let reader = read_all(client);
         outbox.write_to(&mut server).await.unwrap();
         assert!(outbox.is_empty());

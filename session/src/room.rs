@@ -594,7 +594,6 @@ impl Room {
                     for user in self.typing.expired(Instant::now()) {
                         self.broadcast_typing(&user, false);
                     }
-                    self.settle();
                 }
                 () = &mut idle, if settled => break,
                 () = &mut drain, if settled && self.hand_off.is_none() => break,
@@ -674,7 +673,6 @@ impl Room {
             }
             Command::Leave(conn) => {
                 self.remove_member(conn, None);
-                self.settle();
             }
             Command::Send {
                 conn,
@@ -829,7 +827,6 @@ impl Room {
                 },
                 Some(conn),
             );
-            self.settle();
             // Joining makes the room one of the user's rooms (stored as a read position of 0).
             if self.settings.durability.is_some() {
                 self.reads.joined(&user.user_id);
@@ -915,7 +912,6 @@ impl Room {
         // Sending ends the sender's typing state.
         if let Some(typist) = self.typing.stop(&user.user_id) {
             self.broadcast_typing(&typist, false);
-            self.settle();
         }
         self.seq += 1;
         let frame = ServerFrame::Message(ChatMessage {
@@ -933,7 +929,6 @@ impl Room {
         let msg = Arc::new(msg);
         if self.settings.durability.is_none() {
             self.deliver(msg, bytes, origin);
-            self.settle();
             return;
         }
         self.pending.push_back(Pending {
@@ -965,7 +960,6 @@ impl Room {
             },
             Some(conn),
         );
-        self.settle();
         self.flush_reads();
     }
 
@@ -982,7 +976,6 @@ impl Room {
         } else if let Some(user) = self.typing.stop(&user.user_id) {
             self.broadcast_typing(&user, false);
         }
-        self.settle();
     }
 
     /// Tells everyone but `user`'s own connections that it started or stopped typing.
@@ -1043,7 +1036,6 @@ impl Room {
                 {
                     self.deliver(p.msg, p.frame, p.sender);
                 }
-                self.settle();
                 if !self.pending.is_empty() || self.reads.has_dirty() {
                     self.submit();
                 }
@@ -1167,7 +1159,7 @@ impl Room {
         }
     }
 
-    /// Removes the members found slow by broadcasts, which may broadcast `left` in turn.
+    /// Removes the members found slow while uncorking, which may broadcast `left` in turn.
     fn settle(&mut self) {
         while let Some(conn) = self.pending_kicks.pop() {
             if self.members.contains_key(&conn) {
