@@ -31,6 +31,7 @@ mod error;
 mod hosting;
 mod http;
 mod http_send;
+mod inbound;
 mod metrics;
 mod outbound;
 mod outbox;

@@ -19,16 +19,16 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::outbox::{Outbox, text_header};
 
-/// Capacity an emptied queue keeps (so that a trickle of single frames does not allocate each
-/// time); anything larger is given back.
-const KEEP_CAPACITY: usize = 4;
+/// Capacity an emptied queue keeps: none. Most frames are written directly, so a queue is used
+/// in bursts, and an idle connection must hold nothing.
+const KEEP_CAPACITY: usize = 0;
 
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -215,11 +215,24 @@ impl Receiver {
     /// Waits for frames and moves up to `max` of them into `outbox` (the first one minus what
     /// the room already wrote of it); `None` once the room let go of the queue and every frame
     /// was taken. While it waits, the room writes to the lent socket itself.
+    #[cfg(test)]
     pub async fn recv_into(&mut self, outbox: &mut Outbox, max: usize) -> Option<()> {
-        let (first, written) = std::future::poll_fn(|cx| self.poll_recv(cx)).await?;
+        std::future::poll_fn(|cx| self.poll_recv_into(cx, outbox, max)).await
+    }
+
+    /// [`Receiver::recv_into`], as a poll.
+    pub fn poll_recv_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &mut Outbox,
+        max: usize,
+    ) -> Poll<Option<()>> {
+        let Some((first, written)) = ready!(self.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
         outbox.push_started(first, written);
         self.drain_into(max.saturating_sub(outbox.len()), |next| outbox.push(next));
-        Some(())
+        Poll::Ready(Some(()))
     }
 
     /// Stops the room's direct writes, so that the connection can write something of its own,

@@ -34,7 +34,11 @@ pub(crate) fn text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
     (header, head.len(len))
 }
 
-/// One frame: its encoded header and its payload (or, with no header, bytes tungstenite encoded).
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+const OPCODE_PONG: u8 = 0xa;
+
+/// One frame: its encoded header and its payload.
 struct Frame {
     header: [u8; MAX_HEADER],
     header_len: u8,
@@ -96,12 +100,40 @@ impl Outbox {
         self.frames.len()
     }
 
-    /// Queues frames tungstenite encoded (its pongs, pings and the close).
-    pub fn push_encoded(&mut self, bytes: Bytes) {
+    /// Queues a ping (with an empty payload).
+    pub fn push_ping(&mut self) {
+        self.push_control(OPCODE_PING, Bytes::new());
+    }
+
+    /// Queues the pong that answers a ping carrying `payload` (at most 125 bytes).
+    pub fn push_pong(&mut self, payload: Vec<u8>) {
+        self.push_control(OPCODE_PONG, payload.into());
+    }
+
+    /// Queues a close frame with `code` and `reason` (a short, fixed text).
+    pub fn push_close(&mut self, code: u16, reason: &str) {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        self.push_control(OPCODE_CLOSE, payload.into());
+    }
+
+    /// Queues a close frame without a status code (the answer to a client's close that gave
+    /// none).
+    pub fn push_empty_close(&mut self) {
+        self.push_control(OPCODE_CLOSE, Bytes::new());
+    }
+
+    fn push_control(&mut self, opcode: u8, payload: Bytes) {
+        let len = u8::try_from(payload.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= crate::inbound::MAX_CONTROL)
+            .expect("a control payload is at most 125 bytes");
+        let mut header = [0; MAX_HEADER];
+        header[..2].copy_from_slice(&[0x80 | opcode, len]);
         self.push_frame(Frame {
-            header: [0; MAX_HEADER],
-            header_len: 0,
-            payload: bytes,
+            header,
+            header_len: 2,
+            payload,
         });
     }
 
@@ -112,7 +144,7 @@ impl Outbox {
         }
         self.remaining += usize::from(frame.header_len) + frame.payload.len();
         self.frames.push(frame);
-        // An empty first part (a header-less frame) must not be the current chunk.
+        // An empty part (an empty payload) must not be the current chunk.
         while self.remaining > 0 && self.current().len() == self.offset {
             self.part += 1;
             self.offset = 0;
@@ -268,6 +300,34 @@ pub(crate) mod tests {
                 outbox.advance(n);
             }
             prop_assert_eq!(parse(wire), texts);
+        }
+    }
+
+    #[tokio::test]
+    async fn control_frames_read_back_as_a_client_reads_them() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut outbox = Outbox::default();
+        outbox.push_ping();
+        outbox.push_pong(b"p1".to_vec());
+        outbox.push(Utf8Bytes::from_static("hi"));
+        outbox.push_close(1008, "slow consumer");
+        let reader = read_all(client);
+        outbox.write_to(&mut server).await.unwrap();
+        drop(server);
+        let mut ws = WebSocket::from_raw_socket(
+            std::io::Cursor::new(reader.await.unwrap()),
+            Role::Client,
+            None,
+        );
+        assert_eq!(ws.read().unwrap(), Message::Ping(Bytes::new()));
+        assert_eq!(ws.read().unwrap(), Message::Pong(Bytes::from_static(b"p1")));
+        assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+        match ws.read().unwrap() {
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                assert_eq!(frame.reason.as_str(), "slow consumer");
+            }
+            other => panic!("expected the close, got {other:?}"),
         }
     }
 

@@ -1,20 +1,12 @@
-//! A WebSocket connection's socket, as the connection reads and writes it.
-//!
-//! [`Socket`]: plain TCP behind an `Arc`, so the room can write broadcasts to it directly
-//! (`outbound`), or whatever else hyper upgraded (TLS), which only the connection writes.
-//!
-//! [`Wire`]: what tungstenite is given. Tungstenite parses the client's frames, but does not write
-//! to the socket: the bytes it would write (its automatic pongs and close replies, and the pings
-//! and close the connection sends through it) are captured, and the connection writes them with
-//! its outbox, after taking the socket back from the room. A second writer would otherwise cut
-//! into a frame the room is writing.
+//! A WebSocket connection's socket, as the connection reads and writes it: plain TCP behind an
+//! `Arc`, so the room can write broadcasts to it directly (`outbound`), or whatever else hyper
+//! upgraded (TLS), which only the connection writes.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,8 +16,9 @@ use tokio::net::TcpStream;
 pub(crate) enum Socket {
     /// Plain TCP, shared with the room for direct writes.
     Tcp(Arc<TcpStream>),
-    /// Anything else (TLS): only the connection writes.
-    Upgraded(TokioIo<Upgraded>),
+    /// Anything else (TLS): only the connection writes. (Boxed: most connections are plain TCP,
+    /// and every connection holds a `Socket`.)
+    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 impl Socket {
@@ -38,7 +31,10 @@ impl Socket {
                 Socket::Tcp(Arc::new(parts.io.into_inner())),
                 parts.read_buf.to_vec(),
             ),
-            Err(upgraded) => (Socket::Upgraded(TokioIo::new(upgraded)), Vec::new()),
+            Err(upgraded) => (
+                Socket::Upgraded(Box::new(TokioIo::new(upgraded))),
+                Vec::new(),
+            ),
         }
     }
 
@@ -77,7 +73,7 @@ impl AsyncRead for Socket {
                 tcp.try_read(buf.initialize_unfilled())
                     .map(|n| buf.advance(n))
             ),
-            Socket::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            Socket::Upgraded(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -90,7 +86,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(tcp) => poll_io!(tcp.poll_write_ready(cx), tcp.try_write(buf)),
-            Socket::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            Socket::Upgraded(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
@@ -101,7 +97,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(tcp) => poll_io!(tcp.poll_write_ready(cx), tcp.try_write_vectored(bufs)),
-            Socket::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Socket::Upgraded(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -116,7 +112,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             // TCP has no buffer of its own to flush.
             Socket::Tcp(_) => Poll::Ready(Ok(())),
-            Socket::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            Socket::Upgraded(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
@@ -124,57 +120,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             // The socket closes when the connection and the room have let go of it.
             Socket::Tcp(_) => Poll::Ready(Ok(())),
-            Socket::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            Socket::Upgraded(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
-    }
-}
-
-/// The socket as tungstenite sees it: reads pass through, writes are captured for the
-/// connection to write (see the module's notes).
-pub(crate) struct Wire {
-    pub socket: Socket,
-    captured: Vec<u8>,
-}
-
-impl Wire {
-    pub fn new(socket: Socket) -> Wire {
-        Wire {
-            socket,
-            captured: Vec::new(),
-        }
-    }
-
-    /// What tungstenite wrote since the last call (encoded frames), if anything.
-    pub fn take_captured(&mut self) -> Option<Bytes> {
-        (!self.captured.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.captured)))
-    }
-}
-
-impl AsyncRead for Wire {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Wire {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().captured.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
