@@ -92,6 +92,7 @@ impl Replica {
     pub async fn place_new(&self, state: &AppState, meta: RoomMeta) -> Result<Placement, ApiError> {
         let started = Instant::now();
         let deadline = started + state.config.spawn_timeout() + WAIT_MARGIN;
+        let mut looked_again = false;
         loop {
             match self.control.place_new(&meta).await {
                 Ok(Some(row)) => {
@@ -101,7 +102,10 @@ impl Replica {
                     info!(room_id = %row.room_id, server_id = %row.server_id, epoch = row.epoch, "room placed");
                     return Ok(to_placement(row));
                 }
-                Ok(None) => self.wait_for_capacity(state, deadline).await?,
+                Ok(None) => {
+                    self.wait_for_capacity(state, deadline, &mut looked_again)
+                        .await?;
+                }
                 Err(e) => return Err(unavailable("place a room", &e)),
             }
         }
@@ -117,6 +121,7 @@ impl Replica {
             Ok(Lookup::Dormant { from }) => from,
             Err(e) => return Err(unavailable("look a room up", &e)),
         };
+        let mut looked_again = false;
         loop {
             match self.control.relocate(room_id).await {
                 Ok(Relocated::Moved(row)) => {
@@ -128,15 +133,25 @@ impl Replica {
                 }
                 Ok(Relocated::Current(row)) => return Ok(to_placement(row)),
                 Ok(Relocated::Gone) => return Err(ApiError::room_not_found()),
-                Ok(Relocated::NoSlot) => self.wait_for_capacity(state, deadline).await?,
+                Ok(Relocated::NoSlot) => {
+                    self.wait_for_capacity(state, deadline, &mut looked_again)
+                        .await?;
+                }
                 Err(e) => return Err(unavailable("place a room again", &e)),
             }
         }
     }
 
     /// No ready server has a slot: count on a starting server (spawning one when none has a
-    /// free slot) and wait until it registers, or answer 503.
-    async fn wait_for_capacity(&self, state: &AppState, deadline: Instant) -> Result<(), ApiError> {
+    /// free slot) and wait until it registers, or answer 503. At the fleet's cap, the caller is
+    /// sent to look for a slot once more first (`looked_again`): a starting server that became
+    /// ready since its placement failed is no longer counted on here, but may have slots.
+    async fn wait_for_capacity(
+        &self,
+        state: &AppState,
+        deadline: Instant,
+        looked_again: &mut bool,
+    ) -> Result<(), ApiError> {
         if state.shutdown.is_cancelled() {
             return Err(error::shutting_down());
         }
@@ -156,6 +171,10 @@ impl Replica {
             SpawnClaim::Spawn(id) => {
                 self.start(state, &id).await;
                 id
+            }
+            SpawnClaim::AtCap { .. } if !*looked_again => {
+                *looked_again = true;
+                return Ok(());
             }
             SpawnClaim::AtCap { active } => {
                 inc(&state.metrics.no_capacity);
