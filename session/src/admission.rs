@@ -7,14 +7,13 @@ use std::sync::atomic::Ordering;
 use axum::http::{HeaderMap, header};
 use berth_protocol::claims::TicketClaims;
 use berth_protocol::frames::{ChatMessage, MAX_RESUME_MESSAGES, User};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
 use crate::outbound;
-use crate::room::{ConnId, JoinError, Kick, RoomHandle};
+use crate::room::{ConnId, JoinError, RoomHandle};
 use crate::state::AppState;
 use crate::ticket::token_from_request;
 
@@ -53,6 +52,16 @@ impl Membership {
     fn disarm(mut self) {
         self.armed = false;
     }
+
+    /// The connection's id in its room.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The room.
+    pub fn room(&self) -> &RoomHandle {
+        &self.room
+    }
 }
 
 impl Drop for Membership {
@@ -64,13 +73,12 @@ impl Drop for Membership {
     }
 }
 
-/// Everything an admitted connection needs once upgraded.
+/// Everything an admitted connection needs once upgraded. (A connection holds it for its whole
+/// life: the room and the connection's id are its membership's.)
 pub(crate) struct Admitted {
-    pub conn: ConnId,
-    pub room: RoomHandle,
     pub welcome: Utf8Bytes,
     pub outbound: outbound::Receiver,
-    pub kick: oneshot::Receiver<Kick>,
+    pub kick: outbound::Notice,
     pub membership: Membership,
     pub slot: ConnectionSlot,
     pub task: TaskTrackerToken,
@@ -194,15 +202,14 @@ pub(crate) async fn admit(
     while attempts < JOIN_ATTEMPTS {
         let room = crate::hosting::room_for(state, &claims.room, claims.epoch).await?;
         let conn = state.next_conn_id();
-        let (tx, outbound) = outbound::channel(shared.config.outbound_queue);
-        let (kick_tx, kick) = oneshot::channel();
+        let (tx, outbound, kick) = outbound::channel(shared.config.outbound_queue);
         let membership = Membership {
             room: room.clone(),
             conn,
             armed: true,
         };
         let joined = room
-            .join(conn, user.clone(), tx, kick_tx, since, prefetched.take())
+            .join(conn, user.clone(), tx, since, prefetched.take())
             .await;
         let refusal = match joined {
             Ok(welcome) => {
@@ -211,8 +218,6 @@ pub(crate) async fn admit(
                     .connections_total
                     .fetch_add(1, Ordering::Relaxed);
                 return Ok(Admitted {
-                    conn,
-                    room,
                     welcome,
                     outbound,
                     kick,

@@ -1,6 +1,6 @@
-//! One admitted WebSocket connection: a single `select!` loop over the client's frames, the
-//! connection's outbound queue, a ping timer and the room's kick notice (slow consumer, room
-//! revoked, server closing, room failed).
+//! One admitted WebSocket connection: a single wait over the client's frames, the connection's
+//! outbound queue (which also carries the room's ping requests) and the room's kick notice (slow
+//! consumer, room revoked, server closing, room failed).
 //!
 //! Who writes: while the connection waits with nothing queued, its room writes broadcasts to a
 //! plain-TCP socket itself (`outbound`: no wake-up per delivery). Otherwise the connection does:
@@ -21,12 +21,12 @@ use std::time::Duration;
 use berth_protocol::ErrorCode;
 use berth_protocol::frames::{ClientFrame, MAX_CLIENT_ID_BYTES, close};
 use hyper::upgrade::OnUpgrade;
-use tokio::sync::oneshot;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admission::Admitted;
 use crate::inbound::{self, Incoming, ReadError};
+use crate::outbound::{Notice, Received};
 use crate::outbox::Outbox;
 use crate::rate::{RateLimiter, Verdict};
 use crate::room::Kick;
@@ -56,12 +56,12 @@ enum End {
     Stuck,
 }
 
-fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
+fn end_for_kick(kick: Option<Kick>) -> End {
     match kick {
-        Ok(Kick::SlowConsumer) => End::Close(close::POLICY, "slow consumer"),
-        Ok(Kick::Restart) => End::Close(close::RESTART, "server restarting; reconnect"),
-        // The room dropped us without a word: it failed.
-        Err(_) => End::Close(close::INTERNAL, "room failed"),
+        Some(Kick::SlowConsumer) => End::Close(close::POLICY, "slow consumer"),
+        Some(Kick::Restart) => End::Close(close::RESTART, "server restarting; reconnect"),
+        // The room let go of us without a word: it failed.
+        None => End::Close(close::INTERNAL, "room failed"),
     }
 }
 
@@ -100,7 +100,6 @@ pub(crate) fn run(
             outbox: Outbox::default(),
             admitted: &mut admitted,
             state: &state,
-            ping: ping_timer(config.ping_interval()),
             last_seen: Instant::now(),
             limiter: RateLimiter::new(config.message_rate, config.message_burst),
         };
@@ -112,13 +111,6 @@ pub(crate) fn run(
         drop(admitted.slot);
         drop(admitted.task);
     }
-}
-
-/// Ticks every `period`, the first a period from now.
-fn ping_timer(period: Duration) -> Interval {
-    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ping
 }
 
 /// Completes the upgrade and writes the `welcome`: the socket and the bytes the client sent
@@ -164,7 +156,6 @@ struct Conn<'a> {
     outbox: Outbox,
     admitted: &'a mut Admitted,
     state: &'a AppState,
-    ping: Interval,
     /// When the client last sent a frame.
     last_seen: Instant,
     limiter: RateLimiter,
@@ -180,7 +171,7 @@ enum Event {
     RoomGone,
     /// A frame from the client, or why none can be read.
     Frame(Result<Incoming, ReadError>),
-    /// Time to ping.
+    /// The room's ping timer fired.
     Ping,
 }
 
@@ -204,7 +195,8 @@ async fn serve(conn: &mut Conn<'_>) -> End {
 
 impl Conn<'_> {
     /// Waits for the first of: the room's kick notice, frames queued (the room writes to the
-    /// socket itself meanwhile), a client frame, the ping timer; in that order of priority.
+    /// socket itself meanwhile) or the room's ping request, a client frame; in that order of
+    /// priority. (The room's ping timer stands in for one per connection.)
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         if let Poll::Ready(kick) = Pin::new(&mut self.admitted.kick).poll(cx) {
             return Poll::Ready(Event::Kicked(end_for_kick(kick)));
@@ -215,16 +207,14 @@ impl Conn<'_> {
                 .poll_recv_into(cx, &mut self.outbox, MAX_BATCH)
         {
             return Poll::Ready(match queued {
-                Some(()) => Event::Batch,
-                None => Event::RoomGone,
+                Received::Frames => Event::Batch,
+                Received::Ping => Event::Ping,
+                Received::Closed => Event::RoomGone,
             });
         }
         let max = self.state.0.config.max_frame_bytes;
         if let Poll::Ready(frame) = self.reader.poll_next(cx, &mut self.socket, max) {
             return Poll::Ready(Event::Frame(frame));
-        }
-        if self.ping.poll_tick(cx).is_ready() {
-            return Poll::Ready(Event::Ping);
         }
         Poll::Pending
     }
@@ -305,8 +295,8 @@ impl Conn<'_> {
         }
         let refusal = match text.as_deref().map(|t| parse(t, config.max_text_bytes)) {
             Some(Ok(inbound)) => {
-                let conn = self.admitted.conn;
-                let room = &self.admitted.room;
+                let conn = self.admitted.membership.conn();
+                let room = self.admitted.membership.room();
                 let kick = &mut self.admitted.kick;
                 let write_timeout = config.write_timeout();
                 let sent = match inbound {
@@ -400,7 +390,7 @@ impl Conn<'_> {
 /// and write races the notice; server shutdown reaches connections through their rooms too, so
 /// that no connection polls a process-wide signal on the message path.
 async fn guard<T, E>(
-    kick: &mut oneshot::Receiver<Kick>,
+    kick: &mut Notice,
     write_timeout: Duration,
     op: impl Future<Output = Result<T, E>>,
 ) -> Result<T, End> {
@@ -414,14 +404,6 @@ async fn guard<T, E>(
     }
 }
 
-/// The room let go of this connection: its notice says why; none means the room failed.
-async fn room_gone(kick: &mut oneshot::Receiver<Kick>) -> End {
-    match tokio::time::timeout(CLOSE_GRACE, kick).await {
-        Ok(k) => end_for_kick(k),
-        Err(_) => End::Close(close::INTERNAL, "room failed"),
-    }
-}
-
 /// The close a read error earns (RFC 6455 section 7.4.1): an oversize frame is abuse (1008),
 /// invalid UTF-8 in a text frame 1007, a broken frame (unmasked, oversize control frame, bad
 /// opcode or fragmentation) 1002; a socket that ended or failed has nobody left to tell.
@@ -431,6 +413,15 @@ fn end_for_read(e: ReadError) -> End {
         ReadError::NotUtf8 => End::Fail(close::INVALID_DATA, "text frame is not UTF-8"),
         ReadError::Protocol => End::Fail(close::PROTOCOL, "protocol error"),
         ReadError::Gone => End::Gone,
+    }
+}
+
+/// The room let go of this connection: its kick notice says why; none (or none in time) means
+/// the room failed.
+async fn room_gone(kick: &mut Notice) -> End {
+    match tokio::time::timeout(CLOSE_GRACE, kick).await {
+        Ok(kick) => end_for_kick(kick),
+        Err(_) => End::Close(close::INTERNAL, "room failed"),
     }
 }
 

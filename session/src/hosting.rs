@@ -80,6 +80,7 @@ fn spawn_room(state: &AppState, id: Arc<str>, epoch: u64, instance: u64) -> Room
         draining: shared.draining.clone(),
         close_all: shared.close_all.clone(),
         typing_timeout: shared.config.typing_timeout(),
+        ping_interval: shared.config.ping_interval(),
         webhooks: shared.webhooks.clone(),
         fenced: shared.fenced.clone(),
     };

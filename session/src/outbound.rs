@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::outbox::{Outbox, text_header};
+use crate::room::Kick;
 
 /// Capacity an emptied queue keeps: none. Most frames are written directly, so a queue is used
 /// in bursts, and an idle connection must hold nothing.
@@ -52,6 +53,10 @@ struct State {
     direct: bool,
     sender_gone: bool,
     receiver_gone: bool,
+    /// The room asked the connection to ping its client ([`Sender::ping`]).
+    ping_due: bool,
+    /// The room's notice that the connection must go ([`Sender::kick`]).
+    kick: Option<Kick>,
 }
 
 struct Shared {
@@ -72,8 +77,8 @@ pub(crate) struct Sender(Arc<Shared>);
 /// The connection's end.
 pub(crate) struct Receiver(Arc<Shared>);
 
-/// A queue of at most `bound` frames.
-pub(crate) fn channel(bound: usize) -> (Sender, Receiver) {
+/// A queue of at most `bound` frames, and the connection's end of the room's kick notice.
+pub(crate) fn channel(bound: usize) -> (Sender, Receiver, Notice) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -83,10 +88,16 @@ pub(crate) fn channel(bound: usize) -> (Sender, Receiver) {
             direct: false,
             sender_gone: false,
             receiver_gone: false,
+            ping_due: false,
+            kick: None,
         }),
         bound: bound.max(1),
     });
-    (Sender(shared.clone()), Receiver(shared))
+    (
+        Sender(shared.clone()),
+        Receiver(shared.clone()),
+        Notice(shared),
+    )
 }
 
 impl Sender {
@@ -148,6 +159,80 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Tells the connection to go, and why (the room then drops this end). A connection whose
+    /// room drops the sender without a notice learns that the room failed.
+    pub fn kick(&self, kick: Kick) {
+        let waker = {
+            let mut state = self.0.lock();
+            state.kick.get_or_insert(kick);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Asks the connection to ping its client (the room's ping timer stands in for one timer per
+    /// connection): the connection sees it after the frames already queued
+    /// ([`Receiver::poll_recv_into`]). A stream that does not ping (SSE) never looks.
+    pub fn ping(&self) {
+        let waker = {
+            let mut state = self.0.lock();
+            if state.receiver_gone || state.ping_due {
+                return;
+            }
+            state.ping_due = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The room's notice that the connection must go, which every wait and write of the
+/// connection races: it resolves to the [`Kick`], or to `None` once the room let go of the
+/// queue without one (the room failed). It rides on the queue's shared state and waker, so a
+/// connection holds no channel of its own for it; it may be polled again once resolved.
+pub(crate) struct Notice(Arc<Shared>);
+
+impl Future for Notice {
+    type Output = Option<Kick>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Kick>> {
+        let mut state = self.0.lock();
+        if let Some(kick) = state.kick {
+            return Poll::Ready(Some(kick));
+        }
+        if state.sender_gone {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// What a connection waiting on its queue gets ([`Receiver::poll_recv_into`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Frames, moved into the outbox.
+    Frames,
+    /// The room's ping timer fired: ping the client.
+    Ping,
+    /// The room let go of the queue and every frame was taken.
+    Closed,
+}
+
+enum Next {
+    Frame(Utf8Bytes, usize),
+    Ping,
+    Closed,
+}
+
 /// Most frames one direct write gathers.
 const MAX_DIRECT_FRAMES: usize = 32;
 
@@ -202,11 +287,13 @@ impl Receiver {
     /// (For a queue whose socket was never lent.)
     pub async fn recv(&mut self) -> Option<Utf8Bytes> {
         std::future::poll_fn(|cx| {
-            self.poll_recv(cx).map(|first| {
-                first.map(|(frame, written)| {
+            self.poll_next(cx, false).map(|next| match next {
+                Next::Frame(frame, written) => {
                     debug_assert_eq!(written, 0, "no direct writes without a socket");
-                    frame
-                })
+                    Some(frame)
+                }
+                Next::Ping => unreachable!("pings are not asked for"),
+                Next::Closed => None,
             })
         })
         .await
@@ -217,22 +304,31 @@ impl Receiver {
     /// was taken. While it waits, the room writes to the lent socket itself.
     #[cfg(test)]
     pub async fn recv_into(&mut self, outbox: &mut Outbox, max: usize) -> Option<()> {
-        std::future::poll_fn(|cx| self.poll_recv_into(cx, outbox, max)).await
+        loop {
+            match std::future::poll_fn(|cx| self.poll_recv_into(cx, outbox, max)).await {
+                Received::Frames => return Some(()),
+                Received::Ping => continue,
+                Received::Closed => return None,
+            }
+        }
     }
 
-    /// [`Receiver::recv_into`], as a poll.
+    /// [`Receiver::recv_into`], as a poll, which also reports the room's ping requests
+    /// ([`Sender::ping`]) once the frames queued before them were taken.
     pub fn poll_recv_into(
         &mut self,
         cx: &mut Context<'_>,
         outbox: &mut Outbox,
         max: usize,
-    ) -> Poll<Option<()>> {
-        let Some((first, written)) = ready!(self.poll_recv(cx)) else {
-            return Poll::Ready(None);
+    ) -> Poll<Received> {
+        let (first, written) = match ready!(self.poll_next(cx, true)) {
+            Next::Frame(first, written) => (first, written),
+            Next::Ping => return Poll::Ready(Received::Ping),
+            Next::Closed => return Poll::Ready(Received::Closed),
         };
         outbox.push_started(first, written);
         self.drain_into(max.saturating_sub(outbox.len()), |next| outbox.push(next));
-        Poll::Ready(Some(()))
+        Poll::Ready(Received::Frames)
     }
 
     /// Stops the room's direct writes, so that the connection can write something of its own,
@@ -254,13 +350,20 @@ impl Receiver {
         }
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Utf8Bytes, usize)>> {
+    /// The next frame (and how much of it the room wrote), else with `pings` a ping request,
+    /// else whether the room let go; all under one lock, so that nothing the room does between
+    /// the checks and the waker's registration is missed.
+    fn poll_next(&mut self, cx: &mut Context<'_>, pings: bool) -> Poll<Next> {
         let mut state = self.0.lock();
-        if let Some(first) = pop(&mut state) {
-            return Poll::Ready(Some(first));
+        if let Some((first, written)) = pop(&mut state) {
+            return Poll::Ready(Next::Frame(first, written));
+        }
+        if pings && state.ping_due {
+            state.ping_due = false;
+            return Poll::Ready(Next::Ping);
         }
         if state.sender_gone {
-            return Poll::Ready(None);
+            return Poll::Ready(Next::Closed);
         }
         match &mut state.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -327,7 +430,7 @@ mod tests {
 
     #[test]
     fn keeps_order_refuses_past_its_bound_and_after_the_connection_left() {
-        let (tx, mut rx) = channel(2);
+        let (tx, mut rx, _) = channel(2);
         tx.try_send(frame("a")).unwrap();
         tx.try_send(frame("b")).unwrap();
         assert_eq!(tx.try_send(frame("c")), Err(TrySendError::Full));
@@ -343,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_caught_up_queue_gives_its_backlog_buffer_back() {
-        let (tx, mut rx) = channel(1000);
+        let (tx, mut rx, _) = channel(1000);
         for i in 0..500 {
             tx.try_send(frame(&i.to_string())).unwrap();
         }
@@ -375,7 +478,7 @@ mod tests {
     async fn direct_writes_and_the_rest_of_a_half_written_frame_read_back_whole_and_in_order() {
         let (server, client) = socket_pair().await;
         let server = Arc::new(server);
-        let (tx, mut rx) = channel(100);
+        let (tx, mut rx, _) = channel(100);
         rx.lend(server.clone());
         // The connection: writes what is queued, waits again.
         let connection = tokio::spawn(async move {
@@ -437,7 +540,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_writes_its_own_frame_takes_the_socket_back_first() {
         let (server, _client) = socket_pair().await;
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx, _) = channel(8);
         rx.lend(Arc::new(server));
         let mut outbox = Outbox::default();
         let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
@@ -450,7 +553,7 @@ mod tests {
         // A frame queued without a direct write (a room grown past the direct-write size) ends
         // direct writes too: a later frame queues behind it instead of overtaking it.
         let (server, _client) = socket_pair().await;
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx, _) = channel(8);
         rx.lend(Arc::new(server));
         let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
         assert!(waited.await.is_err());
@@ -459,7 +562,7 @@ mod tests {
         tx.try_write(frame("second")).unwrap();
         assert_eq!(queued(&tx), (2, 0, false));
         // Without a lent socket the room never writes itself.
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx, _) = channel(8);
         let waited = tokio::time::timeout(Duration::from_millis(10), rx.recv_into(&mut outbox, 8));
         assert!(waited.await.is_err());
         tx.try_write(frame("queued")).unwrap();
@@ -467,8 +570,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ping_request_wakes_a_waiting_connection_after_the_frames_queued_before_it() {
+        let (tx, mut rx, _) = channel(4);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut outbox = Outbox::default();
+            loop {
+                let next = std::future::poll_fn(|cx| rx.poll_recv_into(cx, &mut outbox, 8)).await;
+                match next {
+                    Received::Frames => {
+                        got.push(format!("frames: {}", outbox.len()));
+                        outbox = Outbox::default();
+                    }
+                    Received::Ping => got.push("ping".to_owned()),
+                    Received::Closed => return got,
+                }
+            }
+        });
+        // Asked while the connection waits: it is woken for it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.ping();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Asked behind queued frames: the frames come first; asked twice, one ping.
+        tx.try_send(frame("x")).unwrap();
+        tx.try_send(frame("y")).unwrap();
+        tx.ping();
+        tx.ping();
+        drop(tx);
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the reader was woken")
+            .unwrap();
+        assert_eq!(got, ["ping", "frames: 2", "ping"]);
+    }
+
+    #[tokio::test]
+    async fn the_kick_notice_says_why_or_that_the_room_failed() {
+        let (tx, _rx, mut notice) = channel(4);
+        let waiting = tokio::spawn(async move {
+            let kick = (&mut notice).await;
+            // Resolved once, it stays resolved.
+            assert_eq!((&mut notice).await, kick);
+            kick
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.kick(Kick::SlowConsumer);
+        tx.kick(Kick::Restart);
+        drop(tx);
+        let kick = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(kick.expect("woken").unwrap(), Some(Kick::SlowConsumer));
+
+        let (tx, _rx, notice) = channel(4);
+        drop(tx);
+        assert_eq!(
+            notice.await,
+            None,
+            "dropped without a notice: the room failed"
+        );
+    }
+
+    #[tokio::test]
     async fn a_waiting_connection_is_woken_and_sees_the_room_let_go() {
-        let (tx, mut rx) = channel(4);
+        let (tx, mut rx, _) = channel(4);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(f) = rx.recv().await {

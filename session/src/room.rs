@@ -28,8 +28,8 @@
 //!
 //! A room ends when it has been empty for the idle timeout (or at once while the server drains),
 //! when the scheduler revokes it, when the server shuts down, when a newer placement fenced it
-//! off in the store, or when it panics; in that last case its members' kick channels are dropped
-//! unsent, which their connections read as 1011.
+//! off in the store, or when it panics; in that last case its members' queues are dropped
+//! without a kick notice, which their connections read as 1011.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -64,7 +64,8 @@ const COMMAND_QUEUE: usize = 4096;
 /// Messages a room keeps waiting for the store before it refuses more (the store is behind).
 const MAX_PENDING: usize = 10_000;
 
-/// Why the room tells a connection to go (a dropped kick sender means the room failed: 1011).
+/// Why the room tells a connection to go (`outbound::Sender::kick`; a queue dropped without a
+/// notice means the room failed: 1011).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kick {
     /// Its outbound queue was full: close 1008.
@@ -93,8 +94,8 @@ pub(crate) enum JoinError {
 pub(crate) struct JoinRequest {
     pub conn: ConnId,
     pub user: User,
+    /// Its frames, and the room's notice when it must go.
     pub outbound: outbound::Sender,
-    pub kick: oneshot::Sender<Kick>,
     /// Resume after this `seq`.
     pub since: Option<u64>,
     /// Stored messages read for a resume after [`JoinError::NeedHistory`], oldest first.
@@ -190,15 +191,13 @@ pub(crate) struct RoomHandle {
 }
 
 impl RoomHandle {
-    /// Asks the room to admit connection `conn` of `user`, whose frames go to `outbound` and
-    /// whose eviction notice to `kick`; on success the answer is the `welcome` frame.
-    #[allow(clippy::too_many_arguments)]
+    /// Asks the room to admit connection `conn` of `user`, whose frames and eviction notice go
+    /// to `outbound`; on success the answer is the `welcome` frame.
     pub async fn join(
         &self,
         conn: ConnId,
         user: User,
         outbound: outbound::Sender,
-        kick: oneshot::Sender<Kick>,
         since: Option<u64>,
         prefetched: Option<Vec<ChatMessage>>,
     ) -> Result<Utf8Bytes, JoinError> {
@@ -207,7 +206,6 @@ impl RoomHandle {
             conn,
             user,
             outbound,
-            kick,
             since,
             prefetched,
             reply,
@@ -322,6 +320,9 @@ pub(crate) struct RoomSettings {
     pub close_all: CancellationToken,
     /// A typing state not renewed for this long ends.
     pub typing_timeout: Duration,
+    /// How often members' connections ping their clients: one timer per room, which asks every
+    /// member's connection (`outbound::Sender::ping`), rather than one per connection.
+    pub ping_interval: Duration,
     /// Where room events go out as webhooks; `None` without webhook URLs.
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// Set while the server's lease with the scheduler has run out: no message is accepted
@@ -380,8 +381,8 @@ pub(crate) fn new(
 
 struct Member {
     user: Arc<User>,
+    /// Its frames, its ping requests and its kick notice.
     tx: outbound::Sender,
-    kick: Option<oneshot::Sender<Kick>>,
     /// Frames for this member that the room holds until it uncorks (see [`Room::uncork`]).
     corked: Vec<Utf8Bytes>,
 }
@@ -547,6 +548,9 @@ impl Room {
         let closed = close_all.cancelled();
         let idle = tokio::time::sleep(self.settings.idle);
         tokio::pin!(drain, closed, idle);
+        let period = self.settings.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(room_id = %self.id, epoch = self.epoch, seq = self.seq, "room opened");
         loop {
             if self.corked {
@@ -593,6 +597,11 @@ impl Room {
                 {
                     for user in self.typing.expired(Instant::now()) {
                         self.broadcast_typing(&user, false);
+                    }
+                }
+                _ = ping.tick() => {
+                    for member in self.members.values() {
+                        member.tx.ping();
                     }
                 }
                 () = &mut idle, if settled => break,
@@ -749,7 +758,6 @@ impl Room {
             conn,
             user,
             outbound,
-            kick,
             since,
             prefetched,
             reply,
@@ -798,7 +806,6 @@ impl Room {
             Member {
                 user: user.clone(),
                 tx: outbound,
-                kick: Some(kick),
                 corked: Vec::new(),
             },
         );
@@ -1175,11 +1182,11 @@ impl Room {
 
     /// Removes one connection; when it was its user's last, the others see `left`.
     fn remove_member(&mut self, conn: ConnId, kick: Option<Kick>) {
-        let Some(mut member) = self.members.remove(&conn) else {
+        let Some(member) = self.members.remove(&conn) else {
             return;
         };
-        if let (Some(kick), Some(tx)) = (kick, member.kick.take()) {
-            let _ = tx.send(kick);
+        if let Some(kick) = kick {
+            member.tx.kick(kick);
         }
         let user_id = &member.user.user_id;
         let last = match self.users.get_mut(user_id) {
@@ -1208,10 +1215,8 @@ impl Room {
     }
 
     fn kick_all(&mut self, kick: Kick) {
-        for (_, mut member) in self.members.drain() {
-            if let Some(tx) = member.kick.take() {
-                let _ = tx.send(kick);
-            }
+        for (_, member) in self.members.drain() {
+            member.tx.kick(kick);
         }
         self.users.clear();
         self.stats.users.store(0, Ordering::Relaxed);
@@ -1330,6 +1335,7 @@ mod tests {
             draining: CancellationToken::new(),
             close_all: CancellationToken::new(),
             typing_timeout: Duration::from_millis(200),
+            ping_interval: Duration::from_secs(15),
             webhooks: None,
             fenced: Arc::default(),
         };
@@ -1342,7 +1348,7 @@ mod tests {
 
     struct TestMember {
         rx: outbound::Receiver,
-        kick: oneshot::Receiver<Kick>,
+        kick: outbound::Notice,
         welcome: serde_json::Value,
     }
 
@@ -1363,12 +1369,8 @@ mod tests {
         since: Option<u64>,
         prefetched: Option<Vec<ChatMessage>>,
     ) -> Result<TestMember, JoinError> {
-        let (tx, rx) = outbound::channel(queue);
-        let (kick_tx, kick) = oneshot::channel();
-        let welcome = room
-            .handle
-            .join(conn, u, tx, kick_tx, since, prefetched)
-            .await?;
+        let (tx, rx, kick) = outbound::channel(queue);
+        let welcome = room.handle.join(conn, u, tx, since, prefetched).await?;
         Ok(TestMember {
             rx,
             kick,
@@ -1387,11 +1389,10 @@ mod tests {
 
     /// Waits until the room has handled everything queued before.
     async fn sync(room: &TestRoom) {
-        let (tx, _rx) = outbound::channel(1);
-        let (kick, _) = oneshot::channel();
+        let (tx, _rx, _) = outbound::channel(1);
         let _ = room
             .handle
-            .join(u64::MAX, user("sync"), tx, kick, None, None)
+            .join(u64::MAX, user("sync"), tx, None, None)
             .await;
         room.handle.tx.send(Command::Leave(u64::MAX)).await.unwrap();
     }

@@ -27,13 +27,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_protocol::frames::close;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::Instrument as _;
 
 use crate::admission::{self, Admitted};
 use crate::error::ApiError;
+use crate::outbound::Notice;
 use crate::room::Kick;
 use crate::state::AppState;
 
@@ -160,11 +161,11 @@ enum End {
     Close(u16, &'static str),
 }
 
-fn end_for_kick(kick: Result<Kick, oneshot::error::RecvError>) -> End {
+fn end_for_kick(kick: Option<Kick>) -> End {
     match kick {
-        Ok(Kick::SlowConsumer) => End::Close(close::POLICY, "slow consumer"),
-        Ok(Kick::Restart) => End::Close(close::RESTART, "server restarting; reconnect"),
-        Err(_) => End::Close(close::INTERNAL, "room failed"),
+        Some(Kick::SlowConsumer) => End::Close(close::POLICY, "slow consumer"),
+        Some(Kick::Restart) => End::Close(close::RESTART, "server restarting; reconnect"),
+        None => End::Close(close::INTERNAL, "room failed"),
     }
 }
 
@@ -227,7 +228,7 @@ async fn run(
 /// `Some` when the stream must end.
 async fn write(
     chunks: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-    kick: &mut oneshot::Receiver<Kick>,
+    kick: &mut Notice,
     chunk: String,
     deadline: Duration,
 ) -> Option<End> {

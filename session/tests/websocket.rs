@@ -434,18 +434,40 @@ async fn shutdown_without_rooms_is_quick() {
 }
 
 #[tokio::test]
-async fn silent_connections_are_closed() {
+async fn silent_connections_are_closed_and_answering_ones_are_pinged() {
     let server = start(&["--ping-interval-ms", "100"]).await;
-    let client = server
+    // A client that reads answers every ping (tungstenite pongs as it reads); it sends nothing
+    // else.
+    let answering = server
+        .connect(&server.ticket("r-ping", "bob"))
+        .await
+        .unwrap();
+    let pings = tokio::spawn(async move {
+        let mut ws = answering.ws;
+        let mut pings = 0;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1200);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, ws.next()).await {
+            if matches!(msg, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        (pings, ws)
+    });
+    let silent = server
         .connect(&server.ticket("r-ping", "alice"))
         .await
         .unwrap();
-    // The client never reads, so it never answers a ping.
+    // The silent client never reads, so it never answers a ping.
     eventually("the silent connection to be closed", || async {
-        server.metric("berth_session_connections").await == 0
+        server.metric("berth_session_connections").await == 1
     })
     .await;
-    drop(client);
+    drop(silent);
+    // Pinged every 100 ms for 1.2 s, and still connected.
+    let (pings, ws) = pings.await.unwrap();
+    assert!(pings >= 5, "only {pings} pings in 1.2 s");
+    assert_eq!(server.metric("berth_session_connections").await, 1);
+    drop(ws);
 }
 
 #[tokio::test]
