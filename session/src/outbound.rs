@@ -7,7 +7,7 @@
 //! task switch). A frame the socket does not take whole is queued (remembering how much of it
 //! went out) and the connection, woken, writes the rest with its deadline; frames after it queue
 //! behind it until the connection has caught up and waits again. Before the connection writes
-//! anything of its own (a pong, a refusal, the close) it takes the socket back
+//! anything of its own (a pong, a ping, a refusal, the close) it takes the socket back
 //! ([`Receiver::hold_into`]), so two writers never interleave.
 //!
 //! Why not `tokio::sync::mpsc`: a bounded mpsc allocates a block of 32 slots when it is made and
@@ -15,6 +15,11 @@
 //! included. Here the frames sit in a `VecDeque` that holds memory only while frames wait (a
 //! larger backlog's buffer is given back once the connection caught up), behind a mutex that
 //! each side holds for a few instructions; a push wakes the connection only when it waits.
+//!
+//! The queue's shared state also carries the room's two other messages to the connection, so
+//! that an idle connection holds no timer or channel of its own for them: a ping request
+//! ([`Sender::ping`], from the room's one ping timer) and the kick notice ([`Sender::kick`],
+//! read through a [`Notice`]).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
