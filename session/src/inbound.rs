@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Bytes read from the socket per call (on the stack, not kept).
 const READ_CHUNK: usize = 4096;
@@ -242,7 +243,7 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
         [_] => Err(ReadError::Protocol),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+            if !CloseCode::from(code).is_allowed() {
                 return Err(ReadError::Protocol);
             }
             std::str::from_utf8(reason).map_err(|_| ReadError::NotUtf8)?;

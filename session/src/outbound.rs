@@ -162,9 +162,7 @@ impl Sender {
         }
         Ok(())
     }
-}
 
-impl Sender {
     /// Tells the connection to go, and why (the room then drops this end). A connection whose
     /// room drops the sender without a notice learns that the room failed.
     pub fn kick(&self, kick: Kick) {

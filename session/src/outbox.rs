@@ -15,17 +15,22 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// Longest header of an unmasked frame (RFC 6455 section 5.2): 2 bytes and a 64-bit length.
 pub(crate) const MAX_HEADER: usize = 10;
 
-/// The header of a final, unmasked text frame of `len` bytes, and its length (tungstenite
-/// encodes it).
+/// The header of a final, unmasked text frame of `len` bytes, and its length.
 pub(crate) fn text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
+    header(OpCode::Data(Data::Text), len)
+}
+
+/// The header of a final, unmasked frame of `opcode` and `len` bytes, and its length
+/// (tungstenite encodes it).
+fn header(opcode: OpCode, len: usize) -> ([u8; MAX_HEADER], usize) {
     let len = len as u64;
     let head = FrameHeader {
-        opcode: OpCode::Data(Data::Text),
+        opcode,
         ..FrameHeader::default()
     };
     let mut header = [0u8; MAX_HEADER];
@@ -33,10 +38,6 @@ pub(crate) fn text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
         .expect("an unmasked header fits in 10 bytes");
     (header, head.len(len))
 }
-
-const OPCODE_CLOSE: u8 = 0x8;
-const OPCODE_PING: u8 = 0x9;
-const OPCODE_PONG: u8 = 0xa;
 
 /// One frame: its encoded header and its payload.
 struct Frame {
@@ -102,37 +103,36 @@ impl Outbox {
 
     /// Queues a ping (with an empty payload).
     pub fn push_ping(&mut self) {
-        self.push_control(OPCODE_PING, Bytes::new());
+        self.push_control(Control::Ping, Bytes::new());
     }
 
     /// Queues the pong that answers a ping carrying `payload` (at most 125 bytes).
     pub fn push_pong(&mut self, payload: Vec<u8>) {
-        self.push_control(OPCODE_PONG, payload.into());
+        self.push_control(Control::Pong, payload.into());
     }
 
     /// Queues a close frame with `code` and `reason` (a short, fixed text).
     pub fn push_close(&mut self, code: u16, reason: &str) {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
-        self.push_control(OPCODE_CLOSE, payload.into());
+        self.push_control(Control::Close, payload.into());
     }
 
     /// Queues a close frame without a status code (the answer to a client's close that gave
     /// none).
     pub fn push_empty_close(&mut self) {
-        self.push_control(OPCODE_CLOSE, Bytes::new());
+        self.push_control(Control::Close, Bytes::new());
     }
 
-    fn push_control(&mut self, opcode: u8, payload: Bytes) {
-        let len = u8::try_from(payload.len())
-            .ok()
-            .filter(|&n| usize::from(n) <= crate::inbound::MAX_CONTROL)
-            .expect("a control payload is at most 125 bytes");
-        let mut header = [0; MAX_HEADER];
-        header[..2].copy_from_slice(&[0x80 | opcode, len]);
+    fn push_control(&mut self, control: Control, payload: Bytes) {
+        assert!(
+            payload.len() <= crate::inbound::MAX_CONTROL,
+            "a control payload is at most 125 bytes"
+        );
+        let (header, header_len) = header(OpCode::Control(control), payload.len());
         self.push_frame(Frame {
             header,
-            header_len: 2,
+            header_len: header_len as u8,
             payload,
         });
     }
