@@ -93,7 +93,6 @@ pub(crate) fn run(
         else {
             return;
         };
-        let config = &state.0.config;
         let mut conn = Conn {
             socket,
             reader: inbound::Reader::new(early),
@@ -101,7 +100,7 @@ pub(crate) fn run(
             admitted: &mut admitted,
             state: &state,
             last_seen: Instant::now(),
-            limiter: RateLimiter::new(config.message_rate, config.message_burst),
+            limiter: None,
         };
         let end = serve(&mut conn).await;
         tracing::debug!(?end, "connection ending");
@@ -158,7 +157,10 @@ struct Conn<'a> {
     state: &'a AppState,
     /// When the client last sent a frame.
     last_seen: Instant,
-    limiter: RateLimiter,
+    /// The client's message rate, from its first frame on: a member that never sends holds
+    /// none (a new limiter starts with its whole burst, as one made at connect time would have
+    /// by now).
+    limiter: Option<Box<RateLimiter>>,
 }
 
 /// What ended a connection's wait.
@@ -252,6 +254,15 @@ impl Conn<'_> {
         self.send_own(Own::Ping).await
     }
 
+    fn check_rate(&mut self) -> Verdict {
+        let config = &self.state.0.config;
+        self.limiter
+            .get_or_insert_with(|| {
+                Box::new(RateLimiter::new(config.message_rate, config.message_burst))
+            })
+            .check()
+    }
+
     /// Handles a client frame: answers pings, refuses what it must (rate, size, shape), and
     /// passes the rest to the room.
     async fn on_frame(&mut self, frame: Result<Incoming, ReadError>) -> Next {
@@ -263,7 +274,7 @@ impl Conn<'_> {
             Ok(Incoming::Binary) => None,
             Ok(control @ (Incoming::Ping(_) | Incoming::Pong)) => {
                 // Control frames spend the same budget: a ping flood is closed.
-                if self.limiter.check() == Verdict::Flooding {
+                if self.check_rate() == Verdict::Flooding {
                     shared.metrics.refused(ErrorCode::RateLimited);
                     return Err(End::Close(close::POLICY, "flooding"));
                 }
@@ -275,7 +286,7 @@ impl Conn<'_> {
             Ok(Incoming::Close(code)) => return Err(End::Closed(code)),
             Err(e) => return Err(end_for_read(e)),
         };
-        match self.limiter.check() {
+        match self.check_rate() {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 shared.metrics.refused(ErrorCode::RateLimited);

@@ -131,7 +131,13 @@ async fn websocket(
         }
         Err(refusal) => return refuse(&state, refusal, peer),
     };
-    tokio::spawn(connection::run(on_upgrade, admitted, state).instrument(span));
+    let run = connection::run(on_upgrade, admitted, state);
+    // The span is 40 bytes in every connection's task: carried only while debug logs are on.
+    if span.is_disabled() {
+        tokio::spawn(run);
+    } else {
+        tokio::spawn(run.instrument(span));
+    }
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, HeaderValue::from_static("upgrade"))

@@ -31,7 +31,9 @@
 //! off in the store, or when it panics; in that last case its members' queues are dropped
 //! without a kick notice, which their connections read as 1011.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -369,7 +371,8 @@ pub(crate) fn new(
         hand_off: None,
         stats,
         pending_kicks: Vec::new(),
-        corked: false,
+        corked: Vec::new(),
+        uncorking: Vec::new(),
         corked_events: 0,
         reads: Reads::default(),
         typing: Typing::new(settings.typing_timeout),
@@ -383,8 +386,32 @@ struct Member {
     user: Arc<User>,
     /// Its frames, its ping requests and its kick notice.
     tx: outbound::Sender,
-    /// Frames for this member that the room holds until it uncorks (see [`Room::uncork`]).
-    corked: Vec<Utf8Bytes>,
+}
+
+/// A frame the room holds until it uncorks (see [`Room::uncork`]), and who gets it. The room
+/// keeps one list, not one per member: an idle member holds nothing.
+struct Corked {
+    frame: Utf8Bytes,
+    to: To,
+}
+
+enum To {
+    /// Every member but this connection (none: every member).
+    AllBut(Option<ConnId>),
+    /// This connection alone.
+    Only(ConnId),
+    /// Every member but this user's connections.
+    NotUser(Arc<User>),
+}
+
+impl To {
+    fn includes(&self, conn: ConnId, user: &User) -> bool {
+        match self {
+            To::AllBut(except) => *except != Some(conn),
+            To::Only(only) => *only == conn,
+            To::NotUser(not) => not.user_id != user.user_id,
+        }
+    }
 }
 
 /// Largest room whose broadcasts are written to waiting members' sockets by the room itself
@@ -396,10 +423,30 @@ const DIRECT_WRITE_MEMBERS: usize = 64;
 /// before it writes them anyway.
 const MAX_CORKED_EVENTS: u32 = 16;
 
-struct Presence {
-    user: Arc<User>,
-    connections: u8,
+/// A user present in the room, found by its id: the user's one copy is the key, so presence
+/// costs no copy of the id.
+struct Present(Arc<User>);
+
+impl Borrow<str> for Present {
+    fn borrow(&self) -> &str {
+        &self.0.user_id
+    }
 }
+
+impl Hash for Present {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        self.0.user_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Present {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.user_id == other.0.user_id
+    }
+}
+
+impl Eq for Present {}
 
 /// An accepted message waiting for the store.
 struct Pending {
@@ -419,8 +466,8 @@ struct Room {
     epoch: u64,
     instance: u64,
     members: HashMap<ConnId, Member>,
-    /// Keyed by user id; a user counts once however many connections it has.
-    users: HashMap<String, Presence>,
+    /// Each user present and how many connections it has here (a user counts once).
+    users: HashMap<Present, u8>,
     /// The newest durable messages (at most `settings.history`).
     history: VecDeque<Arc<ChatMessage>>,
     /// The last `seq` handed out (durable or pending).
@@ -436,8 +483,10 @@ struct Room {
     stats: Arc<RoomStats>,
     /// Members found slow while uncorking, removed once it is over.
     pending_kicks: Vec<ConnId>,
-    /// Whether some member has frames corked ([`Room::uncork`]).
-    corked: bool,
+    /// Frames held for members until the room uncorks ([`Room::uncork`]), in order.
+    corked: Vec<Corked>,
+    /// The frames of one member while uncorking (kept for its capacity).
+    uncorking: Vec<Utf8Bytes>,
     /// Events handled since the room last uncorked.
     corked_events: u32,
     /// Read positions (stored with the messages) and who is typing (never stored).
@@ -553,7 +602,7 @@ impl Room {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(room_id = %self.id, epoch = self.epoch, seq = self.seq, "room opened");
         loop {
-            if self.corked {
+            if !self.corked.is_empty() {
                 self.corked_events += 1;
                 if self.corked_events > MAX_CORKED_EVENTS {
                     self.uncork();
@@ -607,7 +656,7 @@ impl Room {
                 () = &mut idle, if settled => break,
                 () = &mut drain, if settled && self.hand_off.is_none() => break,
                 // Last: the tasks ready now run first (see `uncork`).
-                () = tokio::task::yield_now(), if self.corked => self.uncork(),
+                () = tokio::task::yield_now(), if !self.corked.is_empty() => self.uncork(),
             }
         }
         // Disposal: leave the directory first so no new join finds this room, then turn away
@@ -765,6 +814,9 @@ impl Room {
         if self.hand_off.is_some() {
             return Err((JoinError::Gone, reply));
         }
+        // Frames corked before this member joined are not for it: its welcome carries their
+        // messages already.
+        self.uncork();
         // Everything that may refuse comes before anything changes.
         if let Some(since) = since
             && let Err(e) = self.resume(since, prefetched.as_deref())
@@ -772,29 +824,29 @@ impl Room {
             return Err((e, reply));
         }
         let full = self.users.len() >= self.settings.members_per_room as usize;
-        let (user, first) = match self.users.get_mut(&user.user_id) {
-            Some(p) if p.connections >= MAX_CONNECTIONS_PER_USER => {
+        let present = self
+            .users
+            .get_key_value(user.user_id.as_str())
+            .map(|(present, &connections)| (present.0.clone(), connections));
+        let (user, first) = match present {
+            Some((_, connections)) if connections >= MAX_CONNECTIONS_PER_USER => {
                 return Err((
                     JoinError::Full("too many connections for this user in the room"),
                     reply,
                 ));
             }
-            Some(p) => {
-                p.connections += 1;
-                (p.user.clone(), false)
+            Some((user, _)) => {
+                if let Some(connections) = self.users.get_mut(user.user_id.as_str()) {
+                    *connections += 1;
+                }
+                (user, false)
             }
             None if full => {
                 return Err((JoinError::Full("the room is full"), reply));
             }
             None => {
                 let user = Arc::new(user);
-                self.users.insert(
-                    user.user_id.clone(),
-                    Presence {
-                        user: user.clone(),
-                        connections: 1,
-                    },
-                );
+                self.users.insert(Present(user.clone()), 1);
                 self.stats
                     .users
                     .store(self.users.len() as u32, Ordering::Relaxed);
@@ -806,7 +858,6 @@ impl Room {
             Member {
                 user: user.clone(),
                 tx: outbound,
-                corked: Vec::new(),
             },
         );
         let mut history = match since {
@@ -819,7 +870,7 @@ impl Room {
         let welcome = WelcomeRef {
             room_id: &self.id,
             you: &user,
-            members: self.users.values().map(|p| &*p.user).collect(),
+            members: self.users.keys().map(|p| &*p.0).collect(),
             history,
             seq: self.durable,
             server_id: &self.settings.server_id,
@@ -848,9 +899,11 @@ impl Room {
         self.settings.metrics.refused(code);
         match origin {
             Origin::Member(conn) => {
-                if let Some(member) = self.members.get_mut(&conn) {
-                    member.corked.push(frame);
-                    self.corked = true;
+                if self.members.contains_key(&conn) {
+                    self.corked.push(Corked {
+                        frame,
+                        to: To::Only(conn),
+                    });
                 }
             }
             Origin::Http(reply) => {
@@ -991,13 +1044,11 @@ impl Room {
             user: (**user).clone(),
             active,
         };
-        let bytes = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
-        for member in self.members.values_mut() {
-            if member.user.user_id != user.user_id {
-                member.corked.push(bytes.clone());
-                self.corked = true;
-            }
-        }
+        let frame = Utf8Bytes::from(serde_json::to_string(&frame).expect("frames serialize"));
+        self.corked.push(Corked {
+            frame,
+            to: To::NotUser(user.clone()),
+        });
     }
 
     /// Hands moved read positions to the writer unless a submission is already in flight (its
@@ -1125,14 +1176,15 @@ impl Room {
 
     /// Sends `bytes` to every member but `except` (corked: see [`Room::uncork`]).
     fn broadcast_bytes(&mut self, bytes: &Utf8Bytes, except: Option<ConnId>) {
-        let mut delivered = 0u64;
-        for (&conn, member) in &mut self.members {
-            if Some(conn) != except {
-                member.corked.push(bytes.clone());
-                delivered += 1;
-            }
+        let delivered =
+            self.members.len() - usize::from(except.is_some_and(|c| self.members.contains_key(&c)));
+        if delivered > 0 {
+            self.corked.push(Corked {
+                frame: bytes.clone(),
+                to: To::AllBut(except),
+            });
         }
-        self.corked |= delivered > 0;
+        let delivered = delivered as u64;
         self.settings
             .metrics
             .messages_out
@@ -1148,19 +1200,24 @@ impl Room {
     /// is full is dropped as a slow consumer (its connection ended, if it is closed: its
     /// `Leave` is on the way).
     fn uncork(&mut self) {
-        while std::mem::take(&mut self.corked) {
+        while !self.corked.is_empty() {
             self.corked_events = 0;
+            let mut corked = std::mem::take(&mut self.corked);
             let direct = self.members.len() <= DIRECT_WRITE_MEMBERS;
-            for (&conn, member) in &mut self.members {
-                if member.corked.is_empty() {
-                    continue;
-                }
-                // The buffer goes too: an idle member holds none.
-                let mut frames = std::mem::take(&mut member.corked);
-                if member.tx.send_all(&mut frames, direct).is_err() {
+            let frames = &mut self.uncorking;
+            for (&conn, member) in &self.members {
+                frames.extend(
+                    corked
+                        .iter()
+                        .filter(|c| c.to.includes(conn, &member.user))
+                        .map(|c| c.frame.clone()),
+                );
+                if member.tx.send_all(frames, direct).is_err() {
                     self.pending_kicks.push(conn);
                 }
             }
+            corked.clear();
+            self.corked = corked;
             // Dropping a member may broadcast `left`, which corks again.
             self.settle();
         }
@@ -1189,9 +1246,9 @@ impl Room {
             member.tx.kick(kick);
         }
         let user_id = &member.user.user_id;
-        let last = match self.users.get_mut(user_id) {
-            Some(p) if p.connections > 1 => {
-                p.connections -= 1;
+        let last = match self.users.get_mut(user_id.as_str()) {
+            Some(connections) if *connections > 1 => {
+                *connections -= 1;
                 false
             }
             Some(_) => true,
@@ -1201,7 +1258,7 @@ impl Room {
             if let Some(user) = self.typing.stop(user_id) {
                 self.broadcast_typing(&user, false);
             }
-            self.users.remove(user_id);
+            self.users.remove(user_id.as_str());
             self.stats
                 .users
                 .store(self.users.len() as u32, Ordering::Relaxed);
@@ -1416,6 +1473,31 @@ mod tests {
         assert_eq!(frame["type"], "left");
         assert_eq!(frame["user"]["userId"], "u-b");
         assert_eq!(room.handle.users(), 1);
+        room.task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_member_joining_while_frames_are_corked_gets_none_of_them() {
+        let room = start(10, 10);
+        let mut a = join(&room, 1, user("u-a"), 16).await.unwrap();
+        // The room handles both before it uncorks: message 1 is corked when b joins.
+        send(&room, 1, "before").await;
+        let mut b = join(&room, 2, user("u-b"), 16).await.unwrap();
+        assert_eq!(seqs(&b.welcome["history"]), [1]);
+        send(&room, 1, "after").await;
+        let frame = next_async(&mut b).await;
+        assert_eq!(frame["type"], "message");
+        assert_eq!(frame["seq"], 2, "{frame}");
+        // The member already there got both, once each, then b's arrival in between.
+        let types: Vec<_> = [
+            next_async(&mut a).await,
+            next_async(&mut a).await,
+            next_async(&mut a).await,
+        ]
+        .iter()
+        .map(|f| format!("{} {}", f["type"], f["seq"]))
+        .collect();
+        assert_eq!(types, ["\"message\" 1", "\"joined\" null", "\"message\" 2"]);
         room.task.abort();
     }
 

@@ -5,6 +5,7 @@
 //! broken one (401).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use berth_protocol::claims::{MAX_TICKET_ID_BYTES, SEND_TOKEN_USE, SendClaims, TicketClaims};
@@ -138,15 +139,22 @@ impl TicketVerifier {
 
 /// Ids of the tickets already used on this server, each kept until its ticket expires: a ticket
 /// opens one connection.
+///
+/// An id is remembered as its 64-bit digest under a key of this process (SipHash): 16 bytes an
+/// entry instead of a copy of the id, the same for ids of any length. Ids are random and signed by
+/// the backend, and the key is secret, so two live tickets share a digest with a chance of about
+/// n² / 2⁶⁵ (n tickets live at once); such a ticket is refused as used and its client fetches a
+/// fresh one.
 #[derive(Default)]
 pub struct UsedTickets {
     inner: Mutex<Used>,
+    digest: RandomState,
 }
 
 #[derive(Default)]
 struct Used {
-    /// Ticket id → its `exp` (seconds).
-    ids: HashMap<Box<str>, u64>,
+    /// Digest of a ticket id → its `exp` (seconds).
+    ids: HashMap<u64, u64>,
     /// When expired ids are next swept out.
     next_sweep: u64,
 }
@@ -161,7 +169,7 @@ impl UsedTickets {
                 .retain(|_, exp| exp.saturating_add(LEEWAY_SECS) >= now);
             used.next_sweep = now + 10;
         }
-        match used.ids.entry(claims.jti.as_str().into()) {
+        match used.ids.entry(self.digest.hash_one(claims.jti.as_str())) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(claims.exp);
@@ -173,8 +181,9 @@ impl UsedTickets {
     /// Forgets ticket id `jti`: the attempt that spent it was refused, so the ticket may be
     /// presented again (it still opens one connection at most).
     pub fn give_back(&self, jti: &str) {
+        let digest = self.digest.hash_one(jti);
         let mut used = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        used.ids.remove(jti);
+        used.ids.remove(&digest);
     }
 
     /// Ids remembered now.
@@ -235,6 +244,10 @@ mod tests {
         assert!(used.first_use(&claims("a", 100), 50));
         assert!(!used.first_use(&claims("a", 100), 51));
         assert!(used.first_use(&claims("b", 100), 51));
+        // Given back by a refused attempt: usable once more.
+        used.give_back("b");
+        assert!(used.first_use(&claims("b", 100), 52));
+        assert!(!used.first_use(&claims("b", 100), 52));
         // Long expired: swept out.
         assert!(used.first_use(&claims("c", 300), 200));
         assert_eq!(used.len(), 1);
