@@ -4,8 +4,7 @@
 //! another process's transaction instead of failing at once (after [`BUSY_TIMEOUT`] it fails:
 //! the store is unavailable). `synchronous=FULL` syncs every commit, so an accepted message
 //! survives a crash of the machine too; group commit amortises the sync over a batch. Each
-//! process holds one connection for writes and one for reads, used on tokio's blocking pool,
-//! and one on a thread that checkpoints the log beside the commits ([`checkpoint`]).
+//! process holds one connection for writes and one for reads, used on tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +12,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-mod checkpoint;
 mod conversations;
 
 use crate::conversations::Marks;
@@ -109,7 +107,6 @@ struct Inner {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
-    checkpoints: checkpoint::Checkpoints,
 }
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -194,22 +191,11 @@ impl SqliteStore {
                     Err(e) => return Err(unavailable(e)),
                 }
             };
-            // The checkpoint thread copies the log into the database; the write connection
-            // only bounds it.
-            write
-                .pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_PAGES)
-                .map_err(unavailable)?;
-            let checkpoints = connection(&path).map_err(unavailable).and_then(|conn| {
-                checkpoint::Checkpoints::start(conn).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}"))
-                })
-            })?;
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
                     path,
                     write: Mutex::new(write),
                     read: Mutex::new(read),
-                    checkpoints,
                 }),
             })
         })
@@ -230,11 +216,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = lock(if write { &inner.write } else { &inner.read });
-            let done = f(&mut conn);
-            if write {
-                inner.checkpoints.committed();
-            }
-            done
+            f(&mut conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("sqlite task failed: {e}")))?

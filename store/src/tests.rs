@@ -285,37 +285,6 @@ async fn postgres_conformance() {
 }
 
 #[tokio::test]
-async fn sqlite_log_is_copied_into_the_database_beside_the_commits() {
-    let path = temp_sqlite();
-    let store = Store::sqlite(path.clone()).await.unwrap();
-    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let before = size();
-    // 2,000 messages of 200 bytes: some hundred pages, far fewer than the write connection's own
-    // checkpoint threshold, so only the checkpoint thread copies them into the database file.
-    let text = "x".repeat(200);
-    let batch: Vec<RoomAppend> = (0..20)
-        .map(|r| RoomAppend {
-            room_id: Arc::from(format!("r-{r}")),
-            epoch: 1,
-            messages: (1..=100).map(|s| msg(s, &text)).collect(),
-            reads: Vec::new(),
-        })
-        .collect();
-    assert!(store.append(&batch).await.iter().all(Result::is_ok));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while size() < before + 400_000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the database file stayed at {} bytes (was {before})",
-            size()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    drop(store);
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
-}
-
-#[tokio::test]
 async fn sqlite_locked_by_another_writer_is_unavailable() {
     let path = temp_sqlite();
     let store = Store::sqlite(path.clone()).await.unwrap();
