@@ -3,7 +3,7 @@
 //!
 //! Direct writes: a WebSocket connection over plain TCP lends its socket to the queue. While the
 //! connection waits with nothing queued and nothing of its own half written, the room writes a
-//! frame to the socket itself ([`Sender::send_all`]: one non-blocking `writev`, no wake-up, no
+//! frame to the socket itself ([`Sender::send`]: one non-blocking `writev`, no wake-up, no
 //! task switch). A frame the socket does not take whole is queued (remembering how much of it
 //! went out) and the connection, woken, writes the rest with its deadline; frames after it queue
 //! behind it until the connection has caught up and waits again. Before the connection writes
@@ -112,17 +112,11 @@ impl Sender {
         self.send(std::slice::from_ref(&frame), false)
     }
 
-    /// Hands `frames` to the connection, in order, and empties `frames`: with `direct`, written
-    /// to its socket at once in one `writev` when the connection lent it and waits (see the
-    /// module's notes); queued otherwise, like [`Sender::try_send`]. `Full` when they did not
-    /// all fit in the queue (a frame half written always does).
-    pub fn send_all(&self, frames: &mut Vec<Utf8Bytes>, direct: bool) -> Result<(), TrySendError> {
-        let sent = self.send(frames, direct);
-        frames.clear();
-        sent
-    }
-
-    fn send(&self, frames: &[Utf8Bytes], direct: bool) -> Result<(), TrySendError> {
+    /// Hands `frames` to the connection, in order: with `direct`, written to its socket at once
+    /// in one `writev` when the connection lent it and waits (see the module's notes); queued
+    /// otherwise, like [`Sender::try_send`]. `Full` when they did not all fit in the queue (a
+    /// frame half written always does).
+    pub fn send(&self, frames: &[Utf8Bytes], direct: bool) -> Result<(), TrySendError> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -468,7 +462,7 @@ mod tests {
 
     impl Sender {
         fn try_write(&self, frame: Utf8Bytes) -> Result<(), TrySendError> {
-            self.send_all(&mut vec![frame], true)
+            self.send(&[frame], true)
         }
     }
 
@@ -500,15 +494,12 @@ mod tests {
         // Written by the room itself: nothing queued (the connection cannot have run since).
         tx.try_write(frame("one")).unwrap();
         assert_eq!(queued(&tx), (0, 0, true));
-        // Larger than loopback's buffers with nobody reading: the socket takes part of it, the
-        // rest is queued, and so is everything after it, until the connection caught up.
         // One gathered write of three frames; the second is larger than loopback's buffers
         // with nobody reading: the socket takes the first whole and part of the second, the
         // rest is queued, and so is everything after it, until the connection caught up.
         let big = "b".repeat(32 << 20);
-        let mut frames = vec![frame("one-b"), frame(&big), frame("two")];
-        tx.send_all(&mut frames, true).unwrap();
-        assert!(frames.is_empty());
+        let frames = [frame("one-b"), frame(&big), frame("two")];
+        tx.send(&frames, true).unwrap();
         let (len, written, direct) = queued(&tx);
         assert_eq!(len, 2);
         assert!(

@@ -1212,9 +1212,10 @@ impl Room {
                         .filter(|c| c.to.includes(conn, &member.user))
                         .map(|c| c.frame.clone()),
                 );
-                if member.tx.send_all(frames, direct).is_err() {
+                if member.tx.send(frames, direct).is_err() {
                     self.pending_kicks.push(conn);
                 }
+                frames.clear();
             }
             corked.clear();
             self.corked = corked;
