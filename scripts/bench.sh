@@ -27,7 +27,8 @@
 #   BENCH_NO_BUILD=1                      use the release binaries as they are (no cargo build)
 #   BENCH_QUIET_WAIT=120                  seconds to wait for other work to leave the CPU idle
 # Reports (JSON), logs and a summary go to target/bench/; the summary is also written, with the
-# commit it measured and the machine's state, to docs/bench/<date>-<commit>.md.
+# commit it measured and the machine's state, to docs/bench/<date>-<scenario>-<commit>.md (-2, -3,
+# … when runs end in the same minute).
 #
 # Reading the figures: a sweep's headline is the highest step that KEPT UP (every delivery in
 # within the drain time, no member dropped), never a saturated step. Server CPU microseconds per
@@ -691,7 +692,14 @@ say "reports: $out/*.json; this summary: $summary"
 
 # The summary, with the commit it measured, kept beside the others in docs/bench/.
 mkdir -p "$root/docs/bench"
-record="$root/docs/bench/$(date -u +%Y-%m-%dT%H%M)-$scenario-${commit%+changes}.md"
+base="$root/docs/bench/$(date -u +%Y-%m-%dT%H%M)-$scenario-${commit%+changes}"
+record="$base.md"
+# Two runs ending in the same minute each keep their summary.
+n=2
+while [ -e "$record" ]; do
+  record="$base-$n.md"
+  n=$((n + 1))
+done
 {
   echo "# scripts/bench.sh $scenario, $started, commit $commit"
   echo
