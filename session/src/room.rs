@@ -814,8 +814,8 @@ impl Room {
         if self.hand_off.is_some() {
             return Err((JoinError::Gone, reply));
         }
-        // Frames corked before this member joined are not for it: its welcome carries their
-        // messages already.
+        // Frames corked before this member joined are not for it: its welcome carries what they
+        // tell (the messages, who is here).
         self.uncork();
         // Everything that may refuse comes before anything changes.
         if let Some(since) = since
