@@ -5,14 +5,17 @@
 //!   private rooms, both people of a direct message, and everyone who joined a room (the
 //!   session server records a join as a read position of 0).
 //! - Read positions live in the same rows and only move forward (`MAX` / `GREATEST` in the
-//!   upsert). They are written by the group-commit append, in the transaction of the messages.
+//!   upsert). Explicit reads are written by the group-commit append, in the transaction of the
+//!   messages; a sender's read of its own message, with the room's activity, follows within
+//!   the writer's marks interval ([`Marks`]).
 //! - A direct message is the one private room of a pair of accounts: `berth_dms` has the
 //!   sorted pair as its primary key, so concurrent first requests from both sides all land on
 //!   one row (`INSERT … ON CONFLICT DO NOTHING`, then read back the stored room).
 //! - "My rooms" is one query over the user's membership rows joined with the rooms, their
-//!   activity (`berth_room_activity`, written by the append batch) and the DM pair.
+//!   activity (`berth_room_activity`, written with the senders' reads) and the DM pair.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::{Backend, RoomAppend, Store, StoreError};
 
@@ -105,6 +108,18 @@ impl Store {
         }
     }
 
+    /// Writes `marks` in one transaction (positions only move forward; activity takes the
+    /// higher `seq` and the time of this write).
+    pub async fn write_marks(&self, marks: &Marks) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        match &*self.0 {
+            Backend::Sqlite(s) => s.write_marks(marks.clone()).await,
+            Backend::Postgres(p) => p.write_marks(marks).await,
+        }
+    }
+
     /// The stored read positions of `room_id`, furthest first (at most `limit`).
     pub async fn read_positions(
         &self,
@@ -119,32 +134,48 @@ impl Store {
     }
 }
 
-/// What an append batch writes beside its messages, for the rooms not fenced off.
-#[derive(Debug, Default)]
-pub(crate) struct Marks<'a> {
+/// Read positions and room activity to write. An append batch writes its rooms' explicit
+/// reads (joins, `read` frames) in its own transaction; what its messages imply (each sender has
+/// read its own message, the room's last `seq`) the group-commit writer gathers across batches
+/// and writes with [`Store::write_marks`] a little later.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Marks {
     /// `(room, user) → seq`, one entry per pair (an upsert may touch a row once), sorted so
     /// that concurrent writers lock rows in one order.
-    pub reads: BTreeMap<(&'a str, &'a str), u64>,
+    pub reads: BTreeMap<(Arc<str>, Arc<str>), u64>,
     /// `room → last seq` of the rooms that got messages.
-    pub activity: BTreeMap<&'a str, u64>,
+    pub activity: BTreeMap<Arc<str>, u64>,
 }
 
-impl<'a> Marks<'a> {
-    /// Adds what `room` (accepted for writing) carries: its explicit reads, its senders' reads
-    /// of their own messages, and its last `seq`.
-    pub fn add(&mut self, room: &'a RoomAppend) {
-        let mut put = |user: &'a str, seq: u64| {
-            let e = self.reads.entry((&*room.room_id, user)).or_insert(seq);
-            *e = (*e).max(seq);
-        };
+impl Marks {
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.activity.is_empty()
+    }
+
+    fn put(&mut self, room: &Arc<str>, user: Arc<str>, seq: u64) {
+        let e = self.reads.entry((room.clone(), user)).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+
+    /// Adds `room`'s explicit reads.
+    pub fn add_reads(&mut self, room: &RoomAppend) {
         for (user, seq) in &room.reads {
-            put(user, *seq);
+            self.put(&room.room_id, user.clone(), *seq);
         }
+    }
+
+    /// Adds what `room`'s stored messages imply: each sender's read of its own messages and
+    /// the room's last `seq`.
+    pub fn add_sent(&mut self, room: &RoomAppend) {
         for m in &room.messages {
-            put(m.user_id.as_str(), m.seq);
+            self.put(&room.room_id, Arc::from(m.user_id.as_str()), m.seq);
         }
         if let Some(last) = room.messages.last() {
-            self.activity.insert(&*room.room_id, last.seq);
+            let e = self
+                .activity
+                .entry(room.room_id.clone())
+                .or_insert(last.seq);
+            *e = (*e).max(last.seq);
         }
     }
 }

@@ -26,11 +26,13 @@
 //!   never moves backwards): the creator and added members of private rooms, both people of a
 //!   direct message, and everyone who joined a room. `berth_dms`: the one room of each pair of
 //!   accounts (primary key: the sorted pair). `berth_room_activity`: each room's last `seq` and
-//!   when it was written, kept by the append batch, so that "my rooms" is one query
-//!   (see [`conversations`]).
+//!   when it was written, so that "my rooms" is one query (see [`conversations`]).
 //!
 //! Appends are batched by the caller (group commit): [`Store::append`] writes the messages of
-//! many rooms in one transaction and answers per room.
+//! many rooms in one transaction and answers per room. What the messages imply for
+//! `berth_members` and `berth_room_activity` (a sender has read its own message; the room's
+//! last `seq`) the caller gathers across batches into [`Marks`] and writes with
+//! [`Store::write_marks`]: one row per sender and room per interval instead of per batch.
 
 pub mod control;
 pub mod conversations;
@@ -38,7 +40,7 @@ mod postgres;
 mod sqlite;
 pub mod testing;
 
-pub use conversations::{MyRoomRow, RoomAccess};
+pub use conversations::{Marks, MyRoomRow, RoomAccess};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,8 +100,8 @@ pub struct RoomAppend {
     /// In `seq` order, without gaps, continuing the room's stored sequence.
     pub messages: Vec<Arc<ChatMessage>>,
     /// Read positions `(user id, seq)` to store in the same transaction (each only moves a
-    /// position forward). Senders of `messages` have read their own messages: the store adds
-    /// those itself.
+    /// position forward). That senders of `messages` have read their own messages is not
+    /// written here: see [`Marks::add_sent`] and [`Store::write_marks`].
     pub reads: Vec<(Arc<str>, u64)>,
 }
 

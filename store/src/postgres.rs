@@ -266,7 +266,7 @@ impl PgStore {
             let mut marks = Marks::default();
             for (room, result) in batch.iter().zip(&results) {
                 if result.is_ok() {
-                    marks.add(room);
+                    marks.add_reads(room);
                 }
             }
             conversations::write_marks(&tx, &marks).await?;

@@ -439,15 +439,18 @@ async fn conversations(store: Store) {
             .member
     );
 
-    // Messages by ann in r-priv move her read position; bob reads 2, then an older 1 is
-    // ignored (never backwards).
+    // Bob reads 2 in the transaction of ann's messages, then an older 1 is ignored (never
+    // backwards). Ann's position moves with the marks her messages imply, written apart.
     store.open_room("r-priv", 1, 10).await.unwrap();
     let mut batch = append("r-priv", 1, 1..=3);
     for m in &mut batch.messages {
         Arc::make_mut(m).user_id = "a-ann".into();
     }
     batch.reads = vec![(Arc::from("a-bob"), 2)];
-    assert_eq!(store.append(&[batch]).await, vec![Ok(())]);
+    assert_eq!(
+        store.append(std::slice::from_ref(&batch)).await,
+        vec![Ok(())]
+    );
     let only_reads = RoomAppend {
         room_id: Arc::from("r-priv"),
         epoch: 1,
@@ -455,6 +458,21 @@ async fn conversations(store: Store) {
         reads: vec![(Arc::from("a-bob"), 1), (Arc::from("a-bob"), 1)],
     };
     assert_eq!(store.append(&[only_reads]).await, vec![Ok(())]);
+    let mut reads = store.read_positions("r-priv", 10).await.unwrap();
+    reads.sort();
+    assert_eq!(reads, [("a-bob".to_owned(), 2)]);
+    let mut marks = Marks::default();
+    marks.add_sent(&batch);
+    let mut older = batch.clone();
+    older.messages.truncate(1);
+    marks.add_sent(&older);
+    assert_eq!(
+        marks.activity.get("r-priv"),
+        Some(&3),
+        "the higher seq wins"
+    );
+    store.write_marks(&marks).await.unwrap();
+    store.write_marks(&Marks::default()).await.unwrap();
     let mut reads = store.read_positions("r-priv", 10).await.unwrap();
     reads.sort();
     assert_eq!(reads, [("a-ann".to_owned(), 3), ("a-bob".to_owned(), 2)]);
@@ -487,10 +505,14 @@ async fn conversations(store: Store) {
     // Activity orders: a message in r-pub makes it ann's most recent room.
     store.open_room("r-pub", 1, 10).await.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
+    let pub_batch = append("r-pub", 1, 1..=1);
     assert_eq!(
-        store.append(&[append("r-pub", 1, 1..=1)]).await,
+        store.append(std::slice::from_ref(&pub_batch)).await,
         vec![Ok(())]
     );
+    let mut marks = Marks::default();
+    marks.add_sent(&pub_batch);
+    store.write_marks(&marks).await.unwrap();
     let ann = store.my_rooms("a-ann", 100).await.unwrap();
     assert_eq!(ann[0].room_id, "r-pub", "{ann:?}");
     assert_eq!(ann.len(), 3);

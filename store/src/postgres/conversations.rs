@@ -25,18 +25,18 @@ pub(crate) async fn insert_member(
     Ok(added == 1)
 }
 
-/// Writes an append batch's read positions (forward only) and room activity: one statement
-/// each, whatever the batch's size.
+/// Writes read positions (forward only) and room activity: one statement each, whatever
+/// their number.
 pub(super) async fn write_marks(
     client: &impl GenericClient,
-    marks: &Marks<'_>,
+    marks: &Marks,
 ) -> Result<(), StoreError> {
     let now = to_sql(berth_protocol::now_ms());
     if !marks.reads.is_empty() {
         let (mut rooms, mut users, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
         for ((room, user), seq) in &marks.reads {
-            rooms.push(*room);
-            users.push(*user);
+            rooms.push(&**room);
+            users.push(&**user);
             seqs.push(to_sql(*seq));
         }
         client
@@ -51,7 +51,7 @@ pub(super) async fn write_marks(
             .map_err(pg_error)?;
     }
     if !marks.activity.is_empty() {
-        let rooms: Vec<&str> = marks.activity.keys().copied().collect();
+        let rooms: Vec<&str> = marks.activity.keys().map(|r| &**r).collect();
         let seqs: Vec<i64> = marks.activity.values().map(|s| to_sql(*s)).collect();
         client
             .execute(
@@ -69,6 +69,15 @@ pub(super) async fn write_marks(
 }
 
 impl PgStore {
+    pub(crate) async fn write_marks(&self, marks: &Marks) -> Result<(), StoreError> {
+        self.call(true, async |client| {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            write_marks(&tx, marks).await?;
+            tx.commit().await.map_err(pg_error)
+        })
+        .await
+    }
+
     pub(crate) async fn room_access(
         &self,
         room_id: &str,

@@ -21,8 +21,8 @@ pub(super) fn insert_member(
     .execute(params![user_id, room_id, to_sql(now_ms)])
 }
 
-/// Writes an append batch's read positions (forward only) and room activity.
-pub(super) fn write_marks(conn: &Connection, marks: &Marks<'_>) -> rusqlite::Result<()> {
+/// Writes read positions (forward only) and room activity.
+pub(super) fn write_marks(conn: &Connection, marks: &Marks) -> rusqlite::Result<()> {
     let now = to_sql(berth_protocol::now_ms());
     if !marks.reads.is_empty() {
         let mut read = conn.prepare_cached(
@@ -30,7 +30,7 @@ pub(super) fn write_marks(conn: &Connection, marks: &Marks<'_>) -> rusqlite::Res
              ON CONFLICT (user_id, room_id) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
         )?;
         for ((room, user), seq) in &marks.reads {
-            read.execute(params![user, room, to_sql(*seq), now])?;
+            read.execute(params![&**user, &**room, to_sql(*seq), now])?;
         }
     }
     if !marks.activity.is_empty() {
@@ -40,13 +40,24 @@ pub(super) fn write_marks(conn: &Connection, marks: &Marks<'_>) -> rusqlite::Res
                                                  last_ms = excluded.last_ms",
         )?;
         for (room, seq) in &marks.activity {
-            activity.execute(params![room, to_sql(*seq), now])?;
+            activity.execute(params![&**room, to_sql(*seq), now])?;
         }
     }
     Ok(())
 }
 
 impl SqliteStore {
+    pub(crate) async fn write_marks(&self, marks: Marks) -> Result<(), StoreError> {
+        self.run(true, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            write_marks(&tx, &marks).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
     pub(crate) async fn room_access(
         &self,
         room_id: String,
