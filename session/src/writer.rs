@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use berth_store::{Marks, RoomAppend, Store, StoreError};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +97,7 @@ async fn run(
     let mut batch: Vec<Submission> = Vec::new();
     let mut appends: Vec<RoomAppend> = Vec::new();
     loop {
+        let due = marks.due_at();
         let first = tokio::select! {
             biased;
             s = rx.recv() => s,
@@ -103,8 +105,12 @@ async fn run(
                 // Finish what is queued, then stop.
                 rx.try_recv().ok()
             }
-            () = sleep_until_due(marks.due) => {
-                marks.write(&store).await;
+            written = written(&mut marks.writing) => {
+                marks.done(written);
+                continue;
+            }
+            () = sleep_until(due) => {
+                marks.write(&store);
                 continue;
             }
         };
@@ -144,19 +150,23 @@ async fn run(
         metrics.store_messages.fetch_add(stored, Ordering::Relaxed);
         metrics.store_failures.fetch_add(failed, Ordering::Relaxed);
         appends.clear();
-        if marks.due.is_some_and(|due| due <= Instant::now()) {
-            marks.write(&store).await;
-        }
     }
 }
 
+/// The answer of a marks write: on failure, the marks, for the next one.
+type Written = Result<(), (Marks, StoreError)>;
+
 /// What stored messages imply for read positions and room activity, waiting for its write.
+/// Writes run on a task of their own (one at a time), so that appends never wait for them on
+/// PostgreSQL (a connection of their own); on SQLite they take turns on the one writing
+/// connection.
 #[derive(Default)]
 struct PendingMarks {
     marks: Marks,
     /// When to write them: `every` after the first one came.
     due: Option<Instant>,
     every: Duration,
+    writing: Option<JoinHandle<Written>>,
 }
 
 impl PendingMarks {
@@ -167,22 +177,40 @@ impl PendingMarks {
         }
     }
 
-    /// Writes them; on failure keeps them for another try an interval later.
-    async fn write(&mut self, store: &Store) {
-        match store.write_marks(&self.marks).await {
-            Ok(()) => {
-                self.marks = Marks::default();
-                self.due = None;
+    /// When to start the next write: `None` while one runs or nothing waits.
+    fn due_at(&self) -> Option<Instant> {
+        self.due.filter(|_| self.writing.is_none())
+    }
+
+    /// Starts writing the marks gathered so far.
+    fn write(&mut self, store: &Store) {
+        let marks = std::mem::take(&mut self.marks);
+        self.due = None;
+        let store = store.clone();
+        self.writing = Some(tokio::spawn(async move {
+            match store.write_marks(&marks).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err((marks, e)),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot store read positions; trying again");
-                self.due = Some(Instant::now() + self.every);
-            }
+        }));
+    }
+
+    /// The running write ended; failed marks wait for the next write, an interval later.
+    fn done(&mut self, written: Written) {
+        self.writing = None;
+        if let Err((marks, e)) = written {
+            tracing::warn!(error = %e, "cannot store read positions; trying again");
+            self.marks.merge(marks);
+            self.due = Some(Instant::now() + self.every);
         }
     }
 
     /// The last write, on the way out (bounded by the store's own timeouts and the caller's).
     async fn write_last(&mut self, store: &Store) {
+        if self.writing.is_some() {
+            let answer = written(&mut self.writing).await;
+            self.done(answer);
+        }
         if !self.marks.is_empty()
             && let Err(e) = store.write_marks(&self.marks).await
         {
@@ -191,7 +219,20 @@ impl PendingMarks {
     }
 }
 
-async fn sleep_until_due(due: Option<Instant>) {
+/// Resolves with the answer of the running write, if any.
+async fn written(writing: &mut Option<JoinHandle<Written>>) -> Written {
+    match writing {
+        Some(task) => task.await.unwrap_or_else(|e| {
+            Err((
+                Marks::default(),
+                StoreError::Unavailable(format!("the marks task failed: {e}")),
+            ))
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,

@@ -157,6 +157,18 @@ impl Marks {
         *e = (*e).max(seq);
     }
 
+    /// Adds `other` (marks whose write failed, say) to these.
+    pub fn merge(&mut self, other: Marks) {
+        for (key, seq) in other.reads {
+            let e = self.reads.entry(key).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        for (room, seq) in other.activity {
+            let e = self.activity.entry(room).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+
     /// Adds `room`'s explicit reads.
     pub fn add_reads(&mut self, room: &RoomAppend) {
         for (user, seq) in &room.reads {

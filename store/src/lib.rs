@@ -6,7 +6,8 @@
 //!   process of a machine (WAL mode, `busy_timeout`, `synchronous=FULL`). Blocking calls run on
 //!   tokio's blocking pool, one connection for writes and one for reads per process.
 //! - PostgreSQL (`--database-url postgres://…`), for fleets spread over machines: `tokio-postgres`
-//!   without TLS, one connection for writes and one for reads per process, reconnected on demand.
+//!   without TLS, one connection for writes, one for reads and one for [`Store::write_marks`] per
+//!   process, reconnected on demand.
 //!
 //! What it keeps (the schema is created on start, idempotently; see `docs/architecture.md`):
 //!

@@ -95,6 +95,8 @@ pub(crate) struct PgStore {
     config: tokio_postgres::Config,
     write: Mutex<Option<Client>>,
     read: Mutex<Option<Client>>,
+    /// For [`crate::Store::write_marks`], so that appends never wait for it.
+    marks: Mutex<Option<Client>>,
 }
 
 /// Records a new room's metadata and its creator as its first member (who then finds it among
@@ -149,6 +151,7 @@ impl PgStore {
             config,
             write: Mutex::new(None),
             read: Mutex::new(None),
+            marks: Mutex::new(None),
         };
         let mut slot = store.write.lock().await;
         let client = store.connected(&mut slot).await?;
@@ -198,11 +201,17 @@ impl PgStore {
         write: bool,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut slot = if write {
-            self.write.lock().await
-        } else {
-            self.read.lock().await
-        };
+        self.call_on(if write { &self.write } else { &self.read }, op)
+            .await
+    }
+
+    /// [`PgStore::call`] on the connection in `slot`.
+    async fn call_on<T>(
+        &self,
+        slot: &Mutex<Option<Client>>,
+        op: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = slot.lock().await;
         let result = tokio::time::timeout(CALL_TIMEOUT, async {
             let client = self.connected(&mut slot).await?;
             op(client).await

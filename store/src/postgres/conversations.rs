@@ -70,7 +70,7 @@ pub(super) async fn write_marks(
 
 impl PgStore {
     pub(crate) async fn write_marks(&self, marks: &Marks) -> Result<(), StoreError> {
-        self.call(true, async |client| {
+        self.call_on(&self.marks, async |client| {
             let tx = client.transaction().await.map_err(pg_error)?;
             write_marks(&tx, marks).await?;
             tx.commit().await.map_err(pg_error)
