@@ -12,6 +12,9 @@
 #   BENCH_SERVER_CPU=1  BENCH_GEN_CPU=0   the two cores
 #   BENCH_STEP_SECS=3                     seconds per rate step of a saturation sweep
 #   BENCH_LOAD_SECS=6                     seconds of a fixed-load run (same load for every server)
+#   BENCH_LOAD_ROUNDS=1                   fixed-load rounds; with more, the servers take turns
+#                                         (A B C A B C ...) and each figure is the median of the
+#                                         rounds (for a machine whose speed drifts within a run)
 #   BENCH_CONNECTIONS=19800               idle connections to hold (each process may open 20,000 files)
 #   BENCH_GENERATORS=2                    load-generator processes for the connection benchmark
 #   BENCH_PLACEMENT_ROOMS=1000            rooms created by the placement benchmark
@@ -48,6 +51,7 @@ SERVER_CPU="${BENCH_SERVER_CPU:-1}"
 GEN_CPU="${BENCH_GEN_CPU:-0}"
 STEP_SECS="${BENCH_STEP_SECS:-3}"
 LOAD_SECS="${BENCH_LOAD_SECS:-${BENCH_HALF_SECS:-6}}"
+LOAD_ROUNDS="${BENCH_LOAD_ROUNDS:-1}"
 CONNECTIONS="${BENCH_CONNECTIONS:-19800}"
 GENERATORS="${BENCH_GENERATORS:-2}"
 PLACEMENT_ROOMS="${BENCH_PLACEMENT_ROOMS:-1000}"
@@ -73,6 +77,7 @@ mkdir -p "$out" "$keys"
 say() { echo "$*" | tee -a "$summary"; }
 step() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
+[[ "$LOAD_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_LOAD_ROUNDS must be a positive integer, not '$LOAD_ROUNDS'"
 
 for tool in taskset jq ss curl node npm openssl; do
   command -v "$tool" >/dev/null || die "$tool is needed"
@@ -290,6 +295,12 @@ sweep_note() {
 # Fields of a fixed-load report's only step.
 load_field() { local f="$1"; shift; jq "$@" "$f" 2>/dev/null || echo null; }
 
+# The median of the numbers among the words of $1 ("null" when there are none).
+median() {
+  tr ' ' '\n' <<<"$1" | { grep -E '^-?[0-9.]+(e[-+]?[0-9]+)?$' || true; } | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep ("" for
 # no sweep), $6 ramp-up, $7 connect timeout, $8 fixed load in msg/s per sender ("" for half of
 # the lowest kept-up rate of the servers), $9 table mode, the rest: the servers.
@@ -327,26 +338,43 @@ fanout_shape() {
   fi
   local load_del
   load_del="$(awk -v l="$load" -v n="$senders" -v r="$rooms" -v m="$members" 'BEGIN { printf "%.0f", l * n * r * m }')"
-  for kind in "${kinds[@]}"; do
-    if [ "$kind" = berth-pg ] && [ -z "$DATABASE_URL" ]; then continue; fi
-    step "fan-out $name: $kind at $load msg/s per sender ($load_del deliveries/s offered)"
-    wait_quiet
-    start_server "$kind"
-    offset=$((offset + 1000))
-    gen "fanout-$name-$kind-load" --rooms "$rooms" --members "$members" --senders "$senders" \
-      --rate "$load" --duration "${LOAD_SECS}s" --drain 5s --ramp-up "$ramp" \
-      --connect-timeout "$ctimeout" --room-offset "$offset"
-    local f="$out/fanout-$name-$kind-load.json"
-    l_del[$kind]="$(load_field "$f" '.steps[0].delivered_per_sec // null')"
-    l_cpu[$kind]="$(load_field "$f" '.steps[0].server_cpu_percent // null')"
-    l_us[$kind]="$(load_field "$f" '.steps[0].server_cpu_us_per_delivery // null')"
-    l_p50[$kind]="$(load_field "$f" '.steps[0].latency.p50_ms // null')"
-    l_p99[$kind]="$(load_field "$f" '.steps[0].latency.p99_ms // null')"
-    l_p999[$kind]="$(load_field "$f" '.steps[0].latency.p999_ms // null')"
-    l_max[$kind]="$(load_field "$f" '.steps[0].latency.max_ms // null')"
-    l_kept[$kind]="$(load_field "$f" -r 'if (.steps[0].drained and .members_connected_at_end == .setup.members_connected) then "yes" else "NO" end')"
-    [ -n "${connected[$kind]:-}" ] || connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
-    stop_server
+  # Each round runs every server once; a figure is the median of its rounds.
+  declare -A r_del r_cpu r_us r_p50 r_p99 r_p999 r_max r_kept
+  local round
+  for round in $(seq 1 "$LOAD_ROUNDS"); do
+    for kind in "${kinds[@]}"; do
+      if [ "$kind" = berth-pg ] && [ -z "$DATABASE_URL" ]; then continue; fi
+      step "fan-out $name: $kind at $load msg/s per sender ($load_del deliveries/s offered), round $round of $LOAD_ROUNDS"
+      wait_quiet
+      start_server "$kind"
+      offset=$((offset + 1000))
+      local f="$out/fanout-$name-$kind-load.json"
+      [ "$LOAD_ROUNDS" -gt 1 ] && f="$out/fanout-$name-$kind-load-$round.json"
+      gen "$(basename "$f" .json)" --rooms "$rooms" --members "$members" --senders "$senders" \
+        --rate "$load" --duration "${LOAD_SECS}s" --drain 5s --ramp-up "$ramp" \
+        --connect-timeout "$ctimeout" --room-offset "$offset"
+      r_del[$kind]+="$(load_field "$f" '.steps[0].delivered_per_sec // null') "
+      r_cpu[$kind]+="$(load_field "$f" '.steps[0].server_cpu_percent // null') "
+      r_us[$kind]+="$(load_field "$f" '.steps[0].server_cpu_us_per_delivery // null') "
+      r_p50[$kind]+="$(load_field "$f" '.steps[0].latency.p50_ms // null') "
+      r_p99[$kind]+="$(load_field "$f" '.steps[0].latency.p99_ms // null') "
+      r_p999[$kind]+="$(load_field "$f" '.steps[0].latency.p999_ms // null') "
+      r_max[$kind]+="$(load_field "$f" '.steps[0].latency.max_ms // null') "
+      r_kept[$kind]+="$(load_field "$f" -r 'if (.steps[0].drained and .members_connected_at_end == .setup.members_connected) then "yes" else "NO" end') "
+      [ -n "${connected[$kind]:-}" ] || connected[$kind]="$(jq '.setup.members_connected' "$f" 2>/dev/null || echo null)"
+      stop_server
+    done
+  done
+  for kind in "${!r_us[@]}"; do
+    l_del[$kind]="$(median "${r_del[$kind]}")"
+    l_cpu[$kind]="$(median "${r_cpu[$kind]}")"
+    l_us[$kind]="$(median "${r_us[$kind]}")"
+    l_p50[$kind]="$(median "${r_p50[$kind]}")"
+    l_p99[$kind]="$(median "${r_p99[$kind]}")"
+    l_p999[$kind]="$(median "${r_p999[$kind]}")"
+    l_max[$kind]="$(median "${r_max[$kind]}")"
+    # Kept up only if every round did.
+    if grep -q NO <<<"${r_kept[$kind]}"; then l_kept[$kind]="NO"; else l_kept[$kind]="yes"; fi
   done
 
   local a="${kinds[0]}" b="${kinds[1]:-_}" c="${kinds[2]:-_}"
@@ -356,6 +384,7 @@ fanout_shape() {
   say "fan-out $name: $rooms room(s) x $members members, $senders sending per room, 100 B messages; durability $durability"
   [ -n "$rates" ] && say "  sweep: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 3s --ramp-up $ramp --until-saturated"
   say "  same load: --rate $load per sender ($load_del deliveries/s offered) --duration ${LOAD_SECS}s --drain 5s"
+  [ "$LOAD_ROUNDS" -gt 1 ] && say "  same load in $LOAD_ROUNDS rounds, the servers taking turns; each figure below is the median of the rounds"
   thead "$mode" "$a" "$b" "$c"
   trow "members connected" "${connected[$a]:-}" "${connected[$b]:-}" "${connected[$c]:-}"
   if [ -n "$rates" ]; then
@@ -371,6 +400,19 @@ fanout_shape() {
   trow "  latency p99 (ms)" "${l_p99[$a]:-}" "${l_p99[$b]:-}" "${l_p99[$c]:-}"
   trow "  latency p99.9 (ms)" "${l_p999[$a]:-}" "${l_p999[$b]:-}" "${l_p999[$c]:-}"
   trow "  latency max (ms)" "${l_max[$a]:-}" "${l_max[$b]:-}" "${l_max[$c]:-}"
+  if [ "$LOAD_ROUNDS" -gt 1 ]; then
+    say "  same load, every round (server CPU per delivery µs / p99 ms / kept up):"
+    for kind in "${kinds[@]}"; do
+      [ -n "${r_us[$kind]+x}" ] || continue
+      local -a us p99 ok
+      read -r -a us <<<"${r_us[$kind]}"
+      read -r -a p99 <<<"${r_p99[$kind]}"
+      read -r -a ok <<<"${r_kept[$kind]}"
+      local line="" i
+      for i in "${!us[@]}"; do line+="${line:+, }$(fmt "${us[$i]}") / $(fmt "${p99[$i]}") / ${ok[$i]}"; done
+      say "    $(label "$kind"): $line"
+    done
+  fi
   if [ -n "$rates" ]; then
     say "  every step of every sweep:"
     for kind in "${kinds[@]}"; do
