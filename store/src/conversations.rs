@@ -108,16 +108,17 @@ impl Store {
         }
     }
 
-    /// Writes `marks` in one transaction (positions only move forward; activity takes the
-    /// higher `seq` and the time of this write).
+    /// Writes `marks` (positions only move forward; activity takes the higher `seq` and the
+    /// time of this write), at most [`MARKS_PER_TRANSACTION`] rows a transaction. On failure
+    /// some may be written: writing them again changes nothing.
     pub async fn write_marks(&self, marks: &Marks) -> Result<(), StoreError> {
-        if marks.is_empty() {
-            return Ok(());
+        for chunk in marks.chunks(MARKS_PER_TRANSACTION) {
+            match &*self.0 {
+                Backend::Sqlite(s) => s.write_marks(chunk).await?,
+                Backend::Postgres(p) => p.write_marks(&chunk).await?,
+            }
         }
-        match &*self.0 {
-            Backend::Sqlite(s) => s.write_marks(marks.clone()).await,
-            Backend::Postgres(p) => p.write_marks(marks).await,
-        }
+        Ok(())
     }
 
     /// The stored read positions of `room_id`, furthest first (at most `limit`).
@@ -133,6 +134,10 @@ impl Store {
         }
     }
 }
+
+/// Rows a transaction of [`Store::write_marks`] writes at most: SQLite's one writing
+/// connection is shared with the appends, which wait for a transaction of marks at most.
+pub const MARKS_PER_TRANSACTION: usize = 128;
 
 /// Read positions and room activity to write. An append batch writes its rooms' explicit
 /// reads (joins, `read` frames) in its own transaction; what its messages imply (each sender has
@@ -155,6 +160,29 @@ impl Marks {
     fn put(&mut self, room: &Arc<str>, user: Arc<str>, seq: u64) {
         let e = self.reads.entry((room.clone(), user)).or_insert(seq);
         *e = (*e).max(seq);
+    }
+
+    /// These marks in parts of at most `rows` rows each (none when empty).
+    pub fn chunks(&self, rows: usize) -> Vec<Marks> {
+        let mut parts = Vec::new();
+        let mut part = Marks::default();
+        let full = |p: &Marks| p.reads.len() + p.activity.len() >= rows.max(1);
+        for (key, seq) in &self.reads {
+            part.reads.insert(key.clone(), *seq);
+            if full(&part) {
+                parts.push(std::mem::take(&mut part));
+            }
+        }
+        for (room, seq) in &self.activity {
+            part.activity.insert(room.clone(), *seq);
+            if full(&part) {
+                parts.push(std::mem::take(&mut part));
+            }
+        }
+        if !part.is_empty() {
+            parts.push(part);
+        }
+        parts
     }
 
     /// Adds `other` (marks whose write failed, say) to these.
@@ -189,5 +217,36 @@ impl Marks {
                 .or_insert(last.seq);
             *e = (*e).max(last.seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_split_into_parts_of_at_most_n_rows_and_nothing_is_lost() {
+        let mut marks = Marks::default();
+        for i in 0..5u64 {
+            marks
+                .reads
+                .insert((Arc::from(format!("r-{i}")), Arc::from("u-a")), i + 1);
+        }
+        for i in 0..2u64 {
+            marks.activity.insert(Arc::from(format!("r-{i}")), 10 + i);
+        }
+        let parts = marks.chunks(3);
+        let sizes: Vec<usize> = parts
+            .iter()
+            .map(|p| p.reads.len() + p.activity.len())
+            .collect();
+        assert_eq!(sizes, [3, 3, 1]);
+        let mut whole = Marks::default();
+        for p in parts {
+            whole.merge(p);
+        }
+        assert_eq!(whole, marks);
+        assert!(Marks::default().chunks(3).is_empty());
+        assert_eq!(marks.chunks(0).len(), 7, "at least one row a part");
     }
 }
