@@ -949,8 +949,10 @@ export class RoomConnection {
       case "message": {
         const msg = this._accept(frame);
         if (msg) {
-          // A sender has read its own message, and is no longer typing.
+          // A sender has read its own message (the server moved its position: no `read` frame
+          // to send for it), and is no longer typing.
           this._advanceRead(msg.userId, msg.seq);
+          if (msg.userId === this.you?.userId) this._readSent = Math.max(this._readSent, msg.seq);
           if (this.typing.delete(msg.userId)) this._emit("typing", { user: { userId: msg.userId, username: msg.username }, active: false });
           this._emit("message", msg);
         }
