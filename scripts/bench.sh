@@ -298,7 +298,7 @@ load_field() { local f="$1"; shift; jq "$@" "$f" 2>/dev/null || echo null; }
 # The median of the numbers among the words of $1 ("null" when there are none).
 median() {
   tr ' ' '\n' <<<"$1" | { grep -E '^-?[0-9.]+(e[-+]?[0-9]+)?$' || true; } | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # One shape: $1 name, $2 rooms, $3 members, $4 senders per room, $5 rates of the sweep ("" for

@@ -157,11 +157,6 @@ impl Marks {
         self.reads.is_empty() && self.activity.is_empty()
     }
 
-    fn put(&mut self, room: &Arc<str>, user: Arc<str>, seq: u64) {
-        let e = self.reads.entry((room.clone(), user)).or_insert(seq);
-        *e = (*e).max(seq);
-    }
-
     /// These marks in parts of at most `rows` rows each (none when empty).
     pub fn chunks(&self, rows: usize) -> Vec<Marks> {
         let mut parts = Vec::new();
@@ -188,19 +183,17 @@ impl Marks {
     /// Adds `other` (marks whose write failed, say) to these.
     pub fn merge(&mut self, other: Marks) {
         for (key, seq) in other.reads {
-            let e = self.reads.entry(key).or_insert(seq);
-            *e = (*e).max(seq);
+            raise(&mut self.reads, key, seq);
         }
         for (room, seq) in other.activity {
-            let e = self.activity.entry(room).or_insert(seq);
-            *e = (*e).max(seq);
+            raise(&mut self.activity, room, seq);
         }
     }
 
     /// Adds `room`'s explicit reads.
     pub fn add_reads(&mut self, room: &RoomAppend) {
         for (user, seq) in &room.reads {
-            self.put(&room.room_id, user.clone(), *seq);
+            raise(&mut self.reads, (room.room_id.clone(), user.clone()), *seq);
         }
     }
 
@@ -208,16 +201,19 @@ impl Marks {
     /// the room's last `seq`.
     pub fn add_sent(&mut self, room: &RoomAppend) {
         for m in &room.messages {
-            self.put(&room.room_id, Arc::from(m.user_id.as_str()), m.seq);
+            let user = Arc::from(m.user_id.as_str());
+            raise(&mut self.reads, (room.room_id.clone(), user), m.seq);
         }
         if let Some(last) = room.messages.last() {
-            let e = self
-                .activity
-                .entry(room.room_id.clone())
-                .or_insert(last.seq);
-            *e = (*e).max(last.seq);
+            raise(&mut self.activity, room.room_id.clone(), last.seq);
         }
     }
+}
+
+/// Moves `key`'s `seq` in `map` up to `seq` (marks never move backwards).
+fn raise<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, seq: u64) {
+    let e = map.entry(key).or_insert(seq);
+    *e = (*e).max(seq);
 }
 
 #[cfg(test)]
