@@ -11,6 +11,9 @@
 # (taskset), so that on a 2-core machine neither takes the other's CPU. Knobs (environment):
 #   BENCH_SERVER_CPU=1  BENCH_GEN_CPU=0   the two cores
 #   BENCH_STEP_SECS=3                     seconds per rate step of a saturation sweep
+#   BENCH_REFINE=3                        rates tried, on a fresh server, between a sweep's last
+#                                         kept-up step and the step that saturated (the sweep
+#                                         doubles its rate, so alone it is exact only to 2x); 0: none
 #   BENCH_LOAD_SECS=6                     seconds of a fixed-load run (same load for every server)
 #   BENCH_LOAD_ROUNDS=1                   fixed-load rounds; with more, the servers take turns
 #                                         (A B C A B C ...) and each figure is the median of the
@@ -50,6 +53,7 @@ esac
 SERVER_CPU="${BENCH_SERVER_CPU:-1}"
 GEN_CPU="${BENCH_GEN_CPU:-0}"
 STEP_SECS="${BENCH_STEP_SECS:-3}"
+REFINE="${BENCH_REFINE:-3}"
 LOAD_SECS="${BENCH_LOAD_SECS:-${BENCH_HALF_SECS:-6}}"
 LOAD_ROUNDS="${BENCH_LOAD_ROUNDS:-1}"
 CONNECTIONS="${BENCH_CONNECTIONS:-19800}"
@@ -264,13 +268,25 @@ trow() {
 
 # --- fan-out ---------------------------------------------------------------------------------
 
-# jq: the highest delivered rate of a step that kept up (drained, before any step that did not).
-KEPT='(.steps | (map(.drained) | index(false)) as $i | (if $i == null then . else .[:$i] end) | map(.delivered_per_sec) | max) // null'
+# jq: the highest delivered rate of a step that kept up: drained, before any step that did not,
+# and not the last step if members were dropped by the end.
+KEPT='(((.steps | map(.drained) | index(false)) // (if .members_connected_at_end < .setup.members_connected then (.steps | length) - 1 else null end)) as $i
+  | .steps | (if $i == null then . else .[:$i] end) | map(.delivered_per_sec) | max) // null'
+# jq: "OK SAT", the per-sender rates of the last step that kept up and of the step that ended the
+# sweep by saturating; nothing when the sweep never saturated or its first step did.
+SAT_BOUNDS='if (.steps | length) >= 2 and ((.steps[-1].drained | not) or .members_connected_at_end < .setup.members_connected)
+  then "\(.steps[-2].rate_per_member) \(.steps[-1].rate_per_member)" else empty end'
 
-# Prints every step of sweep report $2 (server $1): rate, delivered, kept up, CPU, cost, p99.
+# The per-sender rates of a refining sweep: $3 rates geometrically between $1 and $2, exclusive.
+refine_rates() {
+  awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { for (k = 1; k <= n; k++) printf "%s%.4g", (k > 1 ? "," : ""), a * (b / a) ^ (k / (n + 1)) }'
+}
+
+# Prints every step of sweep report $2 (server $1, its label followed by $4): rate, delivered,
+# kept up, CPU, cost, p99.
 sweep_steps() {
-  local kind="$1" f="$2" members="$3"
-  jq -r --arg k "$(label "$kind")" --argjson m "$members" '
+  local kind="$1" f="$2" members="$3" suffix="${4:-}"
+  jq -r --arg k "$(label "$kind")$suffix" --argjson m "$members" '
     def n: if . == null then "n/a" elif . >= 100 then (. | floor | tostring) else ((. * 100 | round) / 100 | tostring) end;
     .steps[] | "    \($k): \(.rate_per_member) msg/s per sender: offered \(.target_sends_per_sec * $m | n)/s, delivered \(.delivered_per_sec | n)/s, \(if .drained then "kept up" else "SATURATED (\(.delivery_ratio * 100 | floor)% in time)" end), server \(.server_cpu_percent | n)% of a core, \(.server_cpu_us_per_delivery | n) µs CPU/delivery, p50 \(.latency.p50_ms | n) / p99 \(.latency.p99_ms | n) ms\(if .generator_behind then ", generator behind" else "" end)"' \
     "$f" 2>/dev/null | tee -a "$summary" || say "    $(label "$kind"): no report"
@@ -329,6 +345,28 @@ fanout_shape() {
     rss_full[$kind]="$(jq --argjson b "${rss0[$kind]:-0}" '(.steps[0].server_rss_mib * 1024 - $b) / .setup.members_connected' "$f" 2>/dev/null || echo null)"
     note[$kind]="$(sweep_note "$f" "$members")"
     stop_server
+
+    # Between the last step that kept up and the one that saturated, on a fresh server (a
+    # saturated step may have closed members): the headline is the highest step of either.
+    local bounds fine="$out/fanout-$name-$kind-refine.json"
+    rm -f "$fine"
+    bounds="$(jq -r "$SAT_BOUNDS" "$f" 2>/dev/null || true)"
+    [ "$REFINE" -gt 0 ] && [ -n "$bounds" ] || continue
+    local fine_rates
+    fine_rates="$(refine_rates ${bounds} "$REFINE")"
+    step "fan-out $name: $kind refining sweep, $fine_rates msg/s per sender"
+    wait_quiet
+    start_server "$kind"
+    offset=$((offset + 1000))
+    gen "fanout-$name-$kind-refine" --rooms "$rooms" --members "$members" --senders "$senders" \
+      --rate "$fine_rates" --duration "${STEP_SECS}s" --drain 3s --ramp-up "$ramp" --until-saturated \
+      --connect-timeout "$ctimeout" --room-offset "$offset"
+    local fine_kept
+    fine_kept="$(jq "$KEPT" "$fine" 2>/dev/null || echo null)"
+    kept[$kind]="$(printf '%s\n%s\n' "${kept[$kind]}" "$fine_kept" | { grep -Ev '^null$' || true; } | sort -g | tail -n 1)"
+    : "${kept[$kind]:=null}"
+    note[$kind]+="; refined between ${bounds/ / and } msg/s per sender: $(sweep_note "$fine" "$members")"
+    stop_server
   done
 
   if [ -z "$load" ]; then
@@ -383,6 +421,7 @@ fanout_shape() {
   say ""
   say "fan-out $name: $rooms room(s) x $members members, $senders sending per room, 100 B messages; durability $durability"
   [ -n "$rates" ] && say "  sweep: berth bench --direct ... --rooms $rooms --members $members --senders $senders --rate $rates --duration ${STEP_SECS}s --drain 3s --ramp-up $ramp --until-saturated"
+  [ -n "$rates" ] && [ "$REFINE" -gt 0 ] && say "  then, on a fresh server, $REFINE rates between the last step kept up and the step that saturated (same flags); the headline is the highest step kept up in either"
   say "  same load: --rate $load per sender ($load_del deliveries/s offered) --duration ${LOAD_SECS}s --drain 5s"
   [ "$LOAD_ROUNDS" -gt 1 ] && say "  same load in $LOAD_ROUNDS rounds, the servers taking turns; each figure below is the median of the rounds"
   thead "$mode" "$a" "$b" "$c"
@@ -418,6 +457,7 @@ fanout_shape() {
     for kind in "${kinds[@]}"; do
       [ -f "$out/fanout-$name-$kind-sweep.json" ] && [ -n "${kept[$kind]+x}" ] || { say "    $(label "$kind"): not run"; continue; }
       sweep_steps "$kind" "$out/fanout-$name-$kind-sweep.json" "$members"
+      [ -f "$out/fanout-$name-$kind-refine.json" ] && sweep_steps "$kind" "$out/fanout-$name-$kind-refine.json" "$members" " (refining)"
     done
     for kind in "${kinds[@]}"; do
       [ -n "${note[$kind]+x}" ] && say "  $(label "$kind"): ${note[$kind]}"

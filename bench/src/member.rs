@@ -121,6 +121,8 @@ pub(crate) async fn run(
         plan: &plan,
         samples: Vec::new(),
         flush_armed: false,
+        now: 0,
+        delivered: 0,
     };
     member.serve(ws, &mut phase).await;
     member.flush();
@@ -203,6 +205,10 @@ struct Member<'a> {
     /// Latency samples (step, µs) not yet in the shared histograms.
     samples: Vec<(u8, u32)>,
     flush_armed: bool,
+    /// When the frames being handled were read ([`Shared::nanos`]): one clock read a batch.
+    now: u64,
+    /// Deliveries handled and not yet in the member's counter: one atomic add a batch.
+    delivered: u64,
 }
 
 impl Member<'_> {
@@ -273,6 +279,7 @@ impl Member<'_> {
                     // Then whatever else is already buffered, without going round the select.
                     let mut next = Some(frame);
                     let mut batch = 0;
+                    self.now = self.shared.nanos();
                     while let Some(frame) = next.take() {
                         match self.on_frame(&mut ws, frame).await {
                             Received::Stop => return,
@@ -284,6 +291,7 @@ impl Member<'_> {
                             next = ws.next().now_or_never();
                         }
                     }
+                    self.count_delivered();
                 }
                 () = &mut flush_timer, if self.flush_armed => self.flush(),
             }
@@ -343,7 +351,7 @@ impl Member<'_> {
                 return Received::Nothing;
             }
             if rest.starts_with(r#"message""#) {
-                let stamp = rest.find(&self.shared.text_marker).and_then(|i| {
+                let stamp = self.shared.text_marker.find(rest.as_bytes()).and_then(|i| {
                     stamp::parse(&rest[i + TEXT_KEY.len()..], &self.shared.run_prefix)
                 });
                 return match stamp {
@@ -385,15 +393,11 @@ impl Member<'_> {
 
     /// Counts a delivered message and times it when it carries this run's stamp.
     fn on_message(&mut self, stamp: Option<(u8, u64)>) -> Received {
-        self.shared
-            .counters
-            .slot(self.plan.index)
-            .delivered
-            .fetch_add(1, Relaxed);
+        self.delivered += 1;
         let Some((step, sent)) = stamp else {
             return Received::Nothing;
         };
-        let us = self.shared.nanos().saturating_sub(sent) / 1000;
+        let us = self.now.saturating_sub(sent) / 1000;
         self.samples
             .push((step, u32::try_from(us).unwrap_or(u32::MAX)));
         if self.samples.len() >= FLUSH_SAMPLES {
@@ -407,7 +411,19 @@ impl Member<'_> {
         }
     }
 
+    /// Adds the deliveries handled since the last call to the member's counter.
+    fn count_delivered(&mut self) {
+        if self.delivered > 0 {
+            self.shared
+                .counters
+                .slot(self.plan.index)
+                .delivered
+                .fetch_add(std::mem::take(&mut self.delivered), Relaxed);
+        }
+    }
+
     fn flush(&mut self) {
+        self.count_delivered();
         self.flush_armed = false;
         if !self.samples.is_empty() {
             self.shared

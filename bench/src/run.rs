@@ -69,8 +69,8 @@ pub(crate) enum Access {
 pub(crate) struct Shared {
     pub run: u32,
     pub run_prefix: String,
-    /// `"text":"b:<run>:`: how a stamped message's text starts inside a frame.
-    pub text_marker: String,
+    /// Finds `"text":"b:<run>:`, how a stamped message's text starts inside a frame.
+    pub text_marker: memchr::memmem::Finder<'static>,
     /// The instant message stamps count from.
     pub base: std::time::Instant,
     pub size: usize,
@@ -199,7 +199,12 @@ impl Shared {
         Shared {
             run: run_id,
             run_prefix: stamp::run_prefix(run_id),
-            text_marker: format!("{}{}", member::TEXT_KEY, stamp::run_prefix(run_id)),
+            text_marker: memchr::memmem::Finder::new(&format!(
+                "{}{}",
+                member::TEXT_KEY,
+                stamp::run_prefix(run_id)
+            ))
+            .into_owned(),
             base,
             size: options.size,
             access,
