@@ -1150,13 +1150,29 @@ impl Room {
         }
     }
 
-    /// Answers a hand-off once nothing waits for the store.
+    /// Answers a hand-off once nothing waits for the store, and the read positions its
+    /// messages imply (written by the writer every [`crate::writer::MARKS_EVERY`]) are stored
+    /// too: the next owner loads them for `welcome.reads`.
     fn check_flushed(&mut self) {
         if self.pending.is_empty()
             && let Some(h) = &mut self.hand_off
             && let Some(flushed) = h.flushed.take()
         {
-            let _ = flushed.send(self.durable);
+            let seq = self.durable;
+            match &self.settings.durability {
+                // Bounded by the store's own timeouts, and by the hand-off's deadline, which
+                // stops waiting for the answer.
+                Some(durability) => {
+                    let writer = durability.writer.clone();
+                    tokio::spawn(async move {
+                        writer.sync_marks().await;
+                        let _ = flushed.send(seq);
+                    });
+                }
+                None => {
+                    let _ = flushed.send(seq);
+                }
+            }
         }
     }
 
@@ -1582,11 +1598,13 @@ mod tests {
         (Store::sqlite(dir.join("berth.db")).await.unwrap(), dir)
     }
 
+    /// The writer holds marks for an hour, so that a test sees when something else writes them.
     fn durability(store: &Store) -> Durability {
-        let (writer, _task) = Writer::start(
+        let (writer, _task) = Writer::start_every(
             store.clone(),
             Arc::new(Metrics::default()),
             CancellationToken::new(),
+            Duration::from_secs(3600),
         );
         Durability {
             store: store.clone(),
@@ -1742,6 +1760,12 @@ mod tests {
             send(&room, 1, &format!("m{i}")).await;
         }
         assert_eq!(room.handle.hand_off().await, Some(3));
+        // The sender's own position, which the writer holds for up to its interval, is stored
+        // by the time the hand-off answers.
+        assert_eq!(
+            store.read_positions("r-1", 10).await.unwrap(),
+            [("u-a".to_owned(), 3)]
+        );
         assert_eq!(messages_until(&mut a, 3).await, [1, 2, 3]);
         send(&room, 1, "too late").await;
         let frame = next_async(&mut a).await;

@@ -7,14 +7,15 @@
 //! queue, and the next transaction takes all of them (up to [`MAX_BATCH_MESSAGES`]). Under light
 //! load a message waits for one transaction; under heavy load one transaction carries many
 //! rooms' messages. Explicit read positions ride along in the same transactions; what the
-//! messages imply (senders' own reads, room activity) is written every [`MARKS_EVERY`].
+//! messages imply (senders' own reads, room activity) is written every [`MARKS_EVERY`], or at
+//! once when a room handing itself over asks for it ([`Writer::sync_marks`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use berth_store::{Marks, RoomAppend, Store, StoreError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,8 @@ pub(crate) struct Submission {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Submission>,
+    /// Who waits for the marks held now to be written.
+    syncs: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Writer {
@@ -58,19 +61,30 @@ impl Writer {
     }
 
     /// [`Writer::start`] with the marks written every `marks_every`.
-    fn start_every(
+    pub(crate) fn start_every(
         store: Store,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
         marks_every: Duration,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (syncs, sync_rx) = mpsc::unbounded_channel();
         let marks = PendingMarks {
             every: marks_every,
             ..PendingMarks::default()
         };
-        let task = tokio::spawn(run(store, rx, metrics, stop, marks));
-        (Writer { tx }, task)
+        let task = tokio::spawn(run(store, rx, sync_rx, metrics, stop, marks));
+        (Writer { tx, syncs }, task)
+    }
+
+    /// Resolves once the marks the writer holds now — those of every message already
+    /// acknowledged — are written (or their write failed, or the writer stopped). A room
+    /// handing itself over waits for this, so that its next owner reads its senders' positions.
+    pub async fn sync_marks(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.syncs.send(tx).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Queues `append`; the answer goes to `ack`. When the writer is gone the answer is an
@@ -90,6 +104,7 @@ impl Writer {
 async fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<Submission>,
+    mut syncs: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     mut marks: PendingMarks,
@@ -107,6 +122,10 @@ async fn run(
             }
             written = written(&mut marks.writing) => {
                 marks.done(written);
+                continue;
+            }
+            Some(waiter) = syncs.recv() => {
+                marks.sync(waiter);
                 continue;
             }
             () = sleep_until(due) => {
@@ -167,6 +186,10 @@ struct PendingMarks {
     due: Option<Instant>,
     every: Duration,
     writing: Option<JoinHandle<Written>>,
+    /// Waiting for the next write to end ([`Writer::sync_marks`]).
+    waiting: Vec<oneshot::Sender<()>>,
+    /// Waiting for the running write to end.
+    waiting_on_write: Vec<oneshot::Sender<()>>,
 }
 
 impl PendingMarks {
@@ -174,6 +197,18 @@ impl PendingMarks {
         self.marks.add_sent(append);
         if self.due.is_none() && !self.marks.is_empty() {
             self.due = Some(Instant::now() + self.every);
+        }
+    }
+
+    /// Someone waits for the marks held now: write them as soon as no write runs.
+    fn sync(&mut self, waiter: oneshot::Sender<()>) {
+        if !self.marks.is_empty() {
+            self.waiting.push(waiter);
+            self.due = Some(Instant::now());
+        } else if self.writing.is_some() {
+            self.waiting_on_write.push(waiter);
+        } else {
+            let _ = waiter.send(());
         }
     }
 
@@ -186,6 +221,7 @@ impl PendingMarks {
     fn write(&mut self, store: &Store) {
         let marks = std::mem::take(&mut self.marks);
         self.due = None;
+        self.waiting_on_write.append(&mut self.waiting);
         let store = store.clone();
         self.writing = Some(tokio::spawn(async move {
             match store.write_marks(&marks).await {
@@ -198,6 +234,10 @@ impl PendingMarks {
     /// The running write ended; failed marks wait for the next write, an interval later.
     fn done(&mut self, written: Written) {
         self.writing = None;
+        // Answered even after a failure: a hand-off waits for this only as long as it may.
+        for waiter in self.waiting_on_write.drain(..) {
+            let _ = waiter.send(());
+        }
         if let Err((marks, e)) = written {
             tracing::warn!(error = %e, "cannot store read positions; trying again");
             self.marks.merge(marks);
@@ -215,6 +255,9 @@ impl PendingMarks {
             && let Err(e) = store.write_marks(&self.marks).await
         {
             tracing::warn!(error = %e, "cannot store the last read positions");
+        }
+        for waiter in self.waiting.drain(..) {
+            let _ = waiter.send(());
         }
     }
 }
@@ -297,6 +340,35 @@ mod tests {
             );
             tokio::time::sleep(MARKS_EVERY / 4).await;
         }
+        assert_eq!(
+            positions(&store, "r-1").await,
+            [("u-a".to_owned(), 1), ("u-b".to_owned(), 2)]
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// A sync answers once the marks held when it was asked are in the store, long before
+    /// their interval.
+    #[tokio::test]
+    async fn a_sync_answers_once_the_marks_it_found_are_written() {
+        let store = store().await;
+        store.open_room("r-1", 1, 0).await.unwrap();
+        let stop = CancellationToken::new();
+        let hour = Duration::from_secs(3600);
+        let (writer, task) = Writer::start_every(store.clone(), Arc::default(), stop.clone(), hour);
+        // Nothing held: answered at once.
+        tokio::time::timeout(Duration::from_secs(10), writer.sync_marks())
+            .await
+            .expect("a sync with nothing held answers");
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        writer.submit(sent("r-1", 1, "u-a"), &ack_tx);
+        writer.submit(sent("r-1", 2, "u-b"), &ack_tx);
+        assert!(acks.recv().await.unwrap().is_ok() && acks.recv().await.unwrap().is_ok());
+        assert_eq!(positions(&store, "r-1").await, [], "held for the interval");
+        tokio::time::timeout(Duration::from_secs(10), writer.sync_marks())
+            .await
+            .expect("the sync answers");
         assert_eq!(
             positions(&store, "r-1").await,
             [("u-a".to_owned(), 1), ("u-b".to_owned(), 2)]
