@@ -313,6 +313,19 @@ mod tests {
         }
     }
 
+    /// Long enough that no test sees the interval's write.
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A store with room `r-1` open, and a writer on it writing its marks every `every`.
+    async fn started(every: Duration) -> (Store, Writer, CancellationToken, JoinHandle<()>) {
+        let store = store().await;
+        store.open_room("r-1", 1, 0).await.unwrap();
+        let stop = CancellationToken::new();
+        let (writer, task) =
+            Writer::start_every(store.clone(), Arc::default(), stop.clone(), every);
+        (store, writer, stop, task)
+    }
+
     async fn positions(store: &Store, room: &str) -> Vec<(String, u64)> {
         let mut p = store.read_positions(room, 10).await.unwrap();
         p.sort();
@@ -322,11 +335,7 @@ mod tests {
     /// A sender's read of its own message follows the message within the interval.
     #[tokio::test]
     async fn a_senders_position_follows_its_message() {
-        let store = store().await;
-        store.open_room("r-1", 1, 0).await.unwrap();
-        let stop = CancellationToken::new();
-        let (writer, task) =
-            Writer::start_every(store.clone(), Arc::default(), stop.clone(), MARKS_EVERY);
+        let (store, writer, stop, task) = started(MARKS_EVERY).await;
         let (ack_tx, mut acks) = mpsc::unbounded_channel();
         writer.submit(sent("r-1", 1, "u-a"), &ack_tx);
         writer.submit(sent("r-1", 2, "u-b"), &ack_tx);
@@ -352,11 +361,7 @@ mod tests {
     /// their interval.
     #[tokio::test]
     async fn a_sync_answers_once_the_marks_it_found_are_written() {
-        let store = store().await;
-        store.open_room("r-1", 1, 0).await.unwrap();
-        let stop = CancellationToken::new();
-        let hour = Duration::from_secs(3600);
-        let (writer, task) = Writer::start_every(store.clone(), Arc::default(), stop.clone(), hour);
+        let (store, writer, stop, task) = started(HOUR).await;
         // Nothing held: answered at once.
         tokio::time::timeout(Duration::from_secs(10), writer.sync_marks())
             .await
@@ -380,11 +385,7 @@ mod tests {
     /// The marks a stopping writer holds are written before it ends.
     #[tokio::test]
     async fn a_stopping_writer_writes_the_marks_it_holds() {
-        let store = store().await;
-        store.open_room("r-1", 1, 0).await.unwrap();
-        let stop = CancellationToken::new();
-        let hour = Duration::from_secs(3600);
-        let (writer, task) = Writer::start_every(store.clone(), Arc::default(), stop.clone(), hour);
+        let (store, writer, stop, task) = started(HOUR).await;
         let (ack_tx, mut acks) = mpsc::unbounded_channel();
         writer.submit(sent("r-1", 1, "u-a"), &ack_tx);
         assert!(acks.recv().await.unwrap().is_ok());
