@@ -268,14 +268,15 @@ trow() {
 
 # --- fan-out ---------------------------------------------------------------------------------
 
-# jq: the highest delivered rate of a step that kept up: drained, before any step that did not,
-# and not the last step if members were dropped by the end.
-KEPT='(((.steps | map(.drained) | index(false)) // (if .members_connected_at_end < .setup.members_connected then (.steps | length) - 1 else null end)) as $i
-  | .steps | (if $i == null then . else .[:$i] end) | map(.delivered_per_sec) | max) // null'
+# jq: whether a sweep ended on a step that saturated (deliveries late, or members dropped); a
+# sweep run --until-saturated stops at that step, so it is the last. `kept_steps`: the others.
+SATURATION='def ended_saturated: (.steps[-1].drained | not) or .members_connected_at_end < .setup.members_connected;
+  def kept_steps: if ended_saturated then .steps[:-1] else .steps end;'
+# jq: the highest delivered rate of a step that kept up.
+KEPT="$SATURATION"'(kept_steps | map(.delivered_per_sec) | max) // null'
 # jq: "OK SAT", the per-sender rates of the last step that kept up and of the step that ended the
 # sweep by saturating; nothing when the sweep never saturated or its first step did.
-SAT_BOUNDS='if (.steps | length) >= 2 and ((.steps[-1].drained | not) or .members_connected_at_end < .setup.members_connected)
-  then "\(.steps[-2].rate_per_member) \(.steps[-1].rate_per_member)" else empty end'
+SAT_BOUNDS="$SATURATION"'if (.steps | length) >= 2 and ended_saturated then "\(.steps[-2].rate_per_member) \(.steps[-1].rate_per_member)" else empty end'
 
 # The per-sender rates of a refining sweep: $3 rates geometrically between $1 and $2, exclusive.
 refine_rates() {
@@ -294,13 +295,13 @@ sweep_steps() {
 
 # What limited a sweep (report $1, $2 members per room).
 sweep_note() {
-  jq -r --argjson m "$2" '
+  jq -r --argjson m "$2" "$SATURATION"'
     def cores: (.core_busy_percent // []) | map(floor | tostring + "%") | join(" ");
     def usage: "server \(.server_cpu_percent // 0 | floor)% and generator \(.generator_cpu_percent // 0 | floor)% of a core, cores busy \(cores)";
-    ((.steps | (map(.drained) | index(false)) as $i | (if $i == null then . else .[:$i] end) | last)) as $ok
+    (kept_steps | last) as $ok
     | (.steps | last) as $last
     | (if $ok then "kept up to \($ok.delivered_per_sec | floor)/s (\($ok | usage))" else "no step kept up" end)
-      + (if ($last.drained and .members_connected_at_end == .setup.members_connected)
+      + (if ended_saturated | not
          then "; never saturated (generator-bound)"
          else "; saturated at \($last.target_sends_per_sec * $m | floor)/s offered: \($last.delivered_per_sec | floor)/s delivered, \($last.delivery_ratio * 100 | floor)% in time (\($last | usage))" end)
       + (if ([.steps[].generator_behind] | any) then "; generator behind its send schedule in \([.steps[] | select(.generator_behind)] | length) step(s)" else "" end)
